@@ -1,0 +1,266 @@
+//! Configuration: one typed struct with embedded defaults, optionally overlaid by a TOML file and
+//! then by `SHOWCASE_<SECTION>__<KEY>` environment variables.
+//!
+//! The defaults live in code so that the binary runs with no file at all; `config.toml` at the
+//! repository root documents every key with the same values, and a test keeps the two equal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override file values; `__` separates section and key,
+/// e.g. `SHOWCASE_UPLOAD__MAX_BYTES=52428800`.
+pub const ENV_PREFIX: &str = "SHOWCASE_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub queue: QueueConfig,
+    pub upload: UploadConfig,
+    pub auth: AuthConfig,
+    pub media: MediaConfig,
+    pub admin: AdminConfig,
+    pub actors: ActorsConfig,
+    pub faults: FaultsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP listener binds to; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Absolute URL prefix used when building media URLs; empty = relative URLs (`/media/..`).
+    pub public_url: String,
+    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    pub shutdown_grace_s: u64,
+    /// Open connections above this are closed at accept.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time.
+    pub header_read_timeout_s: u64,
+    /// A request body that sends nothing for this long is aborted.
+    pub body_idle_timeout_s: u64,
+    /// Largest JSON body accepted on the JSON routes.
+    pub max_json_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".parse().expect("static address"),
+            public_url: String::new(),
+            shutdown_grace_s: 20,
+            max_connections: 2048,
+            header_read_timeout_s: 10,
+            body_idle_timeout_s: 30,
+            max_json_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Holds the database, media files, temp files and the generated secret.
+    pub data_dir: PathBuf,
+    /// Longest wait for a group commit (fsync of the store) before the write is reported failed.
+    pub commit_timeout_s: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data"), commit_timeout_s: 10 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// A received job is invisible to other consumers for this long unless its lease is extended.
+    pub visibility_timeout_s: u64,
+    /// A job received more than this many times is moved to the dead letters.
+    pub max_receives: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { visibility_timeout_s: 120, max_receives: 5 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Largest accepted video file, in bytes.
+    pub max_bytes: u64,
+    pub min_duration_s: f64,
+    pub max_duration_s: f64,
+    /// The shorter side of the video must have at least this many pixels.
+    pub min_short_side: u32,
+    /// Uploads streaming at the same time; more are refused with 503 before their body is read.
+    pub max_concurrent: usize,
+    /// Uploads are refused while the data disk has less free space than this.
+    pub min_free_disk_mb: u64,
+    /// Uploads are refused while this many jobs wait in the queue.
+    pub max_queue_depth: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 104_857_600,
+            min_duration_s: 20.0,
+            max_duration_s: 60.0,
+            min_short_side: 1080,
+            max_concurrent: 16,
+            min_free_disk_mb: 1024,
+            max_queue_depth: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 key for access tokens and signed URLs; empty = generate once, keep in the data dir.
+    pub jwt_secret: String,
+    pub token_ttl_s: u64,
+    /// Password hashes computed at the same time (argon2id is CPU- and memory-heavy).
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { jwt_secret: String::new(), token_ttl_s: 3600, max_concurrent_hashes: 2 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Lifetime of the signed URL of an original upload.
+    pub signed_url_ttl_s: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { signed_url_ttl_s: 900 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token of the `/api/admin` routes; empty disables them.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorsConfig {
+    /// Mailbox capacity of every actor; a full mailbox answers 503 instead of queueing more.
+    pub mailbox_capacity: usize,
+    /// Longest wait for an actor's reply before the request is answered 503.
+    pub call_timeout_ms: u64,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self { mailbox_capacity: 256, call_timeout_ms: 5000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultsConfig {
+    /// Compiles in nothing extra; when false the fault switches do not exist.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `showcase=debug,warn`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "text".into(), level: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file (when it exists, or always when `required`), then the environment.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        if required && !path.exists() {
+            return Err(ConfigError::Missing(path.to_path_buf()));
+        }
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if path.exists() {
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config =
+            figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), for tests and tools.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.upload.max_bytes == 0 {
+            return bad("upload.max_bytes must be > 0");
+        }
+        if self.upload.min_duration_s > self.upload.max_duration_s {
+            return bad("upload.min_duration_s must not exceed upload.max_duration_s");
+        }
+        if self.upload.max_concurrent == 0 {
+            return bad("upload.max_concurrent must be > 0");
+        }
+        if self.queue.max_receives == 0 {
+            return bad("queue.max_receives must be > 0");
+        }
+        if self.queue.visibility_timeout_s == 0 {
+            return bad("queue.visibility_timeout_s must be > 0");
+        }
+        if self.actors.mailbox_capacity == 0 {
+            return bad("actors.mailbox_capacity must be > 0");
+        }
+        if self.auth.max_concurrent_hashes == 0 {
+            return bad("auth.max_concurrent_hashes must be > 0");
+        }
+        if self.auth.token_ttl_s == 0 {
+            return bad("auth.token_ttl_s must be > 0");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format must be `text` or `json`");
+        }
+        Ok(())
+    }
+}

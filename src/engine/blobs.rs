@@ -1,0 +1,150 @@
+//! Blob storage for media files, addressed by keys such as `originals/42.mp4`.
+//!
+//! The local implementation keeps every blob under one directory on the same filesystem as the
+//! upload temp directory, so storing a finished upload is an atomic rename followed by an fsync
+//! of the directory: a blob is either wholly there or not there at all.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("invalid blob key {0:?}")]
+    InvalidKey(String),
+    #[error("blob I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Moves a complete, fsynced local file into the store under `key` (replacing any blob).
+    async fn put_file(&self, key: &str, file: &Path) -> Result<(), BlobError>;
+    /// Removes the blob; removing a missing blob is not an error.
+    async fn delete(&self, key: &str) -> Result<(), BlobError>;
+    async fn exists(&self, key: &str) -> Result<bool, BlobError>;
+    /// Keys under a prefix such as `originals/`.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
+    /// Where the blob can be read on this machine, when it is stored locally.
+    fn local_path(&self, key: &str) -> Option<PathBuf>;
+}
+
+pub struct LocalBlobs {
+    root: PathBuf,
+}
+
+/// Keys are relative paths of plain segments: no `..`, no absolute paths, no empty segments.
+fn check_key(key: &str) -> Result<(), BlobError> {
+    let ok = !key.is_empty()
+        && !key.starts_with('/')
+        && key.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError::InvalidKey(key.to_string()))
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl LocalBlobs {
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        Ok(Self { root })
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, BlobError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobs {
+    async fn put_file(&self, key: &str, file: &Path) -> Result<(), BlobError> {
+        let target = self.path_of(key)?;
+        let source = file.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = target.parent().expect("blob paths have a parent");
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(&source, &target)?;
+            fsync_dir(dir)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, BlobError> {
+        Ok(tokio::fs::try_exists(self.path_of(key)?).await?)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let dir = if dir_part.is_empty() { self.root.clone() } else { self.path_of(dir_part)? };
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            if !entry.file_type().await?.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = if dir_part.is_empty() { name } else { format!("{dir_part}/{name}") };
+            if key.starts_with(prefix) {
+                out.push(key);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path_of(key).ok()
+    }
+}
+
+/// Key of the original upload of a video.
+pub fn original_key(video_id: u64) -> String {
+    format!("originals/{video_id}.mp4")
+}
+
+/// The video id in an original's key, if it is one.
+pub fn video_id_of_original(key: &str) -> Option<u64> {
+    key.strip_prefix("originals/")?.strip_suffix(".mp4")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/./b", "a\\b"] {
+            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_key("originals/1.mp4").is_ok());
+    }
+
+    #[test]
+    fn original_keys_round_trip() {
+        assert_eq!(video_id_of_original(&original_key(42)), Some(42));
+        assert_eq!(video_id_of_original("originals/x.mp4"), None);
+        assert_eq!(video_id_of_original("processed/4.mp4"), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Group commit for sled.
+//!
+//! sled makes writes durable only when its log is flushed, by default every 500 ms. A write that
+//! is acknowledged to a client must be on disk first, but one fsync per write would cap the
+//! server at a few hundred writes per second. Writers therefore register with `GroupCommit` and
+//! wait; one flusher thread fsyncs once for everyone who registered before the flush began.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CommitError {
+    #[error("the store could not be flushed: {0}")]
+    Flush(String),
+    #[error("the store did not confirm the write within {0:?}")]
+    Timeout(Duration),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Flushed {
+    generation: u64,
+    error: Option<String>,
+}
+
+struct Shared {
+    db: sled::Db,
+    requested: AtomicU64,
+    wake: Mutex<bool>,
+    wake_cv: Condvar,
+    stop: AtomicBool,
+    flushed_tx: watch::Sender<Flushed>,
+    flushes: AtomicU64,
+}
+
+/// Batches concurrent durability requests into single `sled::Db::flush` calls.
+pub struct GroupCommit {
+    shared: Arc<Shared>,
+    flushed_rx: watch::Receiver<Flushed>,
+    timeout: Duration,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    pub fn start(db: sled::Db, timeout: Duration) -> Self {
+        let (flushed_tx, flushed_rx) = watch::channel(Flushed::default());
+        let shared = Arc::new(Shared {
+            db,
+            requested: AtomicU64::new(0),
+            wake: Mutex::new(false),
+            wake_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            flushed_tx,
+            flushes: AtomicU64::new(0),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || flusher(worker))
+            .expect("spawn the store commit thread");
+        Self { shared, flushed_rx, timeout, thread: Mutex::new(Some(thread)) }
+    }
+
+    /// Returns once every write made before this call is on disk.
+    pub async fn durable(&self) -> Result<(), CommitError> {
+        let generation = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut pending = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
+            *pending = true;
+            self.shared.wake_cv.notify_one();
+        }
+        let mut rx = self.flushed_rx.clone();
+        let waited = tokio::time::timeout(self.timeout, async {
+            match rx.wait_for(|f| f.generation >= generation || f.error.is_some()).await {
+                Ok(f) => match &f.error {
+                    Some(e) if f.generation < generation => Err(CommitError::Flush(e.clone())),
+                    _ => Ok(()),
+                },
+                Err(_) => Err(CommitError::Closed),
+            }
+        })
+        .await;
+        waited.unwrap_or(Err(CommitError::Timeout(self.timeout)))
+    }
+
+    /// How many fsyncs have been made (each covering one or more writes).
+    pub fn flush_count(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Flushes synchronously, for shutdown.
+    pub fn flush_now(&self) -> Result<(), CommitError> {
+        self.shared.db.flush().map(|_| ()).map_err(|e| CommitError::Flush(e.to_string()))
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let mut pending = self.shared.wake.lock().unwrap_or_else(|p| p.into_inner());
+            *pending = true;
+            self.shared.wake_cv.notify_one();
+        }
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn flusher(shared: Arc<Shared>) {
+    loop {
+        {
+            let mut pending = shared.wake.lock().unwrap_or_else(|p| p.into_inner());
+            while !*pending {
+                pending = shared.wake_cv.wait(pending).unwrap_or_else(|p| p.into_inner());
+            }
+            *pending = false;
+        }
+        // Every writer counted here finished its write before registering.
+        let target = shared.requested.load(Ordering::SeqCst);
+        let result = shared.db.flush();
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        shared.flushed_tx.send_modify(|f| match &result {
+            Ok(_) => {
+                f.generation = f.generation.max(target);
+                f.error = None;
+            }
+            Err(e) => f.error = Some(e.to_string()),
+        });
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The engine: durable state and media, with no HTTP and no actors. Each part sits behind a small
+//! trait with an embedded default, so a later deployment can swap sled for PostgreSQL, the local
+//! directory for S3 and the embedded queue for SQS without touching the callers.
+
+pub mod blobs;
+pub mod commit;
+pub mod probe;
+pub mod queue;
+pub mod sled_engine;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use blobs::{BlobError, BlobStore, LocalBlobs};
+pub use queue::{DeadLetter, Job, JobQueue, Lease, QueueError, QueueStats};
+pub use store::{Store, StoreError};
+
+/// Handles to every engine part, cloned into the actors and the HTTP layer.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn JobQueue>,
+    pub blobs: Arc<dyn BlobStore>,
+}

@@ -1,0 +1,64 @@
+//! The store of users, videos, votes and rankings.
+//!
+//! Every method that changes state returns only once the change is durable: callers acknowledge
+//! a client right after, so the contract "acknowledged means on disk" lives here and cannot be
+//! forgotten by a handler.
+
+use async_trait::async_trait;
+
+use crate::domain::{NewUser, NewVideo, Page, Publication, RankedPlayer, User, UserId, Video, VideoId};
+use crate::engine::queue::Job;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    #[error("the email is already registered")]
+    EmailTaken,
+    #[error("no such video")]
+    VideoNotFound,
+    #[error("the video belongs to another player")]
+    NotOwner,
+    #[error("the video is published and cannot be deleted")]
+    AlreadyPublished,
+    #[error("the video is not published")]
+    NotPublished,
+    #[error("the user already voted for this video")]
+    AlreadyVoted,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+
+    /// A fresh, never reused video id.
+    async fn allocate_video_id(&self) -> Result<VideoId, StoreError>;
+    /// Writes the video record and its processing job in one durable step.
+    async fn commit_upload(&self, video: NewVideo, task_id: String) -> Result<(Video, Job), StoreError>;
+    async fn video(&self, id: VideoId) -> Result<Option<Video>, StoreError>;
+    /// The player's videos, newest first.
+    async fn videos_of(&self, owner: UserId) -> Result<Vec<Video>, StoreError>;
+    /// Deletes the record and its job, unless published; returns the deleted record so the
+    /// caller can remove its files.
+    async fn delete_video(&self, id: VideoId, owner: UserId) -> Result<Video, StoreError>;
+    /// Whether a video record exists with this original blob key's id (startup clean-up).
+    async fn video_exists(&self, id: VideoId) -> Result<bool, StoreError>;
+
+    /// Marks the video published with its outputs; the owner enters the rankings.
+    async fn publish_video(&self, id: VideoId, publication: Publication) -> Result<Video, StoreError>;
+
+    /// Records one vote; returns the video's new vote count.
+    async fn vote(&self, video: VideoId, voter: UserId) -> Result<u64, StoreError>;
+    /// Published videos, newest first, with their owners; optionally of one city (folded).
+    async fn public_videos(&self, city: Option<&str>, page: Page)
+        -> Result<Vec<(Video, User)>, StoreError>;
+    /// Players by votes descending, ties by user id; optionally of one city (folded).
+    async fn rankings(&self, city: Option<&str>, page: Page) -> Result<Vec<RankedPlayer>, StoreError>;
+
+    /// Flushes everything to disk (shutdown).
+    fn flush_blocking(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,187 @@
+//! Every error the HTTP layer can answer, and the one place where errors become responses.
+//!
+//! Handlers return `Result<_, ApiError>`; engine, actor and auth errors convert into `ApiError`
+//! here, and warp's own rejections (unknown route, wrong method) are mapped in [`recover`]. Every
+//! error body is `{"detail": "..."}`.
+
+use std::convert::Infallible;
+
+use http::StatusCode;
+use serde::Serialize;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::actors::CallError;
+use crate::auth::AuthError;
+use crate::engine::{QueueError, StoreError};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_s: u64 },
+    #[error("{detail}")]
+    Unavailable { detail: String, retry_after_s: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+pub const VIDEO_NOT_FOUND: &str = "Video no encontrado.";
+pub const NOT_OWNER: &str = "No tiene permiso sobre este video.";
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    detail: &'a str,
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::BadRequest(detail.into())
+    }
+
+    pub fn unavailable(detail: impl Into<String>, retry_after_s: u64) -> Self {
+        ApiError::Unavailable { detail: detail.into(), retry_after_s }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(cause = %cause, "internal error");
+                "Error interno del servidor.".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&ErrorBody { detail: &detail }), status)
+                .into_response();
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after_s, .. }
+            | ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EmailTaken => ApiError::bad_request("El email ya está registrado."),
+            StoreError::VideoNotFound => ApiError::NotFound(VIDEO_NOT_FOUND.into()),
+            StoreError::NotOwner => ApiError::Forbidden(NOT_OWNER.into()),
+            StoreError::AlreadyPublished => ApiError::bad_request(
+                "El video ya fue publicado para votación y no puede eliminarse.",
+            ),
+            StoreError::NotPublished => {
+                ApiError::bad_request("El video aún no está publicado para votación.")
+            }
+            StoreError::AlreadyVoted => ApiError::bad_request("Ya has votado por este video."),
+            StoreError::UserNotFound => ApiError::Unauthorized("Usuario no encontrado.".into()),
+            StoreError::Backend(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::NotFound => ApiError::NotFound("Trabajo no encontrado.".into()),
+            QueueError::InvalidToken => ApiError::bad_request("Token de arrendamiento inválido."),
+            QueueError::Backend(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::MissingToken => {
+                ApiError::Unauthorized("No autenticado: falta el token de acceso.".into())
+            }
+            AuthError::InvalidToken => {
+                ApiError::Unauthorized("Token de acceso inválido o expirado.".into())
+            }
+            AuthError::Busy => ApiError::unavailable("Servidor ocupado, intente de nuevo.", 1),
+            AuthError::Hashing(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        let retry_after_s = match e {
+            CallError::Full(_) => 1,
+            CallError::Down(_) | CallError::Timeout(_) => 2,
+        };
+        ApiError::unavailable(format!("Servicio temporalmente no disponible: {e}."), retry_after_s)
+    }
+}
+
+/// Turns any rejection into a JSON error response.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    if let Some(e) = rejection.find::<ApiError>() {
+        return Ok(e.clone().into_response());
+    }
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound("Recurso no encontrado.".into())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(method_not_allowed());
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge("El cuerpo de la solicitud es demasiado grande.".into())
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::bad_request("Parámetro inválido en la consulta.")
+    } else if rejection.find::<warp::reject::MissingHeader>().is_some()
+        || rejection.find::<warp::reject::InvalidHeader>().is_some()
+    {
+        ApiError::bad_request("Encabezado inválido o ausente.")
+    } else {
+        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+fn method_not_allowed() -> Response {
+    let mut response = warp::reply::with_status(
+        warp::reply::json(&ErrorBody { detail: "Método no permitido." }),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .into_response();
+    response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD, POST, DELETE"));
+    response
+}

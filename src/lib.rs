@@ -1,0 +1,15 @@
+//! showcase: the video platform of the ANB Rising Stars Showcase in one binary.
+//!
+//! The binary (`src/main.rs`) is a thin command line over this library; tests and benchmarks
+//! drive the same [`app::Application`] the binary runs. See `ARCHITECTURE.md` for the map.
+
+#[path = "../actors/mod.rs"]
+pub mod actors;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod health;
+pub mod signed_url;
+pub mod system;
+pub mod upload;
