@@ -61,6 +61,19 @@ impl Supervisor {
     }
 }
 
+/// Stops every child and then the Supervisor itself (orderly shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopChildren;
+
+impl Handler<StopChildren> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopChildren, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
 

@@ -13,3 +13,5 @@ pub mod health;
 pub mod signed_url;
 pub mod system;
 pub mod upload;
+pub mod app;
+pub mod http;

@@ -1,1 +1,81 @@
-fn main() {}
+//! The `showcase` binary: a thin command line over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use showcase::app::{runtime, Application};
+use showcase::config::{Config, LogConfig};
+
+#[derive(Parser)]
+#[command(name = "showcase", version, about = "ANB Rising Stars Showcase video platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the server until SIGTERM or SIGINT.
+    Serve {
+        /// Configuration file; when the default is absent the embedded defaults apply.
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config_path: PathBuf) -> ExitCode {
+    let explicit = config_path != PathBuf::from("config.toml");
+    let config = match Config::load(&config_path, explicit) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("showcase: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    let system = actix::System::with_tokio_rt(runtime);
+    let result = system.block_on(async move {
+        let app = Application::build(config).await.map_err(|e| e.to_string())?;
+        app.run_until_stopped(shutdown_signal()).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "showcase stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

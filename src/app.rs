@@ -1,0 +1,361 @@
+//! Building and running the whole node: [`Application::build`] opens the durable state, runs
+//! startup recovery, starts the Supervisor and its actors and binds the listener;
+//! [`Application::run_until_stopped`] serves until a shutdown signal and then stops in order
+//! (stop accepting, drain in-flight requests up to the grace deadline, stop the actors, flush
+//! the store).
+//!
+//! The binary and the tests run exactly this code; [`spawn`] runs it on a thread of its own
+//! (with its own actix System) for tests and benchmarks in the same process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::actors::ingest::{Admission, Ingest};
+use crate::actors::supervisor::{ChildSpec, StopChildren, Supervisor};
+use crate::actors::ActorRef;
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::engine::blobs::video_id_of_original;
+use crate::engine::sled_engine::SledEngine;
+use crate::engine::{BlobStore, Engine, LocalBlobs, StoreError};
+use crate::health::HealthRegistry;
+use crate::signed_url::UrlSigner;
+
+/// A heartbeat older than this makes an actor count as unhealthy.
+pub const HEARTBEAT_STALE_MS: u64 = 5_000;
+
+/// Sub-directories of the data dir.
+pub const DB_DIR: &str = "db";
+pub const MEDIA_DIR: &str = "media";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("opening the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the server thread failed: {0}")]
+    Thread(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartupError {
+    let what = what.into();
+    move |source| StartupError::Io { what, source }
+}
+
+/// Everything a request handler may use. Shared, immutable apart from atomics.
+pub struct AppState {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub engine: Engine,
+    pub auth: Auth,
+    pub signer: UrlSigner,
+    pub ingest: ActorRef<Ingest>,
+    pub registry: Arc<HealthRegistry>,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// Absolute when `server.public_url` is set, otherwise a path (`/media/3.mp4`).
+    pub fn public_url(&self, path: &str) -> String {
+        format!("{}{}", self.config.server.public_url.trim_end_matches('/'), path)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Why this node should not get traffic now; empty when it is ready.
+    pub async fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.is_shutting_down() {
+            problems.push("the node is shutting down".to_string());
+        }
+        problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
+        let min_free = self.config.upload.min_free_disk_mb * 1024 * 1024;
+        match crate::system::free_disk_bytes(&self.data_dir) {
+            Ok(free) if free < min_free => problems.push(format!(
+                "free disk {} MiB is below the {} MiB watermark",
+                free / (1024 * 1024),
+                self.config.upload.min_free_disk_mb
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("free disk unknown: {e}")),
+        }
+        match self.engine.queue.stats().await {
+            Ok(stats) if stats.depth >= self.config.upload.max_queue_depth => problems.push(format!(
+                "queue depth {} reached the {} watermark",
+                stats.depth, self.config.upload.max_queue_depth
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("queue unavailable: {e}")),
+        }
+        problems
+    }
+}
+
+pub struct Application {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    supervisor: Addr<Supervisor>,
+    sled: Arc<SledEngine>,
+}
+
+impl Application {
+    /// Opens the state, recovers, starts the actors and binds. Must run inside an actix System
+    /// whose runtime is multi-threaded (see `main.rs` and [`spawn`]).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let data_dir = config.storage.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(io_error(format!("creating {}", data_dir.display())))?;
+        let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &data_dir)
+            .map_err(io_error("loading the server secret"))?;
+
+        let removed = crate::upload::clear_temp_dir(&data_dir).map_err(io_error("clearing temp files"))?;
+        let sled = SledEngine::open(
+            &data_dir.join(DB_DIR),
+            config.queue.max_receives,
+            Duration::from_secs(config.storage.commit_timeout_s),
+        )?;
+        let blobs: Arc<dyn BlobStore> = Arc::new(
+            LocalBlobs::open(data_dir.join(MEDIA_DIR)).map_err(io_error("opening the media directory"))?,
+        );
+        let engine = Engine { store: sled.clone(), queue: sled.clone(), blobs };
+        let orphans = remove_orphan_originals(&engine).await?;
+        let recovery = sled.recovery();
+        tracing::info!(
+            temp_files_removed = removed,
+            orphan_files_removed = orphans,
+            jobs = recovery.jobs,
+            dead_letters = recovery.dead,
+            released_leases = recovery.released_leases,
+            "recovery done"
+        );
+
+        let registry = Arc::new(HealthRegistry::new());
+        let call_timeout = Duration::from_millis(config.actors.call_timeout_ms);
+        let mailbox = config.actors.mailbox_capacity;
+        let ingest = ActorRef::<Ingest>::new(registry.register("ingest", mailbox), call_timeout);
+        let ingest_spec = {
+            let engine = engine.clone();
+            let admission = Admission {
+                data_dir: data_dir.clone(),
+                min_free_disk_bytes: config.upload.min_free_disk_mb * 1024 * 1024,
+                max_queue_depth: config.upload.max_queue_depth,
+            };
+            let slots = Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent));
+            let handle = ingest.clone();
+            let alive = ingest.clone();
+            ChildSpec {
+                name: "ingest",
+                health: ingest.health.clone(),
+                start: Box::new(move |arbiter| {
+                    let (engine, admission, slots, health) =
+                        (engine.clone(), admission.clone(), slots.clone(), handle.health.clone());
+                    let addr = Ingest::start_in_arbiter(arbiter, move |ctx| {
+                        ctx.set_mailbox_capacity(mailbox);
+                        Ingest::new(engine, admission, slots, health)
+                    });
+                    handle.set(Some(addr));
+                }),
+                is_alive: Box::new(move || alive.is_alive()),
+            }
+        };
+        let supervisor = Supervisor::new(registry.clone(), vec![ingest_spec]).start();
+
+        let addr = config.server.addr;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(io_error("reading the bound address"))?;
+
+        let state = Arc::new(AppState {
+            auth: Auth::new(
+                &secret,
+                Duration::from_secs(config.auth.token_ttl_s),
+                config.auth.max_concurrent_hashes,
+            ),
+            signer: UrlSigner::new(&secret),
+            config,
+            data_dir,
+            engine,
+            ingest,
+            registry,
+            shutting_down: AtomicBool::new(false),
+        });
+        Ok(Self { state, listener, addr, supervisor, sled })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.state.engine.clone()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order. Returns once the store is flushed.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+        let Self { state, listener, addr, supervisor, sled } = self;
+        let server_config = &state.config.server;
+        let limits = crate::http::server::ServerLimits {
+            max_connections: server_config.max_connections,
+            header_read_timeout: Duration::from_secs(server_config.header_read_timeout_s),
+        };
+        let grace = Duration::from_secs(server_config.shutdown_grace_s);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let routes = crate::http::routes(state.clone());
+        let server = tokio::spawn(crate::http::server::serve(listener, routes, limits, stop_rx, grace));
+        tracing::info!("listening on {addr}");
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        state.shutting_down.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        match server.await {
+            Ok(0) => {}
+            Ok(open) => tracing::warn!(open, "connections cut at the grace deadline"),
+            Err(e) => tracing::error!(error = %e, "the server task failed"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(StopChildren)).await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = crate::engine::Store::flush_blocking(sled.as_ref());
+            drop(sled);
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
+        drop(state);
+        tracing::info!("stopped");
+        flushed
+    }
+}
+
+/// Removes original files that have no video record: a crash between storing the file and
+/// committing its record leaves such a file, and nothing was acknowledged for it.
+async fn remove_orphan_originals(engine: &Engine) -> Result<usize, StartupError> {
+    let keys = engine
+        .blobs
+        .list("originals/")
+        .await
+        .map_err(|e| StartupError::Io { what: "listing originals".into(), source: std::io::Error::other(e) })?;
+    let mut removed = 0;
+    for key in keys {
+        let orphan = match video_id_of_original(&key) {
+            Some(id) => !engine.store.video_exists(id).await?,
+            None => true,
+        };
+        if orphan {
+            let _ = engine.blobs.delete(&key).await;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// A node running on a thread of its own; stopped (gracefully) on [`RunningApp::stop`] or drop.
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+}
+
+impl RunningApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.state.engine.clone()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.state.data_dir
+    }
+
+    /// Stops the node as SIGTERM would and waits for it.
+    pub fn stop(mut self) -> Result<(), StoreError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), StoreError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| Err(StoreError::Backend("panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// The multi-threaded runtime the actix System runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("showcase-worker")
+        .build()
+        .expect("building the tokio runtime")
+}
+
+/// Builds and runs a node on a new thread; returns once it listens.
+pub fn spawn(config: Config) -> Result<RunningApp, StartupError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("showcase-node".into())
+        .spawn(move || {
+            let system = System::with_tokio_rt(runtime);
+            let result = system.block_on(async move {
+                let app = match Application::build(config).await {
+                    Ok(app) => app,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok((app.local_addr(), app.state())));
+                app.run_until_stopped(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            });
+            System::current().stop();
+            result
+        })
+        .map_err(io_error("spawning the node thread"))?;
+    match ready_rx.recv() {
+        Ok(Ok((addr, state))) => Ok(RunningApp { addr, state, stop: Some(stop_tx), thread: Some(thread) }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let reason = match thread.join() {
+                Err(panic) => format!("{panic:?}"),
+                Ok(_) => "exited before listening".into(),
+            };
+            Err(StartupError::Thread(reason))
+        }
+    }
+}

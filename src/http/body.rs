@@ -1,0 +1,131 @@
+//! Reading request bodies with bounds: a size limit (checked against `Content-Length` before a
+//! byte is read, then counted while reading) and an idle timeout between chunks, so a client
+//! can neither make us buffer without limit nor hold a handler by sending nothing.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// Boxed body stream handed to handlers (warp's own stream type cannot be named).
+pub type BodyStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>>;
+
+/// Converts warp's body stream into [`BodyStream`] without copying.
+pub fn boxed<S, B>(stream: S) -> BodyStream
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    Box::pin(stream.map(|chunk| {
+        chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(std::io::Error::other)
+    }))
+}
+
+pub fn too_large(limit: u64) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "El cuerpo de la solicitud supera el máximo de {limit} bytes."
+    ))
+}
+
+/// Reads a whole (small) body.
+pub async fn read_limited(
+    mut body: BodyStream,
+    content_length: Option<u64>,
+    limit: u64,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
+    if content_length.is_some_and(|len| len > limit) {
+        return Err(too_large(limit));
+    }
+    let mut out = BytesMut::new();
+    loop {
+        let next = tokio::time::timeout(idle, body.next())
+            .await
+            .map_err(|_| ApiError::RequestTimeout("El cliente dejó de enviar el cuerpo.".into()))?;
+        match next {
+            None => return Ok(out.freeze()),
+            Some(Ok(chunk)) => {
+                if out.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(too_large(limit));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Some(Err(_)) => {
+                return Err(ApiError::bad_request("El cuerpo de la solicitud llegó incompleto."))
+            }
+        }
+    }
+}
+
+/// A JSON object body; fields are read by name with messages that name the field.
+#[derive(Debug)]
+pub struct JsonObject(Map<String, Value>);
+
+impl JsonObject {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::bad_request("El cuerpo debe ser un objeto JSON.")),
+            Err(e) => Err(ApiError::bad_request(format!("El cuerpo no es JSON válido: {e}."))),
+        }
+    }
+
+    /// A required string field.
+    pub fn string(&self, field: &str) -> Result<String, ApiError> {
+        match self.0.get(field) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            None | Some(Value::Null) => {
+                Err(ApiError::bad_request(format!("El campo '{field}' es obligatorio.")))
+            }
+            Some(_) => Err(ApiError::bad_request(format!("El campo '{field}' debe ser un texto."))),
+        }
+    }
+}
+
+/// The `Content-Length` of a request, when it sent a valid one.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(chunks: Vec<&'static [u8]>) -> BodyStream {
+        Box::pin(futures_util::stream::iter(
+            chunks.into_iter().map(|c| Ok(Bytes::from_static(c))).collect::<Vec<_>>(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn limits_apply_to_declared_and_counted_lengths() {
+        let idle = Duration::from_secs(1);
+        let ok = read_limited(stream_of(vec![b"ab", b"cd"]), None, 4, idle).await.unwrap();
+        assert_eq!(&ok[..], b"abcd");
+        let counted = read_limited(stream_of(vec![b"ab", b"cde"]), None, 4, idle).await;
+        assert!(matches!(counted, Err(ApiError::PayloadTooLarge(_))));
+        let declared = read_limited(stream_of(vec![]), Some(5), 4, idle).await;
+        assert!(matches!(declared, Err(ApiError::PayloadTooLarge(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out() {
+        let silent: BodyStream = Box::pin(futures_util::stream::pending());
+        let result = read_limited(silent, None, 10, Duration::from_secs(5)).await;
+        assert!(matches!(result, Err(ApiError::RequestTimeout(_))));
+    }
+
+    #[test]
+    fn json_fields_are_named_in_errors() {
+        let obj = JsonObject::parse(br#"{"a":"x","b":3}"#).unwrap();
+        assert_eq!(obj.string("a").unwrap(), "x");
+        assert!(obj.string("b").unwrap_err().to_string().contains("'b'"));
+        assert!(obj.string("c").unwrap_err().to_string().contains("'c'"));
+        assert!(JsonObject::parse(b"[1]").is_err());
+        assert!(JsonObject::parse(b"{").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! The HTTP layer: the routes of the public contract (`shared/contract.md`) on warp, the
+//! handlers, and the server loop under them.
+//!
+//! Handlers return `Result<Response, ApiError>`; errors become `{"detail": ...}` responses in
+//! one place ([`error`]). Rejections are used only for routing (unknown path, wrong method).
+
+pub mod body;
+pub mod error;
+pub mod pagination;
+pub mod server;
+
+mod accounts;
+mod ops;
+mod public;
+mod videos;
+mod web;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde::Serialize;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::app::AppState;
+use crate::domain::VideoId;
+use body::BodyStream;
+use error::ApiError;
+
+/// Serialises `value` as the JSON body of a response with `status`.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// A path id: anything but an unsigned integer names no video.
+fn video_id(raw: &str) -> Result<VideoId, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound(error::VIDEO_NOT_FOUND.into()))
+}
+
+fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+fn body_stream() -> BoxedFilter<(BodyStream,)> {
+    warp::body::stream().map(body::boxed).boxed()
+}
+
+type Query = Vec<(String, String)>;
+
+/// Every route of the node.
+pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    let st = || with_state(state.clone());
+    let headers = warp::header::headers_cloned;
+
+    let signup = warp::path!("api" / "auth" / "signup")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .and(body_stream())
+        .then(|s, h, b| async move { respond(accounts::signup(s, h, b).await) })
+        .boxed();
+    let login = warp::path!("api" / "auth" / "login")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .and(body_stream())
+        .then(|s, h, b| async move { respond(accounts::login(s, h, b).await) })
+        .boxed();
+
+    let upload = warp::path!("api" / "videos" / "upload")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .and(body_stream())
+        .then(|s, h, b| async move { respond(videos::upload(s, h, b).await) })
+        .boxed();
+    let my_videos = warp::path!("api" / "videos")
+        .and(warp::get())
+        .and(st())
+        .and(headers())
+        .then(|s, h| async move { respond(videos::list(s, h).await) })
+        .boxed();
+    let detail = warp::path!("api" / "videos" / String)
+        .and(warp::get())
+        .and(st())
+        .and(headers())
+        .then(|id: String, s, h| async move { respond(videos::detail(s, h, id).await) })
+        .boxed();
+    let delete = warp::path!("api" / "videos" / String)
+        .and(warp::delete())
+        .and(st())
+        .and(headers())
+        .then(|id: String, s, h| async move { respond(videos::delete(s, h, id).await) })
+        .boxed();
+
+    let public_videos = warp::path!("api" / "public" / "videos")
+        .and(warp::get())
+        .and(st())
+        .and(warp::query::<Query>())
+        .then(|s, q: Query| async move { respond(public::videos(s, q).await) })
+        .boxed();
+    let vote = warp::path!("api" / "public" / "videos" / String / "vote")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .then(|id: String, s, h| async move { respond(public::vote(s, h, id).await) })
+        .boxed();
+    let rankings = warp::path!("api" / "public" / "rankings")
+        .and(warp::get())
+        .and(st())
+        .and(warp::query::<Query>())
+        .then(|s, q: Query| async move { respond(public::rankings(s, q).await) })
+        .boxed();
+
+    let health = warp::path!("api" / "health").and(warp::get()).map(ops::health).boxed();
+    let ready = warp::path!("api" / "health" / "ready")
+        .and(warp::get())
+        .and(st())
+        .then(ops::ready)
+        .boxed();
+    let actors = warp::path!("api" / "health" / "actors")
+        .and(warp::get())
+        .and(st())
+        .then(ops::actors)
+        .boxed();
+
+    let index = warp::path::end().and(warp::get()).map(web::index).boxed();
+
+    signup
+        .or(login)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(my_videos)
+        .unify()
+        .or(detail)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(public_videos)
+        .unify()
+        .or(vote)
+        .unify()
+        .or(rankings)
+        .unify()
+        .or(health)
+        .unify()
+        .or(ready)
+        .unify()
+        .or(actors)
+        .unify()
+        .or(index)
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}

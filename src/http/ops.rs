@@ -1,0 +1,60 @@
+//! Health routes for load balancers and operators.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::json as json_value;
+use warp::reply::Response;
+
+use super::json;
+use crate::app::AppState;
+use crate::engine::QueueStats;
+use crate::health::ActorReport;
+
+/// Liveness: the process answers.
+pub fn health() -> Response {
+    json(StatusCode::OK, &json_value!({"status": "ok"}))
+}
+
+/// Readiness: every actor healthy and the node accepting uploads.
+pub async fn ready(state: Arc<AppState>) -> Response {
+    let problems = state.readiness_problems().await;
+    if problems.is_empty() {
+        json(StatusCode::OK, &json_value!({"status": "ready"}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json_value!({"status": "unavailable", "detail": problems.join("; "), "reasons": problems}),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct DiskReport {
+    free_bytes: Option<u64>,
+    min_free_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct ActorsReport {
+    version: &'static str,
+    uptime_s: u64,
+    actors: Vec<ActorReport>,
+    queue: Option<QueueStats>,
+    disk: DiskReport,
+}
+
+pub async fn actors(state: Arc<AppState>) -> Response {
+    let report = ActorsReport {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: state.registry.uptime_s(),
+        actors: state.registry.reports(),
+        queue: state.engine.queue.stats().await.ok(),
+        disk: DiskReport {
+            free_bytes: crate::system::free_disk_bytes(&state.data_dir).ok(),
+            min_free_bytes: state.config.upload.min_free_disk_mb * 1024 * 1024,
+        },
+    };
+    json(StatusCode::OK, &report)
+}

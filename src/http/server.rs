@@ -1,0 +1,208 @@
+//! The HTTP/1.1 server loop under the warp routes.
+//!
+//! warp's own server offers no connection cap, no header-read timeout and no control over how
+//! a connection ends, so the accept loop is ours (in the shape of mini-redis):
+//! - a semaphore permit is taken *before* `accept`, so open connections never exceed
+//!   `server.max_connections` however fast clients connect;
+//! - hyper's header-read timeout closes a client that does not finish its request head in time;
+//! - request paths are normalised before routing (a trailing slash is accepted on every route);
+//! - shutdown is a broadcast: the loop stops accepting, every connection finishes the request
+//!   in flight and closes, and the caller waits for the last connection up to a grace deadline;
+//! - a connection that answered before reading the whole request body (an upload refused
+//!   mid-stream) is closed with a *lingering close*: we shut our write side and discard what the
+//!   client is still sending for a short while. Closing outright with unread bytes in the socket
+//!   makes the kernel send a reset, which can destroy the response before the client reads it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
+use tower_service::Service as _;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+/// How long, at most, a lingering close keeps discarding what a client still sends.
+const LINGER_TOTAL: Duration = Duration::from_secs(5);
+/// A lingering close ends early once the client has sent nothing for this long.
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+type Routes = BoxedFilter<(Response,)>;
+
+/// One connection's request handler: normalises the path, then runs the warp routes.
+#[derive(Clone)]
+struct RouteService {
+    routes: Routes,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for RouteService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        normalize_path(&mut request);
+        // Wrapping the boxed filter is a pointer copy; its future owns everything it needs.
+        let mut routes = warp::service(self.routes.clone());
+        Box::pin(routes.call(request))
+    }
+}
+
+/// Drops one trailing slash (`/api/videos/` → `/api/videos`), keeping the query.
+fn normalize_path<B>(request: &mut http::Request<B>) {
+    let uri = request.uri();
+    let path = uri.path();
+    if path.len() <= 1 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = &path[..path.len() - 1];
+    let rebuilt = match uri.query() {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_string(),
+    };
+    if let Ok(path_and_query) = rebuilt.parse::<http::uri::PathAndQuery>() {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` turns true, then waits for open connections
+/// to finish, at most `grace`. Returns how many connections were still open at the deadline.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> usize {
+    let service = RouteService { routes };
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = stopping(&mut shutdown) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopping(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(stream, peer, service, &builder, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        let open = connections.len();
+        tracing::warn!(open, "grace period over with connections still open");
+        return open;
+    }
+    0
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: RouteService,
+    builder: &hyper::server::conn::http1::Builder,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connection = builder.serve_connection(TokioIo::new(stream), service);
+    let mut shutting_down = false;
+    let result = loop {
+        tokio::select! {
+            result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break result,
+            _ = stopping(&mut shutdown), if !shutting_down => {
+                shutting_down = true;
+                Pin::new(&mut connection).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(error) = &result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+    let stream = connection.into_parts().io.into_inner();
+    linger(stream).await;
+}
+
+/// Resolves once shutdown has been requested (or its sender is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Half-closes the connection and discards what the client still sends, for a bounded time.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER_TOTAL, async {
+        loop {
+            match tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    fn normalized(uri: &str) -> String {
+        let mut request = http::Request::builder().uri(uri).body(()).unwrap();
+        normalize_path(&mut request);
+        request.uri().to_string()
+    }
+
+    #[test]
+    fn one_trailing_slash_is_dropped_and_the_query_kept() {
+        assert_eq!(normalized("/api/public/videos/"), "/api/public/videos");
+        assert_eq!(normalized("/api/public/rankings/?page=2"), "/api/public/rankings?page=2");
+        assert_eq!(normalized("/api/videos"), "/api/videos");
+        assert_eq!(normalized("/"), "/");
+    }
+}

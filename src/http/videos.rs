@@ -1,0 +1,347 @@
+//! The signed-in player's videos: upload, list, detail, delete.
+//!
+//! The upload handler decides admission before it reads a byte of the body (token, content
+//! type, declared length, then a slot from the Ingest actor), then streams the file part
+//! straight to a temp file in bounded chunks while counting bytes, fsyncs it, probes it and
+//! hands it to Ingest to be committed. A refusal at any point drops the temp file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use warp::reply::Response;
+
+use super::body::{content_length, BodyStream};
+use super::error::ApiError;
+use super::{json, video_id};
+use crate::actors::ingest::{CommitUpload, PreparedUpload, Refusal, RequestSlot};
+use crate::app::AppState;
+use crate::domain::{format_ts, UserId, Video, VideoStatus};
+use crate::engine::probe::{probe_mp4, ProbeError};
+use crate::upload::{check_policy, TempUpload};
+
+/// Room for the multipart framing and the other fields around the file.
+const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
+/// Longest accepted form field other than the file.
+const MAX_TEXT_FIELD_BYTES: usize = 4 * 1024;
+/// Write buffer between the socket and the temp file.
+const WRITE_BUFFER_BYTES: usize = 512 * 1024;
+const MAX_TITLE_CHARS: usize = 255;
+
+pub const FILE_FIELD: &str = "video_file";
+pub const TITLE_FIELD: &str = "title";
+
+fn user_of(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
+    let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+    Ok(state.auth.verify_header(header)?)
+}
+
+fn too_big(max_bytes: u64) -> ApiError {
+    ApiError::bad_request(format!(
+        "El campo '{FILE_FIELD}' supera el tamaño máximo permitido de {} MiB.",
+        max_bytes / (1024 * 1024)
+    ))
+}
+
+fn idle_timeout() -> ApiError {
+    ApiError::RequestTimeout("El cliente dejó de enviar el archivo.".into())
+}
+
+fn multipart_error(e: multer::Error) -> ApiError {
+    match e {
+        multer::Error::StreamReadFailed(_) => {
+            ApiError::bad_request("La subida se interrumpió antes de terminar.")
+        }
+        other => ApiError::bad_request(format!("Cuerpo multipart inválido: {other}.")),
+    }
+}
+
+fn probe_error(e: ProbeError) -> ApiError {
+    match e {
+        ProbeError::Empty => ApiError::bad_request(format!("El campo '{FILE_FIELD}' está vacío.")),
+        ProbeError::Io(cause) => ApiError::Internal(format!("probing the upload: {cause}")),
+        other => ApiError::bad_request(format!("El campo '{FILE_FIELD}' no es un video MP4 válido: {other}.")),
+    }
+}
+
+fn validate_title(raw: &str) -> Result<String, ApiError> {
+    let title = raw.trim();
+    let chars = title.chars().count();
+    if chars == 0 || chars > MAX_TITLE_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "El campo '{TITLE_FIELD}' debe tener entre 1 y {MAX_TITLE_CHARS} caracteres."
+        )));
+    }
+    Ok(title.to_string())
+}
+
+#[derive(Serialize)]
+struct UploadAccepted {
+    message: &'static str,
+    task_id: String,
+    video_id: u64,
+}
+
+pub async fn upload(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) -> Result<Response, ApiError> {
+    // Everything up to the slot is decided without reading the body.
+    let owner_id = user_of(&state, &headers)?;
+    let policy = &state.config.upload;
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        ApiError::bad_request("La solicitud debe ser multipart/form-data con los campos 'video_file' y 'title'.")
+    })?;
+    if content_length(&headers).is_some_and(|len| len > policy.max_bytes + MULTIPART_OVERHEAD_BYTES) {
+        return Err(too_big(policy.max_bytes));
+    }
+    let slot = state
+        .ingest
+        .call(|reply| RequestSlot { reply })
+        .await?
+        .map_err(|refusal| refused(&refusal))?;
+
+    let idle = Duration::from_secs(state.config.server.body_idle_timeout_s);
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new().whole_stream(policy.max_bytes + MULTIPART_OVERHEAD_BYTES),
+    );
+    let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
+    let mut title = None;
+    let mut file: Option<(TempUpload, u64)> = None;
+    loop {
+        let next = tokio::time::timeout(idle, multipart.next_field()).await.map_err(|_| idle_timeout())?;
+        let Some(mut field) = next.map_err(multipart_error)? else { break };
+        match field.name() {
+            Some(FILE_FIELD) => {
+                if file.is_some() {
+                    return Err(ApiError::bad_request(format!("El campo '{FILE_FIELD}' aparece dos veces.")));
+                }
+                let temp = TempUpload::new_in(&state.data_dir);
+                let written = stream_to_file(&mut field, &temp, policy.max_bytes, idle).await?;
+                file = Some((temp, written));
+            }
+            Some(TITLE_FIELD) => {
+                let raw = read_text_field(&mut field, idle).await?;
+                title = Some(validate_title(&raw)?);
+            }
+            _ => {
+                // Unknown fields are skipped; the whole-stream limit bounds them.
+                while tokio::time::timeout(idle, field.chunk())
+                    .await
+                    .map_err(|_| idle_timeout())?
+                    .map_err(multipart_error)?
+                    .is_some()
+                {}
+            }
+        }
+    }
+    let title = title.ok_or_else(|| ApiError::bad_request(format!("El campo '{TITLE_FIELD}' es obligatorio.")))?;
+    let (temp, written) =
+        file.ok_or_else(|| ApiError::bad_request(format!("El campo '{FILE_FIELD}' es obligatorio.")))?;
+    if written == 0 {
+        return Err(ApiError::bad_request(format!("El campo '{FILE_FIELD}' está vacío.")));
+    }
+
+    let path = temp.path().to_path_buf();
+    let media = tokio::task::spawn_blocking(move || probe_mp4(&path))
+        .await
+        .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
+        .map_err(probe_error)?;
+    check_policy(&media, policy).map_err(|v| ApiError::bad_request(v.to_string()))?;
+
+    let prepared = PreparedUpload { owner_id, title, file: temp, media };
+    let (video, job) = state
+        .ingest
+        .call(|reply| CommitUpload { upload: prepared, reply })
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    drop(slot);
+    Ok(json(
+        StatusCode::CREATED,
+        &UploadAccepted {
+            message: "Video subido exitosamente. Procesamiento en curso.",
+            task_id: job.task_id,
+            video_id: video.id,
+        },
+    ))
+}
+
+fn refused(refusal: &Refusal) -> ApiError {
+    let detail = match refusal {
+        Refusal::NoSlot { .. } => "Capacidad de subida agotada; intente de nuevo en unos segundos.",
+        Refusal::DiskFull { .. } => "Espacio de almacenamiento insuficiente; intente más tarde.",
+        Refusal::QueueFull { .. } => "La cola de procesamiento está llena; intente más tarde.",
+    };
+    ApiError::unavailable(detail, refusal.retry_after_s())
+}
+
+/// Streams one multipart field into `temp`, fsynced; refuses as soon as it exceeds `max_bytes`.
+async fn stream_to_file(
+    field: &mut multer::Field<'static>,
+    temp: &TempUpload,
+    max_bytes: u64,
+    idle: Duration,
+) -> Result<u64, ApiError> {
+    let io = |e: std::io::Error| ApiError::Internal(format!("writing the upload: {e}"));
+    let file = tokio::fs::File::create(temp.path()).await.map_err(io)?;
+    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+    let mut written = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(idle, field.chunk())
+            .await
+            .map_err(|_| idle_timeout())?
+            .map_err(multipart_error)?;
+        let Some(chunk) = chunk else { break };
+        written += chunk.len() as u64;
+        if written > max_bytes {
+            return Err(too_big(max_bytes));
+        }
+        writer.write_all(&chunk).await.map_err(io)?;
+    }
+    writer.flush().await.map_err(io)?;
+    let file = writer.into_inner();
+    file.sync_all().await.map_err(io)?;
+    Ok(written)
+}
+
+async fn read_text_field(field: &mut multer::Field<'static>, idle: Duration) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(idle, field.chunk())
+            .await
+            .map_err(|_| idle_timeout())?
+            .map_err(multipart_error)?;
+        let Some(chunk) = chunk else { break };
+        if bytes.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "El campo '{TITLE_FIELD}' es demasiado largo."
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request(format!("El campo '{TITLE_FIELD}' no es texto UTF-8.")))
+}
+
+#[derive(Serialize)]
+struct VideoSummary {
+    video_id: u64,
+    title: String,
+    status: &'static str,
+    uploaded_at: String,
+    processed_at: Option<String>,
+    processed_url: Option<String>,
+}
+
+pub fn processed_path(id: u64) -> String {
+    format!("/media/{id}.mp4")
+}
+
+pub fn poster_path(id: u64) -> String {
+    format!("/media/{id}.jpg")
+}
+
+pub fn original_path(id: u64) -> String {
+    format!("/media/originals/{id}.mp4")
+}
+
+fn published_url(state: &AppState, video: &Video, path: fn(u64) -> String) -> Option<String> {
+    (video.status == VideoStatus::Processed).then(|| state.public_url(&path(video.id)))
+}
+
+pub async fn list(state: Arc<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let owner = user_of(&state, &headers)?;
+    let videos = state.engine.store.videos_of(owner).await?;
+    let items: Vec<VideoSummary> = videos
+        .iter()
+        .map(|v| VideoSummary {
+            video_id: v.id,
+            title: v.title.clone(),
+            status: v.status.as_str(),
+            uploaded_at: format_ts(v.uploaded_at),
+            processed_at: v.processed_at.map(format_ts),
+            processed_url: published_url(&state, v, processed_path),
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &items))
+}
+
+#[derive(Serialize)]
+struct VideoDetail {
+    video_id: u64,
+    title: String,
+    status: &'static str,
+    progress: u8,
+    uploaded_at: String,
+    processed_at: Option<String>,
+    original_url: String,
+    processed_url: Option<String>,
+    poster_url: Option<String>,
+    votes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The video, if it exists and belongs to `user`.
+async fn owned_video(state: &AppState, user: UserId, raw_id: &str) -> Result<Video, ApiError> {
+    let id = video_id(raw_id)?;
+    let video = state
+        .engine
+        .store
+        .video(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(super::error::VIDEO_NOT_FOUND.into()))?;
+    if video.owner_id != user {
+        return Err(ApiError::Forbidden(super::error::NOT_OWNER.into()));
+    }
+    Ok(video)
+}
+
+pub async fn detail(state: Arc<AppState>, headers: HeaderMap, raw_id: String) -> Result<Response, ApiError> {
+    let user = user_of(&state, &headers)?;
+    let video = owned_video(&state, user, &raw_id).await?;
+    let expires = crate::domain::now_ts() as u64 + state.config.media.signed_url_ttl_s;
+    let original_url = state.public_url(&state.signer.sign(&original_path(video.id), expires));
+    let body = VideoDetail {
+        video_id: video.id,
+        title: video.title.clone(),
+        status: video.status.as_str(),
+        progress: video.progress,
+        uploaded_at: format_ts(video.uploaded_at),
+        processed_at: video.processed_at.map(format_ts),
+        original_url,
+        processed_url: published_url(&state, &video, processed_path),
+        poster_url: published_url(&state, &video, poster_path),
+        votes: video.votes,
+        error: video.error.clone().filter(|_| video.status == VideoStatus::Failed),
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    message: &'static str,
+    video_id: u64,
+}
+
+pub async fn delete(state: Arc<AppState>, headers: HeaderMap, raw_id: String) -> Result<Response, ApiError> {
+    let user = user_of(&state, &headers)?;
+    let id = video_id(&raw_id)?;
+    // The record and its job go in one durable step; the files follow. A crash in between
+    // leaves only files without a record, which startup removes.
+    let video = state.engine.store.delete_video(id, user).await?;
+    let keys = [Some(video.original_key.clone()), video.processed_key.clone(), video.poster_key.clone()];
+    for key in keys.into_iter().flatten() {
+        if let Err(error) = state.engine.blobs.delete(&key).await {
+            tracing::warn!(video_id = id, key, %error, "could not remove a deleted video's file");
+        }
+    }
+    tracing::info!(video_id = id, "video deleted");
+    Ok(json(
+        StatusCode::OK,
+        &Deleted { message: "El video ha sido eliminado exitosamente.", video_id: id },
+    ))
+}
