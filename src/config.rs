@@ -264,3 +264,61 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented file and the embedded defaults must never drift apart.
+    #[test]
+    fn documented_config_file_equals_the_embedded_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let documented: toml::Table = text.parse().unwrap();
+        let from_file = Config::from_toml_str(&text).unwrap();
+        assert_eq!(from_file, Config::default());
+        // Every key of the defaults is written out in the file.
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &defaults {
+            let keys = keys.as_table().unwrap();
+            let written = documented.get(section).and_then(|s| s.as_table());
+            let written = written.unwrap_or_else(|| panic!("section [{section}] missing"));
+            for key in keys.keys() {
+                assert!(written.contains_key(key), "{section}.{key} is not documented");
+            }
+        }
+    }
+
+    #[test]
+    fn required_keys_have_the_specified_defaults() {
+        let c = Config::default();
+        assert_eq!(c.upload.max_bytes, 104_857_600);
+        assert_eq!(c.upload.min_duration_s, 20.0);
+        assert_eq!(c.upload.max_duration_s, 60.0);
+        assert_eq!(c.upload.min_short_side, 1080);
+        assert_eq!(c.auth.token_ttl_s, 3600);
+        assert!(c.auth.jwt_secret.is_empty());
+        assert!(!c.faults.enabled);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml_str("[upload]\nmax_byte = 3\n").is_err());
+        assert!(Config::from_toml_str("[upload]\nmax_bytes = 0\n").is_err());
+        assert!(Config::from_toml_str("[log]\nformat = \"xml\"\n").is_err());
+        let c = Config::from_toml_str("[upload]\nmax_concurrent = 3\n").unwrap();
+        assert_eq!(c.upload.max_concurrent, 3);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("showcase.toml", "[upload]\nmax_concurrent = 3\n")?;
+            jail.set_env("SHOWCASE_UPLOAD__MAX_CONCURRENT", "7");
+            jail.set_env("SHOWCASE_SERVER__ADDR", "0.0.0.0:9000");
+            let c = Config::load(Path::new("showcase.toml"), true).unwrap();
+            assert_eq!(c.upload.max_concurrent, 7);
+            assert_eq!(c.server.addr.to_string(), "0.0.0.0:9000");
+            Ok(())
+        });
+    }
+}
