@@ -1,0 +1,288 @@
+//! Shared helpers of the integration tests: a real node on 127.0.0.1:0 with a fresh data dir,
+//! players, uploads, and test media generated with FFmpeg's lavfi sources (never committed).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use showcase::app::RunningApp;
+use showcase::config::Config;
+use showcase::domain::{NewUser, Publication};
+
+pub const PASSWORD: &str = "canasta-2026";
+
+/// A node with a fresh temp data dir, removed when dropped.
+pub struct TestApp {
+    pub app: RunningApp,
+    pub http: reqwest::Client,
+    // Dropped after `app` (fields drop in order), so the node stops before its dir goes.
+    pub dir: tempfile::TempDir,
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.addr = "127.0.0.1:0".parse().unwrap();
+    config.storage.data_dir = dir.to_path_buf();
+    config.server.shutdown_grace_s = 5;
+    // Test machines may have little free disk; the watermark is tested on its own.
+    config.upload.min_free_disk_mb = 0;
+    config
+}
+
+impl TestApp {
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let app = showcase::app::spawn(config).expect("the node starts");
+        Self { app, http: reqwest::Client::new(), dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.app.url(path)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        read(self.http.post(self.url(path)).json(body).send().await.unwrap()).await
+    }
+
+    pub async fn signup(&self, first: &str, last: &str, email: &str, city: &str) -> (StatusCode, Value) {
+        self.post_json(
+            "/api/auth/signup",
+            &json!({
+                "first_name": first, "last_name": last, "email": email,
+                "password1": PASSWORD, "password2": PASSWORD, "city": city, "country": "Colombia"
+            }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.post_json("/api/auth/login", &json!({"email": email, "password": password})).await
+    }
+
+    /// Signs up and logs in through HTTP; returns (user id, token).
+    pub async fn player(&self, first: &str, last: &str, email: &str, city: &str) -> (u64, String) {
+        let (status, body) = self.signup(first, last, email, city).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, login) = self.login(email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        (body["id"].as_u64().unwrap(), login["access_token"].as_str().unwrap().to_string())
+    }
+
+    /// A user written straight into the store (password [`PASSWORD`]) with a token from the
+    /// node's own issuer: for tests that need hundreds of players and are not about signup
+    /// (argon2 is slow on purpose).
+    pub async fn quick_player(&self, first: &str, last: &str, city: &str) -> (u64, String) {
+        static HASH: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+        let hash = HASH
+            .get_or_init(|| async {
+                let auth = showcase::auth::Auth::new(b"any", std::time::Duration::from_secs(60), 1);
+                auth.hash_password(PASSWORD.to_string()).await.unwrap()
+            })
+            .await;
+        let email = format!("{}.{}.{}@test.example", first, last, uuid_like());
+        let user = self
+            .app
+            .engine()
+            .store
+            .create_user(NewUser {
+                first_name: first.into(),
+                last_name: last.into(),
+                email,
+                password_hash: hash.clone(),
+                city: city.into(),
+                country: "Colombia".into(),
+            })
+            .await
+            .unwrap();
+        (user.id, self.app.state.auth.issue(user.id).token)
+    }
+
+    pub async fn upload(&self, token: &str, file: &Path, title: &str) -> (StatusCode, Value) {
+        let bytes = std::fs::read(file).unwrap();
+        let part = reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4").mime_str("video/mp4").unwrap();
+        let form = reqwest::multipart::Form::new().text("title", title.to_string()).part("video_file", part);
+        read(self.http.post(self.url("/api/videos/upload")).bearer_auth(token).multipart(form).send().await.unwrap())
+            .await
+    }
+
+    /// Uploads a valid clip; returns the video id.
+    pub async fn uploaded_video(&self, token: &str, title: &str) -> u64 {
+        let (status, body) = self.upload(token, &clip(Clip::Valid), title).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["video_id"].as_u64().unwrap()
+    }
+
+    /// Publishes a video the way the processing pipeline does when a job succeeds.
+    pub async fn publish(&self, video_id: u64) {
+        publish_in(&self.app.engine(), video_id).await;
+    }
+
+    pub fn files_under(&self, sub: &str) -> Vec<PathBuf> {
+        files_under(&self.dir.path().join(sub))
+    }
+}
+
+pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {
+    engine
+        .store
+        .publish_video(
+            video_id,
+            Publication {
+                processed_key: format!("processed/{video_id}.mp4"),
+                poster_key: format!("posters/{video_id}.jpg"),
+                content_hash: format!("{video_id:064x}"),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+pub fn detail_of(body: &Value) -> &str {
+    body["detail"].as_str().unwrap_or_else(|| panic!("no detail in {body}"))
+}
+
+/// Test clips, generated once per build directory.
+#[derive(Debug, Clone, Copy)]
+pub enum Clip {
+    /// 1920x1080, 25 s: accepted.
+    Valid,
+    /// 1080x1920 portrait, 25 s: accepted.
+    Portrait,
+    /// 1920x1080, 12 s: too short.
+    Short,
+    /// 640x360, 25 s: too small.
+    LowRes,
+    /// The valid clip cut in half.
+    Truncated,
+    /// A text file named .mp4.
+    Text,
+}
+
+pub fn media_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-media");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Generates (once) an H.264 MP4 of the given size and duration from a lavfi test source.
+pub fn generate_mp4(name: &str, width: u32, height: u32, seconds: u32) -> PathBuf {
+    let path = media_dir().join(name);
+    if path.exists() {
+        return path;
+    }
+    let tmp = media_dir().join(format!("{name}.{}.tmp.mp4", std::process::id()));
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={width}x{height}:rate=10"))
+        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "45"])
+        .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+        .arg(&tmp)
+        .status()
+        .expect("ffmpeg must be installed (make test installs it)");
+    assert!(status.success(), "ffmpeg failed for {name}");
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+pub fn clip(kind: Clip) -> PathBuf {
+    match kind {
+        Clip::Valid => generate_mp4("valid-1920x1080-25s.mp4", 1920, 1080, 25),
+        Clip::Portrait => generate_mp4("portrait-1080x1920-25s.mp4", 1080, 1920, 25),
+        Clip::Short => generate_mp4("short-1920x1080-12s.mp4", 1920, 1080, 12),
+        Clip::LowRes => generate_mp4("lowres-640x360-25s.mp4", 640, 360, 25),
+        Clip::Truncated => {
+            let path = media_dir().join("truncated.mp4");
+            if !path.exists() {
+                let full = std::fs::read(clip(Clip::Valid)).unwrap();
+                write_atomically(&path, &full[..full.len() / 2]);
+            }
+            path
+        }
+        Clip::Text => {
+            let path = media_dir().join("text.mp4");
+            if !path.exists() {
+                write_atomically(&path, "Esto no es un video, es un texto.\n".repeat(200).as_bytes());
+            }
+            path
+        }
+    }
+}
+
+/// A valid MP4 of exactly `total` bytes: the valid clip followed by a top-level `free` box.
+pub fn padded_mp4(total: u64) -> PathBuf {
+    let path = media_dir().join(format!("padded-{total}.mp4"));
+    if path.exists() {
+        return path;
+    }
+    let base = std::fs::read(clip(Clip::Valid)).unwrap();
+    let pad = total - base.len() as u64;
+    assert!(pad >= 8 && pad <= u32::MAX as u64);
+    let tmp = media_dir().join(format!("padded-{total}.{}.tmp", std::process::id()));
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+        f.write_all(&base).unwrap();
+        f.write_all(&(pad as u32).to_be_bytes()).unwrap();
+        f.write_all(b"free").unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = pad - 8;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
