@@ -17,9 +17,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,9 +58,51 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         normalize_path(&mut request);
+        let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream()));
+        let request = request.map(|inner| TrackedBody { inner, done: body_done.clone() });
         // Wrapping the boxed filter is a pointer copy; its future owns everything it needs.
         let mut routes = warp::service(self.routes.clone());
-        Box::pin(routes.call(request))
+        let answered = routes.call(request);
+        Box::pin(async move {
+            let mut response = answered.await?;
+            if !body_done.load(Ordering::Acquire) {
+                // Answered before the body was read (a refused upload): the rest of the body
+                // is still on the wire, so the connection cannot carry another request. Say so,
+                // or a client would reuse it and find it closed.
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// A request body that records when it has been read to its end.
+struct TrackedBody {
+    inner: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

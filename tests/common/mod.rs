@@ -211,6 +211,7 @@ pub fn media_dir() -> PathBuf {
 
 /// Generates (once) an H.264 MP4 of the given size and duration from a lavfi test source.
 pub fn generate_mp4(name: &str, width: u32, height: u32, seconds: u32) -> PathBuf {
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
     let path = media_dir().join(name);
     if path.exists() {
         return path;
@@ -229,6 +230,10 @@ pub fn generate_mp4(name: &str, width: u32, height: u32, seconds: u32) -> PathBu
     path
 }
 
+/// Tests of one binary run on threads of one process: they generate media one at a time (and
+/// other test binaries are kept apart by the pid in the temp names).
+static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn clip(kind: Clip) -> PathBuf {
     match kind {
         Clip::Valid => generate_mp4("valid-1920x1080-25s.mp4", 1920, 1080, 25),
@@ -236,14 +241,16 @@ pub fn clip(kind: Clip) -> PathBuf {
         Clip::Short => generate_mp4("short-1920x1080-12s.mp4", 1920, 1080, 12),
         Clip::LowRes => generate_mp4("lowres-640x360-25s.mp4", 640, 360, 25),
         Clip::Truncated => {
+            let full = std::fs::read(clip(Clip::Valid)).unwrap();
+            let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
             let path = media_dir().join("truncated.mp4");
             if !path.exists() {
-                let full = std::fs::read(clip(Clip::Valid)).unwrap();
                 write_atomically(&path, &full[..full.len() / 2]);
             }
             path
         }
         Clip::Text => {
+            let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
             let path = media_dir().join("text.mp4");
             if !path.exists() {
                 write_atomically(&path, "Esto no es un video, es un texto.\n".repeat(200).as_bytes());
@@ -260,6 +267,10 @@ pub fn padded_mp4(total: u64) -> PathBuf {
         return path;
     }
     let base = std::fs::read(clip(Clip::Valid)).unwrap();
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
+    if path.exists() {
+        return path;
+    }
     let pad = total - base.len() as u64;
     assert!(pad >= 8 && pad <= u32::MAX as u64);
     let tmp = media_dir().join(format!("padded-{total}.{}.tmp", std::process::id()));
