@@ -2,6 +2,8 @@
 //! players, uploads, and test media generated with FFmpeg's lavfi sources (never committed).
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
