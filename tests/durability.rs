@@ -1,0 +1,105 @@
+//! What was acknowledged survives SIGKILL: the real binary is killed right after a 201 and
+//! right after a vote's 200, then restarted on the same data dir.
+
+mod common;
+
+use common::process::ServerProcess;
+use common::{clip, Clip, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use showcase::engine::sled_engine::SledEngine;
+
+async fn player(http: &reqwest::Client, server: &ServerProcess, email: &str) -> String {
+    let signup = json!({
+        "first_name": "Luis", "last_name": "Díaz", "email": email,
+        "password1": PASSWORD, "password2": PASSWORD, "city": "Cali", "country": "Colombia"
+    });
+    let response = http.post(server.url("/api/auth/signup")).json(&signup).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let login: Value = http
+        .post(server.url("/api/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send().await.unwrap().json().await.unwrap();
+    login["access_token"].as_str().unwrap().to_string()
+}
+
+async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> u64 {
+    let part = reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap()).file_name("a.mp4");
+    let form = reqwest::multipart::Form::new().text("title", "Antes del corte").part("video_file", part);
+    let response = http.post(server.url("/api/videos/upload")).bearer_auth(token).multipart(form)
+        .send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json::<Value>().await.unwrap()["video_id"].as_u64().unwrap()
+}
+
+async fn get(http: &reqwest::Client, server: &ServerProcess, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut request = http.get(server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    common::read(request.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let token = player(&http, &server, "luis@example.com").await;
+    let id = upload(&http, &server, &token).await;
+    server.kill9();
+
+    let server = ServerProcess::start(dir.path(), &[]);
+    // The token still verifies: the generated secret was persisted before it was used.
+    let (status, video) = get(&http, &server, &format!("/api/videos/{id}"), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{video}");
+    assert_eq!(video["status"], "uploaded");
+    assert_eq!(video["title"], "Antes del corte");
+    let stored = dir.path().join(format!("media/originals/{id}.mp4"));
+    assert_eq!(std::fs::read(stored).unwrap(), std::fs::read(clip(Clip::Valid)).unwrap());
+    let (_, health) = get(&http, &server, "/api/health/actors", None).await;
+    assert_eq!(health["queue"]["depth"], 1, "{health}");
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM ends with exit 0, got {status:?}");
+
+    let engine = SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
+    let job = showcase::engine::JobQueue::job(engine.as_ref(), id).await.unwrap();
+    assert_eq!(job.expect("the job survived").video_id, id);
+}
+
+#[tokio::test]
+async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let owner = player(&http, &server, "owner@example.com").await;
+    let fan = player(&http, &server, "fan@example.com").await;
+    let id = upload(&http, &server, &owner).await;
+    assert!(server.terminate().success());
+
+    // Publish it as the pipeline would, with the node stopped (the store has one owner).
+    {
+        let engine = SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
+        let engine = showcase::engine::Engine {
+            store: engine.clone(),
+            queue: engine.clone(),
+            blobs: std::sync::Arc::new(showcase::engine::LocalBlobs::open(dir.path().join("media")).unwrap()),
+        };
+        common::publish_in(&engine, id).await;
+    }
+
+    let server = ServerProcess::start(dir.path(), &[]);
+    let response = http.post(server.url(&format!("/api/public/videos/{id}/vote"))).bearer_auth(&fan)
+        .send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    server.kill9();
+
+    let server = ServerProcess::start(dir.path(), &[]);
+    let (_, video) = get(&http, &server, &format!("/api/videos/{id}"), Some(&owner)).await;
+    assert_eq!(video["votes"], 1, "{video}");
+    let (_, rankings) = get(&http, &server, "/api/public/rankings", None).await;
+    assert_eq!(rankings[0]["votes"], 1, "{rankings}");
+    let again = http.post(server.url(&format!("/api/public/videos/{id}/vote"))).bearer_auth(&fan)
+        .send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+}
