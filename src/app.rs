@@ -32,6 +32,9 @@ use crate::signed_url::UrlSigner;
 /// A heartbeat older than this makes an actor count as unhealthy.
 pub const HEARTBEAT_STALE_MS: u64 = 5_000;
 
+/// Longest wait for every actor to run at startup.
+const ACTOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sub-directories of the data dir.
 pub const DB_DIR: &str = "db";
 pub const MEDIA_DIR: &str = "media";
@@ -44,6 +47,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("actors did not start in time: {0}")]
+    ActorsNotRunning(String),
     #[error("the server thread failed: {0}")]
     Thread(String),
 }
@@ -172,6 +177,19 @@ impl Application {
             }
         };
         let supervisor = Supervisor::new(registry.clone(), vec![ingest_spec]).start();
+        // Serve nothing until every actor runs: a request must never find an actor missing
+        // merely because the node is still starting.
+        let deadline = tokio::time::Instant::now() + ACTOR_START_TIMEOUT;
+        loop {
+            let starting = registry.not_running();
+            if starting.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StartupError::ActorsNotRunning(starting.join(", ")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         let addr = config.server.addr;
         let listener =

@@ -188,6 +188,11 @@ impl HealthRegistry {
         now_ms().saturating_sub(self.started_at_ms) / 1000
     }
 
+    /// Names of the actors whose state is not `running`.
+    pub fn not_running(&self) -> Vec<&'static str> {
+        self.reports().into_iter().filter(|r| r.state != ActorState::Running).map(|r| r.name).collect()
+    }
+
     /// Why the actors are not all healthy, if they are not. A heartbeat older than
     /// `stale_after_ms` counts as unhealthy.
     pub fn problems(&self, stale_after_ms: u64) -> Vec<String> {

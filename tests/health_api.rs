@@ -72,26 +72,25 @@ async fn a_full_queue_refuses_uploads_and_readiness_says_why() {
 async fn uploads_beyond_the_slots_are_refused_at_once_with_retry_after() {
     let t = TestApp::start_with(|c| c.upload.max_concurrent = 1);
     let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
-    // Hold the only slot with an upload that sends its head and then waits.
+    // Hold the only slot with an upload that starts its file and then waits.
     let mut slow = tokio::net::TcpStream::connect(t.app.addr).await.unwrap();
     let head = format!(
         "POST /api/videos/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n\
+         Content-Disposition: form-data; name=\"video_file\"; filename=\"a.mp4\"\r\n\r\n"
     );
     slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[0u8; 4096]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let started = Instant::now();
-        let (status, body) = t.upload(&token, &clip(Clip::Valid), "Segundo").await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            assert!(started.elapsed() < Duration::from_secs(2), "refusals are immediate");
-            assert!(detail_of(&body).contains("Capacidad"), "{body}");
-            break;
-        }
-        // The slow upload may not have taken its slot yet.
-        assert!(Instant::now() < deadline, "never refused: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while t.files_under("tmp").is_empty() {
+        assert!(Instant::now() < deadline, "the slow upload never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let started = Instant::now();
+    let (status, body) = t.upload(&token, &clip(Clip::Valid), "Segundo").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after waiting for the slot");
+    assert!(detail_of(&body).contains("Capacidad"), "{body}");
     drop(slow);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

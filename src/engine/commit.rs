@@ -35,6 +35,7 @@ struct Shared {
     stop: AtomicBool,
     flushed_tx: watch::Sender<Flushed>,
     flushes: AtomicU64,
+    flush_nanos: AtomicU64,
 }
 
 /// Batches concurrent durability requests into single `sled::Db::flush` calls.
@@ -56,6 +57,7 @@ impl GroupCommit {
             stop: AtomicBool::new(false),
             flushed_tx,
             flushes: AtomicU64::new(0),
+            flush_nanos: AtomicU64::new(0),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -92,6 +94,11 @@ impl GroupCommit {
         self.shared.flushes.load(Ordering::Relaxed)
     }
 
+    /// Time spent in fsyncs so far.
+    pub fn flush_time(&self) -> Duration {
+        Duration::from_nanos(self.shared.flush_nanos.load(Ordering::Relaxed))
+    }
+
     /// Flushes synchronously, for shutdown.
     pub fn flush_now(&self) -> Result<(), CommitError> {
         self.shared.db.flush().map(|_| ()).map_err(|e| CommitError::Flush(e.to_string()))
@@ -123,7 +130,9 @@ fn flusher(shared: Arc<Shared>) {
         }
         // Every writer counted here finished its write before registering.
         let target = shared.requested.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         let result = shared.db.flush();
+        shared.flush_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared.flushed_tx.send_modify(|f| match &result {
             Ok(_) => {

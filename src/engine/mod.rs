@@ -7,6 +7,7 @@ pub mod commit;
 pub mod probe;
 pub mod queue;
 pub mod sled_engine;
+mod sled_queue;
 pub mod store;
 
 use std::sync::Arc;
