@@ -100,8 +100,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(engine: Engine, admission: Admission, slots: Arc<Semaphore>, health: Arc<ActorHealth>) -> Self {
-        Self { engine, admission, slots, health }
+    pub fn new(
+        engine: Engine,
+        admission: Admission,
+        slots: Arc<Semaphore>,
+        health: Arc<ActorHealth>,
+    ) -> Self {
+        Self {
+            engine,
+            admission,
+            slots,
+            health,
+        }
     }
 }
 
@@ -129,7 +139,9 @@ impl Handler<RequestSlot> for Ingest {
             }
             match engine.queue.stats().await {
                 Ok(stats) if stats.depth >= admission.max_queue_depth => {
-                    return msg.reply.send(Err(Refusal::QueueFull { retry_after_s: 30 }));
+                    return msg
+                        .reply
+                        .send(Err(Refusal::QueueFull { retry_after_s: 30 }));
                 }
                 _ => {}
             }
@@ -159,13 +171,32 @@ impl Handler<CommitUpload> for Ingest {
 }
 
 async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job), CommitError> {
-    let PreparedUpload { owner_id, title, mut file, media } = upload;
-    let id = engine.store.allocate_video_id().await.map_err(|e| CommitError::Store(e.to_string()))?;
+    let PreparedUpload {
+        owner_id,
+        title,
+        mut file,
+        media,
+    } = upload;
+    let id = engine
+        .store
+        .allocate_video_id()
+        .await
+        .map_err(|e| CommitError::Store(e.to_string()))?;
     let key = original_key(id);
-    engine.blobs.put_file(&key, file.path()).await.map_err(|e| CommitError::Blob(e.to_string()))?;
+    engine
+        .blobs
+        .put_file(&key, file.path())
+        .await
+        .map_err(|e| CommitError::Blob(e.to_string()))?;
     file.disarm();
     let task_id = uuid::Uuid::new_v4().to_string();
-    let new = NewVideo { id, owner_id, title, original_key: key.clone(), original: media };
+    let new = NewVideo {
+        id,
+        owner_id,
+        title,
+        original_key: key.clone(),
+        original: media,
+    };
     match engine.store.commit_upload(new, task_id).await {
         Ok(done) => {
             tracing::info!(video_id = id, owner_id, "upload committed");

@@ -55,13 +55,21 @@ pub struct ActorRef<A: Actor> {
 
 impl<A: Actor> Clone for ActorRef<A> {
     fn clone(&self) -> Self {
-        Self { addr: self.addr.clone(), health: self.health.clone(), timeout: self.timeout }
+        Self {
+            addr: self.addr.clone(),
+            health: self.health.clone(),
+            timeout: self.timeout,
+        }
     }
 }
 
 impl<A: Actor> ActorRef<A> {
     pub fn new(health: Arc<ActorHealth>, timeout: Duration) -> Self {
-        Self { addr: Arc::new(RwLock::new(None)), health, timeout }
+        Self {
+            addr: Arc::new(RwLock::new(None)),
+            health,
+            timeout,
+        }
     }
 
     pub fn set(&self, addr: Option<Addr<A>>) {
@@ -88,7 +96,10 @@ impl<A: Actor> ActorRef<A> {
         let name = self.health.name;
         let addr = self.addr().ok_or(CallError::Down(name))?;
         let (tx, rx) = oneshot::channel();
-        let message = make(Reply { tx, _ticket: self.health.ticket() });
+        let message = make(Reply {
+            tx,
+            _ticket: self.health.ticket(),
+        });
         match addr.try_send(message) {
             Ok(()) => {}
             Err(SendError::Full(_)) => return Err(CallError::Full(name)),

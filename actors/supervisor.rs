@@ -40,7 +40,12 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(registry: Arc<HealthRegistry>, children: Vec<ChildSpec>) -> Self {
-        Self { registry, pending: children, children: Vec::new(), me: None }
+        Self {
+            registry,
+            pending: children,
+            children: Vec::new(),
+            me: None,
+        }
     }
 
     fn watch(&mut self) {

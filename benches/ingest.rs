@@ -6,7 +6,6 @@
 //! Run with `make bench` (or `cargo bench --bench ingest`).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
@@ -50,9 +49,19 @@ async fn timed_upload(http: &reqwest::Client, url: &str, token: &str, path: &Pat
     let file = tokio::fs::File::open(path).await.unwrap();
     let len = file.metadata().await.unwrap().len();
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name("big.mp4");
-    let form = reqwest::multipart::Form::new().text("title", "Benchmark").part("video_file", part);
-    let response = http.post(url).bearer_auth(token).multipart(form).send().await.unwrap();
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
+            .file_name("big.mp4");
+    let form = reqwest::multipart::Form::new()
+        .text("title", "Benchmark")
+        .part("video_file", part);
+    let response = http
+        .post(url)
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
     started.elapsed()
 }
@@ -75,8 +84,14 @@ async fn upload_benchmark() {
     }
     let (upload, copy) = (median(uploads), median(copies));
     let ratio = upload.as_secs_f64() / copy.as_secs_f64();
-    println!("100 MiB upload over loopback (median of {ROUNDS}): {:.3} s", upload.as_secs_f64());
-    println!("copy + fdatasync of the same file (median of {ROUNDS}): {:.3} s", copy.as_secs_f64());
+    println!(
+        "100 MiB upload over loopback (median of {ROUNDS}): {:.3} s",
+        upload.as_secs_f64()
+    );
+    println!(
+        "copy + fdatasync of the same file (median of {ROUNDS}): {:.3} s",
+        copy.as_secs_f64()
+    );
     println!(
         "ratio upload / copy: {ratio:.2} (goal <= 1.5; the replaced system needed 7.8 s) -> {}",
         if ratio <= 1.5 { "MET" } else { "NOT MET" }
@@ -129,7 +144,10 @@ async fn enqueue_benchmark() {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         if std::env::args().all(|a| a != "--enqueue-only") {
             upload_benchmark().await;

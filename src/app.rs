@@ -42,11 +42,17 @@ pub const MEDIA_DIR: &str = "media";
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("opening the store failed: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("actors did not start in time: {0}")]
     ActorsNotRunning(String),
     #[error("the server thread failed: {0}")]
@@ -73,7 +79,11 @@ pub struct AppState {
 impl AppState {
     /// Absolute when `server.public_url` is set, otherwise a path (`/media/3.mp4`).
     pub fn public_url(&self, path: &str) -> String {
-        format!("{}{}", self.config.server.public_url.trim_end_matches('/'), path)
+        format!(
+            "{}{}",
+            self.config.server.public_url.trim_end_matches('/'),
+            path
+        )
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -98,10 +108,12 @@ impl AppState {
             Err(e) => problems.push(format!("free disk unknown: {e}")),
         }
         match self.engine.queue.stats().await {
-            Ok(stats) if stats.depth >= self.config.upload.max_queue_depth => problems.push(format!(
-                "queue depth {} reached the {} watermark",
-                stats.depth, self.config.upload.max_queue_depth
-            )),
+            Ok(stats) if stats.depth >= self.config.upload.max_queue_depth => {
+                problems.push(format!(
+                    "queue depth {} reached the {} watermark",
+                    stats.depth, self.config.upload.max_queue_depth
+                ))
+            }
             Ok(_) => {}
             Err(e) => problems.push(format!("queue unavailable: {e}")),
         }
@@ -122,20 +134,27 @@ impl Application {
     /// whose runtime is multi-threaded (see `main.rs` and [`spawn`]).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let data_dir = config.storage.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(io_error(format!("creating {}", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(io_error(format!("creating {}", data_dir.display())))?;
         let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &data_dir)
             .map_err(io_error("loading the server secret"))?;
 
-        let removed = crate::upload::clear_temp_dir(&data_dir).map_err(io_error("clearing temp files"))?;
+        let removed =
+            crate::upload::clear_temp_dir(&data_dir).map_err(io_error("clearing temp files"))?;
         let sled = SledEngine::open(
             &data_dir.join(DB_DIR),
             config.queue.max_receives,
             Duration::from_secs(config.storage.commit_timeout_s),
         )?;
         let blobs: Arc<dyn BlobStore> = Arc::new(
-            LocalBlobs::open(data_dir.join(MEDIA_DIR)).map_err(io_error("opening the media directory"))?,
+            LocalBlobs::open(data_dir.join(MEDIA_DIR))
+                .map_err(io_error("opening the media directory"))?,
         );
-        let engine = Engine { store: sled.clone(), queue: sled.clone(), blobs };
+        let engine = Engine {
+            store: sled.clone(),
+            queue: sled.clone(),
+            blobs,
+        };
         let orphans = remove_orphan_originals(&engine).await?;
         let recovery = sled.recovery();
         tracing::info!(
@@ -165,8 +184,12 @@ impl Application {
                 name: "ingest",
                 health: ingest.health.clone(),
                 start: Box::new(move |arbiter| {
-                    let (engine, admission, slots, health) =
-                        (engine.clone(), admission.clone(), slots.clone(), handle.health.clone());
+                    let (engine, admission, slots, health) = (
+                        engine.clone(),
+                        admission.clone(),
+                        slots.clone(),
+                        handle.health.clone(),
+                    );
                     let addr = Ingest::start_in_arbiter(arbiter, move |ctx| {
                         ctx.set_mailbox_capacity(mailbox);
                         Ingest::new(engine, admission, slots, health)
@@ -192,9 +215,12 @@ impl Application {
         }
 
         let addr = config.server.addr;
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(io_error("reading the bound address"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_error("reading the bound address"))?;
 
         let state = Arc::new(AppState {
             auth: Auth::new(
@@ -210,7 +236,13 @@ impl Application {
             registry,
             shutting_down: AtomicBool::new(false),
         });
-        Ok(Self { state, listener, addr, supervisor, sled })
+        Ok(Self {
+            state,
+            listener,
+            addr,
+            supervisor,
+            sled,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -226,8 +258,17 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops in order. Returns once the store is flushed.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
-        let Self { state, listener, addr, supervisor, sled } = self;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StoreError> {
+        let Self {
+            state,
+            listener,
+            addr,
+            supervisor,
+            sled,
+        } = self;
         let server_config = &state.config.server;
         let limits = crate::http::server::ServerLimits {
             max_connections: server_config.max_connections,
@@ -236,7 +277,9 @@ impl Application {
         let grace = Duration::from_secs(server_config.shutdown_grace_s);
         let (stop_tx, stop_rx) = watch::channel(false);
         let routes = crate::http::routes(state.clone());
-        let server = tokio::spawn(crate::http::server::serve(listener, routes, limits, stop_rx, grace));
+        let server = tokio::spawn(crate::http::server::serve(
+            listener, routes, limits, stop_rx, grace,
+        ));
         tracing::info!("listening on {addr}");
 
         shutdown.await;
@@ -269,7 +312,10 @@ async fn remove_orphan_originals(engine: &Engine) -> Result<usize, StartupError>
         .blobs
         .list("originals/")
         .await
-        .map_err(|e| StartupError::Io { what: "listing originals".into(), source: std::io::Error::other(e) })?;
+        .map_err(|e| StartupError::Io {
+            what: "listing originals".into(),
+            source: std::io::Error::other(e),
+        })?;
     let mut removed = 0;
     for key in keys {
         let orphan = match video_id_of_original(&key) {
@@ -315,7 +361,9 @@ impl RunningApp {
             let _ = stop.send(());
         }
         match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| Err(StoreError::Backend("panicked".into()))),
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("panicked".into()))),
             None => Ok(()),
         }
     }
@@ -363,7 +411,12 @@ pub fn spawn(config: Config) -> Result<RunningApp, StartupError> {
         })
         .map_err(io_error("spawning the node thread"))?;
     match ready_rx.recv() {
-        Ok(Ok((addr, state))) => Ok(RunningApp { addr, state, stop: Some(stop_tx), thread: Some(thread) }),
+        Ok(Ok((addr, state))) => Ok(RunningApp {
+            addr,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

@@ -104,15 +104,26 @@ impl Auth {
 
     pub fn issue(&self, user: UserId) -> AccessToken {
         let now = now_secs();
-        let claims = Claims { sub: user.to_string(), iat: now, exp: now + self.ttl.as_secs() };
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now,
+            exp: now + self.ttl.as_secs(),
+        };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding cannot fail");
-        AccessToken { token, expires_in: self.ttl.as_secs() }
+        AccessToken {
+            token,
+            expires_in: self.ttl.as_secs(),
+        }
     }
 
     /// Issues a token with an explicit expiry (seconds since the epoch); used to test expiry.
     pub fn issue_expiring_at(&self, user: UserId, exp: u64) -> String {
-        let claims = Claims { sub: user.to_string(), iat: now_secs(), exp };
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now_secs(),
+            exp,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding cannot fail")
     }
@@ -130,7 +141,12 @@ impl Auth {
     }
 
     pub async fn hash_password(&self, password: String) -> Result<String, AuthError> {
-        let _permit = self.hashing.clone().acquire_owned().await.map_err(|_| AuthError::Busy)?;
+        let _permit = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Busy)?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Argon2::default()
@@ -144,13 +160,24 @@ impl Auth {
 
     /// Constant work whether or not the user exists: callers pass `None` for an unknown email
     /// and a dummy hash is verified instead, so timing does not reveal registered emails.
-    pub async fn verify_password(&self, password: String, hash: Option<String>) -> Result<bool, AuthError> {
-        let _permit = self.hashing.clone().acquire_owned().await.map_err(|_| AuthError::Busy)?;
+    pub async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, AuthError> {
+        let _permit = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Busy)?;
         tokio::task::spawn_blocking(move || {
             let known = hash.is_some();
             let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
             let parsed = PasswordHash::new(&hash).map_err(|e| AuthError::Hashing(e.to_string()))?;
-            let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+            let ok = Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
             Ok(known && ok)
         })
         .await
@@ -187,9 +214,14 @@ mod tests {
         let mid = tampered.len() / 2;
         tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
-        assert!(a.verify_header(Some(&format!("Bearer {tampered}"))).is_err());
+        assert!(a
+            .verify_header(Some(&format!("Bearer {tampered}")))
+            .is_err());
         assert!(a.verify_header(Some(&t)).is_err());
-        assert!(matches!(a.verify_header(None), Err(AuthError::MissingToken)));
+        assert!(matches!(
+            a.verify_header(None),
+            Err(AuthError::MissingToken)
+        ));
         let other = Auth::new(b"other", Duration::from_secs(60), 1);
         assert!(other.verify_header(Some(&format!("Bearer {t}"))).is_err());
     }
@@ -206,9 +238,18 @@ mod tests {
         let a = auth();
         let h = a.hash_password("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert!(a.verify_password("correct horse".into(), Some(h.clone())).await.unwrap());
-        assert!(!a.verify_password("wrong horse".into(), Some(h)).await.unwrap());
-        assert!(!a.verify_password("correct horse".into(), None).await.unwrap());
+        assert!(a
+            .verify_password("correct horse".into(), Some(h.clone()))
+            .await
+            .unwrap());
+        assert!(!a
+            .verify_password("wrong horse".into(), Some(h))
+            .await
+            .unwrap());
+        assert!(!a
+            .verify_password("correct horse".into(), None)
+            .await
+            .unwrap());
     }
 
     #[test]
@@ -219,7 +260,10 @@ mod tests {
         let s2 = load_or_create_secret("", dir.path()).unwrap();
         assert_eq!(s1, s2);
         assert_eq!(s1.len(), 32);
-        let mode = std::fs::metadata(dir.path().join("secret.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load_or_create_secret("abc", dir.path()).unwrap(), b"abc");
     }

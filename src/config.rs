@@ -74,7 +74,10 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), commit_timeout_s: 10 }
+        Self {
+            data_dir: PathBuf::from("./data"),
+            commit_timeout_s: 10,
+        }
     }
 }
 
@@ -89,7 +92,10 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { visibility_timeout_s: 120, max_receives: 5 }
+        Self {
+            visibility_timeout_s: 120,
+            max_receives: 5,
+        }
     }
 }
 
@@ -136,7 +142,11 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { jwt_secret: String::new(), token_ttl_s: 3600, max_concurrent_hashes: 2 }
+        Self {
+            jwt_secret: String::new(),
+            token_ttl_s: 3600,
+            max_concurrent_hashes: 2,
+        }
     }
 }
 
@@ -149,7 +159,9 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { signed_url_ttl_s: 900 }
+        Self {
+            signed_url_ttl_s: 900,
+        }
     }
 }
 
@@ -171,7 +183,10 @@ pub struct ActorsConfig {
 
 impl Default for ActorsConfig {
     fn default() -> Self {
-        Self { mailbox_capacity: 256, call_timeout_ms: 5000 }
+        Self {
+            mailbox_capacity: 256,
+            call_timeout_ms: 5000,
+        }
     }
 }
 
@@ -193,7 +208,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "text".into(), level: "info".into() }
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -216,8 +234,9 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let config: Config =
-            figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -272,7 +291,8 @@ mod tests {
     /// The documented file and the embedded defaults must never drift apart.
     #[test]
     fn documented_config_file_equals_the_embedded_defaults() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
         let documented: toml::Table = text.parse().unwrap();
         let from_file = Config::from_toml_str(&text).unwrap();
         assert_eq!(from_file, Config::default());
@@ -283,7 +303,10 @@ mod tests {
             let written = documented.get(section).and_then(|s| s.as_table());
             let written = written.unwrap_or_else(|| panic!("section [{section}] missing"));
             for key in keys.keys() {
-                assert!(written.contains_key(key), "{section}.{key} is not documented");
+                assert!(
+                    written.contains_key(key),
+                    "{section}.{key} is not documented"
+                );
             }
         }
     }
@@ -310,6 +333,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("showcase.toml", "[upload]\nmax_concurrent = 3\n")?;

@@ -24,8 +24,8 @@ pub fn now_ms() -> u64 {
 
 /// RFC 3339 in UTC with a `Z` and whole seconds, e.g. `2026-11-22T14:10:43Z`.
 pub fn format_ts(ts: Timestamp) -> String {
-    let at = time::OffsetDateTime::from_unix_timestamp(ts)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let at =
+        time::OffsetDateTime::from_unix_timestamp(ts).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     at.format(&time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
     ))
@@ -36,7 +36,11 @@ pub fn format_ts(ts: Timestamp) -> String {
 /// decomposition with combining marks removed, lower case, whitespace collapsed.
 pub fn fold_name(name: &str) -> String {
     let stripped: String = name.nfd().filter(|c| !is_combining_mark(*c)).collect();
-    stripped.to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ")
+    stripped
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -94,7 +94,8 @@ impl ActorHealth {
     }
 
     pub fn record_failure(&self, reason: impl Into<String>) {
-        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((now_ts(), reason.into()));
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((now_ts(), reason.into()));
     }
 
     pub fn record_restart(&self) {
@@ -138,7 +139,10 @@ impl ActorHealth {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .map(|(at, reason)| Failure { at: format_ts(*at), reason: reason.clone() }),
+                .map(|(at, reason)| Failure {
+                    at: format_ts(*at),
+                    reason: reason.clone(),
+                }),
             mailbox_depth: self.mailbox_depth(),
             mailbox_capacity: self.mailbox_capacity,
             in_flight: self.in_flight(),
@@ -167,21 +171,36 @@ pub struct HealthRegistry {
 
 impl HealthRegistry {
     pub fn new() -> Self {
-        Self { actors: RwLock::new(BTreeMap::new()), started_at_ms: now_ms() }
+        Self {
+            actors: RwLock::new(BTreeMap::new()),
+            started_at_ms: now_ms(),
+        }
     }
 
     /// The entry of `name`, created on first use.
     pub fn register(&self, name: &'static str, mailbox_capacity: usize) -> Arc<ActorHealth> {
         let mut actors = self.actors.write().unwrap_or_else(|p| p.into_inner());
-        actors.entry(name).or_insert_with(|| Arc::new(ActorHealth::new(name, mailbox_capacity))).clone()
+        actors
+            .entry(name)
+            .or_insert_with(|| Arc::new(ActorHealth::new(name, mailbox_capacity)))
+            .clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ActorHealth>> {
-        self.actors.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.actors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn reports(&self) -> Vec<ActorReport> {
-        self.actors.read().unwrap_or_else(|p| p.into_inner()).values().map(|a| a.report()).collect()
+        self.actors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|a| a.report())
+            .collect()
     }
 
     pub fn uptime_s(&self) -> u64 {
@@ -190,7 +209,11 @@ impl HealthRegistry {
 
     /// Names of the actors whose state is not `running`.
     pub fn not_running(&self) -> Vec<&'static str> {
-        self.reports().into_iter().filter(|r| r.state != ActorState::Running).map(|r| r.name).collect()
+        self.reports()
+            .into_iter()
+            .filter(|r| r.state != ActorState::Running)
+            .map(|r| r.name)
+            .collect()
     }
 
     /// Why the actors are not all healthy, if they are not. A heartbeat older than

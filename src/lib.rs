@@ -5,13 +5,13 @@
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod health;
+pub mod http;
 pub mod signed_url;
 pub mod system;
 pub mod upload;
-pub mod app;
-pub mod http;

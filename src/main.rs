@@ -8,7 +8,11 @@ use showcase::app::{runtime, Application};
 use showcase::config::{Config, LogConfig};
 
 #[derive(Parser)]
-#[command(name = "showcase", version, about = "ANB Rising Stars Showcase video platform")]
+#[command(
+    name = "showcase",
+    version,
+    about = "ANB Rising Stars Showcase video platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,9 +22,10 @@ struct Cli {
 enum Command {
     /// Runs the server until SIGTERM or SIGINT.
     Serve {
-        /// Configuration file; when the default is absent the embedded defaults apply.
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+        /// Configuration file [default: ./config.toml, or the embedded defaults when that file
+        /// does not exist]. A file named here must exist.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -45,8 +50,9 @@ fn init_logging(log: &LogConfig) {
     }
 }
 
-fn serve(config_path: PathBuf) -> ExitCode {
-    let explicit = config_path != PathBuf::from("config.toml");
+fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    let explicit = config_path.is_some();
+    let config_path = config_path.unwrap_or_else(|| PathBuf::from("config.toml"));
     let config = match Config::load(&config_path, explicit) {
         Ok(config) => config,
         Err(e) => {
@@ -57,8 +63,12 @@ fn serve(config_path: PathBuf) -> ExitCode {
     init_logging(&config.log);
     let system = actix::System::with_tokio_rt(runtime);
     let result = system.block_on(async move {
-        let app = Application::build(config).await.map_err(|e| e.to_string())?;
-        app.run_until_stopped(shutdown_signal()).await.map_err(|e| e.to_string())
+        let app = Application::build(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        app.run_until_stopped(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,7 +28,9 @@ impl UrlSigner {
         // Derive a separate key so a signature can never double as a token signature.
         let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
         mac.update(b"showcase signed media urls v1");
-        Self { key: mac.finalize().into_bytes().to_vec() }
+        Self {
+            key: mac.finalize().into_bytes().to_vec(),
+        }
     }
 
     fn mac(&self, path: &str, expires: u64) -> HmacSha256 {
@@ -45,7 +47,13 @@ impl UrlSigner {
         format!("{path}?expires={expires}&signature={signature}")
     }
 
-    pub fn verify(&self, path: &str, expires: u64, signature: &str, now: u64) -> Result<(), SignatureError> {
+    pub fn verify(
+        &self,
+        path: &str,
+        expires: u64,
+        signature: &str,
+        now: u64,
+    ) -> Result<(), SignatureError> {
         let given = hex::decode(signature).map_err(|_| SignatureError::Invalid)?;
         let expected = self.mac(path, expires).finalize().into_bytes();
         if expected.as_slice().ct_eq(&given).unwrap_u8() != 1 {
@@ -82,10 +90,25 @@ mod tests {
         let s = UrlSigner::new(b"secret");
         let (path, exp, sig) = parts(&s.sign("/media/originals/3.mp4", 1000));
         assert_eq!(s.verify(&path, exp, &sig, 999), Ok(()));
-        assert_eq!(s.verify(&path, exp, &sig, 1001), Err(SignatureError::Expired));
-        assert_eq!(s.verify("/media/originals/4.mp4", exp, &sig, 999), Err(SignatureError::Invalid));
-        assert_eq!(s.verify(&path, exp + 1, &sig, 999), Err(SignatureError::Invalid));
-        assert_eq!(s.verify(&path, exp, "zz", 999), Err(SignatureError::Invalid));
-        assert_eq!(UrlSigner::new(b"other").verify(&path, exp, &sig, 999), Err(SignatureError::Invalid));
+        assert_eq!(
+            s.verify(&path, exp, &sig, 1001),
+            Err(SignatureError::Expired)
+        );
+        assert_eq!(
+            s.verify("/media/originals/4.mp4", exp, &sig, 999),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            s.verify(&path, exp + 1, &sig, 999),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            s.verify(&path, exp, "zz", 999),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            UrlSigner::new(b"other").verify(&path, exp, &sig, 999),
+            Err(SignatureError::Invalid)
+        );
     }
 }

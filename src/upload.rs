@@ -23,7 +23,10 @@ pub struct TempUpload {
 impl TempUpload {
     pub fn new_in(data_dir: &Path) -> Self {
         let name = format!("upload-{}.part", uuid::Uuid::new_v4().simple());
-        Self { path: data_dir.join(TEMP_DIR).join(name), armed: true }
+        Self {
+            path: data_dir.join(TEMP_DIR).join(name),
+            armed: true,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -91,7 +94,12 @@ mod tests {
     use super::*;
 
     fn media(duration_s: f64, width: u32, height: u32) -> MediaInfo {
-        MediaInfo { size_bytes: 1, duration_s, width, height }
+        MediaInfo {
+            size_bytes: 1,
+            duration_s,
+            width,
+            height,
+        }
     }
 
     #[test]
@@ -99,9 +107,18 @@ mod tests {
         let p = UploadConfig::default();
         assert!(check_policy(&media(20.0, 1920, 1080), &p).is_ok());
         assert!(check_policy(&media(60.0, 1080, 1920), &p).is_ok());
-        assert!(matches!(check_policy(&media(19.9, 1920, 1080), &p), Err(PolicyViolation::Duration { .. })));
-        assert!(matches!(check_policy(&media(60.5, 1920, 1080), &p), Err(PolicyViolation::Duration { .. })));
-        assert!(matches!(check_policy(&media(30.0, 1280, 720), &p), Err(PolicyViolation::Resolution { .. })));
+        assert!(matches!(
+            check_policy(&media(19.9, 1920, 1080), &p),
+            Err(PolicyViolation::Duration { .. })
+        ));
+        assert!(matches!(
+            check_policy(&media(60.5, 1920, 1080), &p),
+            Err(PolicyViolation::Duration { .. })
+        ));
+        assert!(matches!(
+            check_policy(&media(30.0, 1280, 720), &p),
+            Err(PolicyViolation::Resolution { .. })
+        ));
     }
 
     #[test]

@@ -31,7 +31,10 @@ async fn signup_returns_the_user_and_the_message() {
 #[tokio::test]
 async fn duplicate_email_is_refused_whatever_its_case() {
     let t = TestApp::start();
-    assert_eq!(t.post_json("/api/auth/signup", &signup_body()).await.0, StatusCode::CREATED);
+    assert_eq!(
+        t.post_json("/api/auth/signup", &signup_body()).await.0,
+        StatusCode::CREATED
+    );
     let mut again = signup_body();
     again["email"] = json!("CAMILA@Example.com");
     let (status, body) = t.post_json("/api/auth/signup", &again).await;
@@ -75,16 +78,28 @@ async fn invalid_fields_are_named_in_the_error() {
         body.as_object_mut().unwrap().remove(missing);
         let (status, response) = t.post_json("/api/auth/signup", &body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{missing}");
-        assert!(detail_of(&response).contains(missing), "{missing}: {response}");
+        assert!(
+            detail_of(&response).contains(missing),
+            "{missing}: {response}"
+        );
     }
     // Nothing was created by the refused requests.
-    assert_eq!(t.post_json("/api/auth/signup", &signup_body()).await.0, StatusCode::CREATED);
+    assert_eq!(
+        t.post_json("/api/auth/signup", &signup_body()).await.0,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
 async fn malformed_and_oversized_bodies_get_a_4xx_with_detail() {
     let t = TestApp::start();
-    let response = t.http.post(t.url("/api/auth/signup")).body("{not json").send().await.unwrap();
+    let response = t
+        .http
+        .post(t.url("/api/auth/signup"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     let (status, body) = common::read(response).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(detail_of(&body).contains("JSON"));
@@ -97,7 +112,8 @@ async fn malformed_and_oversized_bodies_get_a_4xx_with_detail() {
 #[tokio::test]
 async fn login_issues_a_bearer_token_that_opens_private_routes() {
     let t = TestApp::start();
-    t.signup("Camila", "Rojas", "camila@example.com", "Cali").await;
+    t.signup("Camila", "Rojas", "camila@example.com", "Cali")
+        .await;
     let (status, body) = t.login("Camila@Example.com", PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["token_type"], "bearer");
@@ -111,8 +127,12 @@ async fn login_issues_a_bearer_token_that_opens_private_routes() {
 #[tokio::test]
 async fn wrong_password_and_unknown_email_are_both_invalid_credentials() {
     let t = TestApp::start();
-    t.signup("Camila", "Rojas", "camila@example.com", "Cali").await;
-    for (email, password) in [("camila@example.com", "wrong-password"), ("nadie@example.com", PASSWORD)] {
+    t.signup("Camila", "Rojas", "camila@example.com", "Cali")
+        .await;
+    for (email, password) in [
+        ("camila@example.com", "wrong-password"),
+        ("nadie@example.com", PASSWORD),
+    ] {
         let (status, body) = t.login(email, password).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(detail_of(&body), "Credenciales inválidas.");
@@ -122,15 +142,18 @@ async fn wrong_password_and_unknown_email_are_both_invalid_credentials() {
 #[tokio::test]
 async fn missing_malformed_tampered_and_expired_tokens_are_401() {
     let t = TestApp::start();
-    let (id, token) = t.player("Camila", "Rojas", "camila@example.com", "Cali").await;
+    let (id, token) = t
+        .player("Camila", "Rojas", "camila@example.com", "Cali")
+        .await;
     let mut tampered = token.clone().into_bytes();
     let i = tampered.len() - 5;
     tampered[i] = if tampered[i] == b'a' { b'b' } else { b'a' };
     let tampered = String::from_utf8(tampered).unwrap();
     let expired = t.app.state.auth.issue_expiring_at(id, 1_000_000);
-    let foreign = showcase::auth::Auth::new(b"another-secret", std::time::Duration::from_secs(60), 1)
-        .issue(id)
-        .token;
+    let foreign =
+        showcase::auth::Auth::new(b"another-secret", std::time::Duration::from_secs(60), 1)
+            .issue(id)
+            .token;
 
     let no_token = t.http.get(t.url("/api/videos")).send().await.unwrap();
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
@@ -145,12 +168,23 @@ async fn missing_malformed_tampered_and_expired_tokens_are_401() {
         token.clone(),
     ];
     for header in headers {
-        for (method, path) in [("GET", "/api/videos"), ("GET", "/api/videos/1"), ("DELETE", "/api/videos/1"),
-            ("POST", "/api/public/videos/1/vote"), ("POST", "/api/videos/upload")]
-        {
-            let request = t.http.request(method.parse().unwrap(), t.url(path)).header("authorization", &header);
+        for (method, path) in [
+            ("GET", "/api/videos"),
+            ("GET", "/api/videos/1"),
+            ("DELETE", "/api/videos/1"),
+            ("POST", "/api/public/videos/1/vote"),
+            ("POST", "/api/videos/upload"),
+        ] {
+            let request = t
+                .http
+                .request(method.parse().unwrap(), t.url(path))
+                .header("authorization", &header);
             let (status, body) = common::read(request.send().await.unwrap()).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with {header:.30}");
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {header:.30}"
+            );
             detail_of(&body);
         }
     }

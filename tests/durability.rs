@@ -14,25 +14,50 @@ async fn player(http: &reqwest::Client, server: &ServerProcess, email: &str) -> 
         "first_name": "Luis", "last_name": "Díaz", "email": email,
         "password1": PASSWORD, "password2": PASSWORD, "city": "Cali", "country": "Colombia"
     });
-    let response = http.post(server.url("/api/auth/signup")).json(&signup).send().await.unwrap();
+    let response = http
+        .post(server.url("/api/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let login: Value = http
         .post(server.url("/api/auth/login"))
         .json(&json!({"email": email, "password": PASSWORD}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     login["access_token"].as_str().unwrap().to_string()
 }
 
 async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> u64 {
-    let part = reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap()).file_name("a.mp4");
-    let form = reqwest::multipart::Form::new().text("title", "Antes del corte").part("video_file", part);
-    let response = http.post(server.url("/api/videos/upload")).bearer_auth(token).multipart(form)
-        .send().await.unwrap();
+    let part = reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap())
+        .file_name("a.mp4");
+    let form = reqwest::multipart::Form::new()
+        .text("title", "Antes del corte")
+        .part("video_file", part);
+    let response = http
+        .post(server.url("/api/videos/upload"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    response.json::<Value>().await.unwrap()["video_id"].as_u64().unwrap()
+    response.json::<Value>().await.unwrap()["video_id"]
+        .as_u64()
+        .unwrap()
 }
 
-async fn get(http: &reqwest::Client, server: &ServerProcess, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+async fn get(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
     let mut request = http.get(server.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -56,14 +81,20 @@ async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
     assert_eq!(video["status"], "uploaded");
     assert_eq!(video["title"], "Antes del corte");
     let stored = dir.path().join(format!("media/originals/{id}.mp4"));
-    assert_eq!(std::fs::read(stored).unwrap(), std::fs::read(clip(Clip::Valid)).unwrap());
+    assert_eq!(
+        std::fs::read(stored).unwrap(),
+        std::fs::read(clip(Clip::Valid)).unwrap()
+    );
     let (_, health) = get(&http, &server, "/api/health/actors", None).await;
     assert_eq!(health["queue"]["depth"], 1, "{health}");
     let status = server.terminate();
     assert!(status.success(), "SIGTERM ends with exit 0, got {status:?}");
 
-    let engine = SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
-    let job = showcase::engine::JobQueue::job(engine.as_ref(), id).await.unwrap();
+    let engine =
+        SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
+    let job = showcase::engine::JobQueue::job(engine.as_ref(), id)
+        .await
+        .unwrap();
     assert_eq!(job.expect("the job survived").video_id, id);
 }
 
@@ -79,18 +110,25 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
 
     // Publish it as the pipeline would, with the node stopped (the store has one owner).
     {
-        let engine = SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
+        let engine =
+            SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
         let engine = showcase::engine::Engine {
             store: engine.clone(),
             queue: engine.clone(),
-            blobs: std::sync::Arc::new(showcase::engine::LocalBlobs::open(dir.path().join("media")).unwrap()),
+            blobs: std::sync::Arc::new(
+                showcase::engine::LocalBlobs::open(dir.path().join("media")).unwrap(),
+            ),
         };
         common::publish_in(&engine, id).await;
     }
 
     let server = ServerProcess::start(dir.path(), &[]);
-    let response = http.post(server.url(&format!("/api/public/videos/{id}/vote"))).bearer_auth(&fan)
-        .send().await.unwrap();
+    let response = http
+        .post(server.url(&format!("/api/public/videos/{id}/vote")))
+        .bearer_auth(&fan)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     server.kill9();
 
@@ -99,7 +137,11 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
     assert_eq!(video["votes"], 1, "{video}");
     let (_, rankings) = get(&http, &server, "/api/public/rankings", None).await;
     assert_eq!(rankings[0]["votes"], 1, "{rankings}");
-    let again = http.post(server.url(&format!("/api/public/videos/{id}/vote"))).bearer_auth(&fan)
-        .send().await.unwrap();
+    let again = http
+        .post(server.url(&format!("/api/public/videos/{id}/vote")))
+        .bearer_auth(&fan)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
 }

@@ -12,14 +12,20 @@ use tokio::io::AsyncWriteExt;
 async fn liveness_readiness_and_actor_health() {
     let t = TestApp::start();
     let (status, body) = t.get("/api/health", None).await;
-    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ok"})));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    );
     let (status, body) = t.get("/api/health/ready/", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let (status, body) = t.get("/api/health/actors", None).await;
     assert_eq!(status, StatusCode::OK);
     let actors = body["actors"].as_array().unwrap();
-    let ingest = actors.iter().find(|a| a["name"] == "ingest").expect("ingest reports");
+    let ingest = actors
+        .iter()
+        .find(|a| a["name"] == "ingest")
+        .expect("ingest reports");
     assert_eq!(ingest["state"], "running");
     assert_eq!(ingest["restarts"], 0);
     assert_eq!(ingest["mailbox_capacity"], 256);
@@ -41,17 +47,20 @@ async fn low_disk_makes_the_node_unready_and_refuses_uploads_before_reading_them
         .http
         .post(t.url("/api/videos/upload"))
         .bearer_auth(&token)
-        .multipart(
-            reqwest::multipart::Form::new()
-                .text("title", "x")
-                .part("video_file", reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap())),
-        )
+        .multipart(reqwest::multipart::Form::new().text("title", "x").part(
+            "video_file",
+            reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap()),
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().get("retry-after").is_some());
-    assert_eq!(response.headers()["connection"], "close", "the unread body ends the connection");
+    assert_eq!(
+        response.headers()["connection"],
+        "close",
+        "the unread body ends the connection"
+    );
     let (_, body) = common::read(response).await;
     detail_of(&body);
 }
@@ -89,7 +98,10 @@ async fn uploads_beyond_the_slots_are_refused_at_once_with_retry_after() {
     let started = Instant::now();
     let (status, body) = t.upload(&token, &clip(Clip::Valid), "Segundo").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after waiting for the slot");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after waiting for the slot"
+    );
     assert!(detail_of(&body).contains("Capacidad"), "{body}");
     drop(slow);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -108,7 +120,10 @@ async fn the_web_page_is_served_at_the_root() {
     let t = TestApp::start();
     let response = t.http.get(t.url("/")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = response.text().await.unwrap();
     assert!(html.contains("/api/public/rankings") && html.contains("/api/public/videos"));
 }

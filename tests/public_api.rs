@@ -29,7 +29,12 @@ async fn only_published_videos_are_public_newest_first_and_filterable_by_city() 
 
     let (status, list) = t.get("/api/public/videos/", None).await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<u64> = list.as_array().unwrap().iter().map(|v| v["video_id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["video_id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, vec![c, b, a]);
     assert!(!ids.contains(&hidden));
     let first = &list[0];
@@ -42,7 +47,12 @@ async fn only_published_videos_are_public_newest_first_and_filterable_by_city() 
     assert!(first["uploaded_at"].as_str().unwrap().ends_with('Z'));
 
     let (_, bogota) = t.get("/api/public/videos?city=BOGOTA", None).await;
-    let ids: Vec<u64> = bogota.as_array().unwrap().iter().map(|v| v["video_id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = bogota
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["video_id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, vec![c, a]);
     let (_, paged) = t.get("/api/public/videos?page=2&limit=2", None).await;
     assert_eq!(paged.as_array().unwrap().len(), 1);
@@ -93,7 +103,13 @@ async fn rankings_order_players_by_votes_with_continuous_positions() {
     let t = TestApp::start();
     // Five players with published videos, two in "Bogotá" spelled differently.
     let mut players = Vec::new();
-    for (first, city) in [("Ana", "Bogotá"), ("Beto", "Cali"), ("Caro", "bogota"), ("Dani", "Medellín"), ("Eva", "Cali")] {
+    for (first, city) in [
+        ("Ana", "Bogotá"),
+        ("Beto", "Cali"),
+        ("Caro", "bogota"),
+        ("Dani", "Medellín"),
+        ("Eva", "Cali"),
+    ] {
         let (id, token) = t.quick_player(first, "Pérez", city).await;
         let video = t.uploaded_video(&token, &format!("Video de {first}")).await;
         t.publish(video).await;
@@ -113,7 +129,10 @@ async fn rankings_order_players_by_votes_with_continuous_positions() {
     };
     for ((_, video), votes) in players.iter().zip(wanted) {
         for voter in voters.iter().take(votes) {
-            assert_eq!(vote(&t, &video.to_string(), Some(voter)).await.0, StatusCode::OK);
+            assert_eq!(
+                vote(&t, &video.to_string(), Some(voter)).await.0,
+                StatusCode::OK
+            );
         }
     }
 
@@ -124,13 +143,20 @@ async fn rankings_order_players_by_votes_with_continuous_positions() {
         .unwrap()
         .iter()
         .map(|r| {
-            (r["position"].as_u64().unwrap(), r["username"].as_str().unwrap().to_string(),
-             r["city"].as_str().unwrap().to_string(), r["votes"].as_u64().unwrap())
+            (
+                r["position"].as_u64().unwrap(),
+                r["username"].as_str().unwrap().to_string(),
+                r["city"].as_str().unwrap().to_string(),
+                r["votes"].as_u64().unwrap(),
+            )
         })
         .collect();
     let expected: Vec<(u64, String, String, u64)> = [
-        ("Caro Pérez", "bogota", 4), ("Ana Pérez", "Bogotá", 3), ("Eva Pérez", "Cali", 3),
-        ("Beto Pérez", "Cali", 1), ("Dani Pérez", "Medellín", 0),
+        ("Caro Pérez", "bogota", 4),
+        ("Ana Pérez", "Bogotá", 3),
+        ("Eva Pérez", "Cali", 3),
+        ("Beto Pérez", "Cali", 1),
+        ("Dani Pérez", "Medellín", 0),
     ]
     .iter()
     .enumerate()
@@ -154,8 +180,15 @@ async fn rankings_order_players_by_votes_with_continuous_positions() {
 
     // City filter ignores accents and case; positions are within the city.
     for city in ["bogota", "BOGOTÁ", "Bogotá", "%20bogotá%20"] {
-        let (_, rows) = t.get(&format!("/api/public/rankings?city={city}"), None).await;
-        let names: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["username"].as_str().unwrap()).collect();
+        let (_, rows) = t
+            .get(&format!("/api/public/rankings?city={city}"), None)
+            .await;
+        let names: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["username"].as_str().unwrap())
+            .collect();
         assert_eq!(names, vec!["Caro Pérez", "Ana Pérez"], "{city}");
         assert_eq!(rows[1]["position"], 2);
     }
@@ -167,16 +200,27 @@ async fn rankings_order_players_by_votes_with_continuous_positions() {
 async fn invalid_ranking_parameters_are_400_naming_the_parameter() {
     let t = TestApp::start();
     for (query, which) in [
-        ("page=0", "page"), ("page=x", "page"), ("limit=0", "limit"), ("limit=101", "limit"),
-        ("offset=-1", "offset"), ("limit=-5", "limit"), ("page=1&offset=3", "offset"),
+        ("page=0", "page"),
+        ("page=x", "page"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("offset=-1", "offset"),
+        ("limit=-5", "limit"),
+        ("page=1&offset=3", "offset"),
     ] {
         let (status, body) = t.get(&format!("/api/public/rankings?{query}"), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         let detail = detail_of(&body);
-        assert!(detail.starts_with("Parámetro inválido en la consulta: "), "{detail}");
+        assert!(
+            detail.starts_with("Parámetro inválido en la consulta: "),
+            "{detail}"
+        );
         assert!(detail.contains(which), "{query}: {detail}");
     }
-    assert_eq!(t.get("/api/public/rankings?limit=100", None).await.0, StatusCode::OK);
+    assert_eq!(
+        t.get("/api/public/rankings?limit=100", None).await.0,
+        StatusCode::OK
+    );
 }
 
 /// Guards the ranking index against lost updates under concurrent votes.
@@ -196,7 +240,10 @@ async fn two_hundred_concurrent_voters_count_exactly_two_hundred() {
         async move { request.send().await.unwrap().status() }
     });
     let statuses = futures_util::future::join_all(votes).await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
 
     let (_, detail) = t.get(&format!("/api/videos/{video}"), Some(&owner)).await;
     assert_eq!(detail["votes"], 200);
@@ -219,8 +266,18 @@ async fn one_user_voting_fifty_times_at_once_counts_once() {
         async move { request.send().await.unwrap().status() }
     });
     let statuses = futures_util::future::join_all(votes).await;
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::BAD_REQUEST).count(), 49);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::BAD_REQUEST)
+            .count(),
+        49
+    );
     let (_, rankings) = t.get("/api/public/rankings", None).await;
     assert_eq!(rankings[0]["votes"], 1);
 }

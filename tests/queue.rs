@@ -56,7 +56,10 @@ async fn ack_needs_the_current_token() {
     let q = open(dir.path());
     q.enqueue(job(7)).await.unwrap();
     let lease = q.receive(LONG).await.unwrap().unwrap();
-    assert_eq!(q.ack(7, "not-the-token").await, Err(QueueError::InvalidToken));
+    assert_eq!(
+        q.ack(7, "not-the-token").await,
+        Err(QueueError::InvalidToken)
+    );
     assert_eq!(q.ack(8, &lease.token).await, Err(QueueError::NotFound));
     q.ack(7, &lease.token).await.unwrap();
     assert_eq!(q.ack(7, &lease.token).await, Err(QueueError::NotFound));
@@ -71,14 +74,20 @@ async fn an_expired_lease_makes_the_job_visible_again_and_voids_the_old_token() 
     q.enqueue(job(1)).await.unwrap();
     let short = Duration::from_millis(150);
     let first = q.receive(short).await.unwrap().unwrap();
-    assert!(q.receive(short).await.unwrap().is_none(), "invisible while leased");
+    assert!(
+        q.receive(short).await.unwrap().is_none(),
+        "invisible while leased"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let second = q.receive(LONG).await.unwrap().unwrap();
     assert_eq!(second.job.video_id, 1);
     assert_eq!(second.job.receive_count, 2);
     assert_ne!(first.token, second.token);
     assert_eq!(q.ack(1, &first.token).await, Err(QueueError::InvalidToken));
-    assert_eq!(q.extend(1, &first.token, LONG).await, Err(QueueError::InvalidToken));
+    assert_eq!(
+        q.extend(1, &first.token, LONG).await,
+        Err(QueueError::InvalidToken)
+    );
     q.ack(1, &second.token).await.unwrap();
 }
 
@@ -87,11 +96,21 @@ async fn heartbeats_extend_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let q = open(dir.path());
     q.enqueue(job(1)).await.unwrap();
-    let lease = q.receive(Duration::from_millis(300)).await.unwrap().unwrap();
-    let until = q.extend(1, &lease.token, Duration::from_secs(30)).await.unwrap();
+    let lease = q
+        .receive(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    let until = q
+        .extend(1, &lease.token, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(until >= now_ms() + 29_000);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(q.receive(LONG).await.unwrap().is_none(), "the extended lease still holds");
+    assert!(
+        q.receive(LONG).await.unwrap().is_none(),
+        "the extended lease still holds"
+    );
     assert_eq!(q.stats().await.unwrap().in_flight, 1);
     q.ack(1, &lease.token).await.unwrap();
 }
@@ -102,14 +121,24 @@ async fn nack_returns_the_job_after_its_delay_with_the_reason() {
     let q = open(dir.path());
     q.enqueue(job(1)).await.unwrap();
     let lease = q.receive(LONG).await.unwrap().unwrap();
-    q.nack(1, &lease.token, Duration::from_millis(300), "transcoder crashed").await.unwrap();
+    q.nack(
+        1,
+        &lease.token,
+        Duration::from_millis(300),
+        "transcoder crashed",
+    )
+    .await
+    .unwrap();
     assert!(q.receive(LONG).await.unwrap().is_none(), "delayed");
     assert_eq!(q.stats().await.unwrap().depth, 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = q.receive(LONG).await.unwrap().unwrap();
     assert_eq!(again.job.receive_count, 2);
     assert_eq!(again.job.last_error.as_deref(), Some("transcoder crashed"));
-    assert_eq!(q.nack(1, &lease.token, LONG, "stale").await, Err(QueueError::InvalidToken));
+    assert_eq!(
+        q.nack(1, &lease.token, LONG, "stale").await,
+        Err(QueueError::InvalidToken)
+    );
 }
 
 #[tokio::test]
@@ -122,9 +151,19 @@ async fn a_job_received_too_often_is_dead_lettered_with_reason_and_enqueue_time(
     for attempt in 1..=MAX_RECEIVES {
         let lease = q.receive(LONG).await.unwrap().unwrap();
         assert_eq!(lease.job.receive_count, attempt);
-        q.nack(5, &lease.token, Duration::ZERO, &format!("failure {attempt}")).await.unwrap();
+        q.nack(
+            5,
+            &lease.token,
+            Duration::ZERO,
+            &format!("failure {attempt}"),
+        )
+        .await
+        .unwrap();
     }
-    assert!(q.receive(LONG).await.unwrap().is_none(), "over max_receives: dead, not delivered");
+    assert!(
+        q.receive(LONG).await.unwrap().is_none(),
+        "over max_receives: dead, not delivered"
+    );
     let stats = q.stats().await.unwrap();
     assert_eq!((stats.depth, stats.in_flight, stats.dead), (0, 0, 1));
     let dead = q.dead_letters().await.unwrap();
@@ -150,12 +189,22 @@ async fn a_permanent_failure_is_dead_lettered_at_once_and_all_can_be_redriven() 
     for id in [1, 2] {
         q.enqueue(job(id)).await.unwrap();
         let lease = q.receive(LONG).await.unwrap().unwrap();
-        assert_eq!(q.dead_letter(id, "wrong-token", "x").await, Err(QueueError::InvalidToken));
-        q.dead_letter(id, &lease.token, "the input cannot be decoded").await.unwrap();
+        assert_eq!(
+            q.dead_letter(id, "wrong-token", "x").await,
+            Err(QueueError::InvalidToken)
+        );
+        q.dead_letter(id, &lease.token, "the input cannot be decoded")
+            .await
+            .unwrap();
     }
     let dead = q.dead_letters().await.unwrap();
-    assert_eq!(dead.iter().map(|d| d.job.video_id).collect::<Vec<_>>(), vec![1, 2]);
-    assert!(dead.iter().all(|d| d.reason == "the input cannot be decoded" && d.job.receive_count == 1));
+    assert_eq!(
+        dead.iter().map(|d| d.job.video_id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(dead
+        .iter()
+        .all(|d| d.reason == "the input cannot be decoded" && d.job.receive_count == 1));
     assert_eq!(q.redrive_all().await.unwrap(), 2);
     let stats = q.stats().await.unwrap();
     assert_eq!((stats.depth, stats.dead), (2, 0));
@@ -191,20 +240,31 @@ async fn reopening_recovers_every_job_and_releases_held_leases() {
         let done = q.receive(LONG).await.unwrap().unwrap();
         q.ack(done.job.video_id, &done.token).await.unwrap();
         let dead = q.receive(LONG).await.unwrap().unwrap();
-        q.dead_letter(dead.job.video_id, &dead.token, "bad input").await.unwrap();
+        q.dead_letter(dead.job.video_id, &dead.token, "bad input")
+            .await
+            .unwrap();
         (held.job.enqueued_at_ms, held.token)
         // Dropped without any shutdown step: only what was acknowledged as durable counts.
     };
     let q = open(dir.path());
     let recovery = q.recovery().clone();
-    assert_eq!((recovery.jobs, recovery.dead, recovery.released_leases), (2, 1, 1));
+    assert_eq!(
+        (recovery.jobs, recovery.dead, recovery.released_leases),
+        (2, 1, 1)
+    );
     let stats = q.stats().await.unwrap();
     assert_eq!((stats.depth, stats.in_flight, stats.dead), (2, 0, 1));
     // The lease held before the restart is void; the job is visible at once.
     assert_eq!(q.ack(1, &old_token).await, Err(QueueError::InvalidToken));
-    let mut visible = vec![q.receive(LONG).await.unwrap().unwrap(), q.receive(LONG).await.unwrap().unwrap()];
+    let mut visible = [
+        q.receive(LONG).await.unwrap().unwrap(),
+        q.receive(LONG).await.unwrap().unwrap(),
+    ];
     visible.sort_by_key(|lease| lease.job.video_id);
-    assert_eq!(visible.iter().map(|l| l.job.video_id).collect::<Vec<_>>(), vec![1, 4]);
+    assert_eq!(
+        visible.iter().map(|l| l.job.video_id).collect::<Vec<_>>(),
+        vec![1, 4]
+    );
     assert_eq!(visible[0].job.receive_count, 2);
     assert_eq!(visible[0].job.enqueued_at_ms, enqueued_at);
     assert!(q.receive(LONG).await.unwrap().is_none());
@@ -227,5 +287,8 @@ async fn durable_enqueues_share_fsyncs_under_concurrency() {
     }
     let flushes = q.flush_count() - before;
     assert_eq!(q.stats().await.unwrap().depth, 500);
-    assert!(flushes < 500, "every enqueue paid its own fsync ({flushes})");
+    assert!(
+        flushes < 500,
+        "every enqueue paid its own fsync ({flushes})"
+    );
 }

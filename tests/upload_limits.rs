@@ -35,7 +35,12 @@ struct EarlyAnswer {
 }
 
 /// Sends an upload of `file_bytes` zero bytes by hand, reading the socket while writing.
-async fn raw_upload(addr: std::net::SocketAddr, token: &str, file_bytes: u64, chunked: bool) -> EarlyAnswer {
+async fn raw_upload(
+    addr: std::net::SocketAddr,
+    token: &str,
+    file_bytes: u64,
+    chunked: bool,
+) -> EarlyAnswer {
     let head = multipart_head("Demasiado grande");
     let tail = multipart_tail();
     let body_len = head.len() as u64 + file_bytes + tail.len() as u64;
@@ -89,7 +94,10 @@ async fn raw_upload(addr: std::net::SocketAddr, token: &str, file_bytes: u64, ch
         }
         while left > 0 && !answered.load(Ordering::SeqCst) && Instant::now() < deadline {
             let n = left.min(zeros.len() as u64) as usize;
-            if write_piece(&mut writer, &zeros[..n], chunked).await.is_err() {
+            if write_piece(&mut writer, &zeros[..n], chunked)
+                .await
+                .is_err()
+            {
                 break 'send;
             }
             sent.fetch_add(n as u64, Ordering::SeqCst);
@@ -97,13 +105,25 @@ async fn raw_upload(addr: std::net::SocketAddr, token: &str, file_bytes: u64, ch
         }
     }
     let (status_line, body_sent_when_answered) =
-        tokio::time::timeout(Duration::from_secs(30), read_task).await.expect("an answer").unwrap();
-    EarlyAnswer { status_line, body_sent_when_answered }
+        tokio::time::timeout(Duration::from_secs(30), read_task)
+            .await
+            .expect("an answer")
+            .unwrap();
+    EarlyAnswer {
+        status_line,
+        body_sent_when_answered,
+    }
 }
 
-async fn write_piece(writer: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8], chunked: bool) -> std::io::Result<()> {
+async fn write_piece(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
     if chunked {
-        writer.write_all(format!("{:x}\r\n", bytes.len()).as_bytes()).await?;
+        writer
+            .write_all(format!("{:x}\r\n", bytes.len()).as_bytes())
+            .await?;
         writer.write_all(bytes).await?;
         writer.write_all(b"\r\n").await
     } else {
@@ -117,7 +137,11 @@ async fn a_declared_101_mib_upload_is_refused_before_half_of_it_is_sent() {
     let (_, token) = t.player("Luis", "Díaz", "luis@example.com", "Cali").await;
     let total = 101 * MIB;
     let answer = raw_upload(t.app.addr, &token, total, false).await;
-    assert!(answer.status_line.contains(" 400 "), "{}", answer.status_line);
+    assert!(
+        answer.status_line.contains(" 400 "),
+        "{}",
+        answer.status_line
+    );
     assert!(
         answer.body_sent_when_answered < total / 2,
         "the refusal came after {} of {} bytes",
@@ -134,9 +158,17 @@ async fn an_undeclared_oversized_upload_is_refused_as_soon_as_it_crosses_the_lim
     let (_, token) = t.player("Luis", "Díaz", "luis@example.com", "Cali").await;
     let total = 64 * MIB;
     let answer = raw_upload(t.app.addr, &token, total, true).await;
-    assert!(answer.status_line.contains(" 400 "), "{}", answer.status_line);
+    assert!(
+        answer.status_line.contains(" 400 "),
+        "{}",
+        answer.status_line
+    );
     // Counted while streaming: the answer comes near the 8 MiB limit, far from the 64 MiB end.
-    assert!(answer.body_sent_when_answered < total / 2, "{}", answer.body_sent_when_answered);
+    assert!(
+        answer.body_sent_when_answered < total / 2,
+        "{}",
+        answer.body_sent_when_answered
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !t.files_under("tmp").is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -163,7 +195,10 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_file_and_no_record() {
     // Wait until the server is writing the temp file, then vanish.
     let deadline = Instant::now() + Duration::from_secs(10);
     while t.files_under("tmp").is_empty() {
-        assert!(Instant::now() < deadline, "the upload never reached the disk");
+        assert!(
+            Instant::now() < deadline,
+            "the upload never reached the disk"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(stream);
@@ -177,7 +212,10 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_file_and_no_record() {
     assert_eq!(engine.queue.stats().await.unwrap().depth, 0);
     assert!(t.files_under("media").is_empty());
     // The slot came back: a full upload goes through afterwards.
-    assert_eq!(t.upload(&token, &clip(Clip::Valid), "Completo").await.0, StatusCode::CREATED);
+    assert_eq!(
+        t.upload(&token, &clip(Clip::Valid), "Completo").await.0,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
@@ -189,11 +227,24 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
         "first_name": "Luis", "last_name": "Díaz", "email": "luis@example.com",
         "password1": common::PASSWORD, "password2": common::PASSWORD, "city": "Cali", "country": "Colombia"
     });
-    assert_eq!(http.post(server.url("/api/auth/signup")).json(&signup).send().await.unwrap().status(), 201);
+    assert_eq!(
+        http.post(server.url("/api/auth/signup"))
+            .json(&signup)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let login: serde_json::Value = http
         .post(server.url("/api/auth/login"))
         .json(&serde_json::json!({"email": "luis@example.com", "password": common::PASSWORD}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let token = login["access_token"].as_str().unwrap().to_string();
 
     let big = padded_mp4(100 * MIB);
@@ -205,10 +256,21 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
             let file = tokio::fs::File::open(&path).await.unwrap();
             let len = file.metadata().await.unwrap().len();
             let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-            let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
-                .file_name("clip.mp4");
-            let form = reqwest::multipart::Form::new().text("title", "Grande").part("video_file", part);
-            http.post(url).bearer_auth(token).multipart(form).send().await.unwrap().status()
+            let part = reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::wrap_stream(stream),
+                len,
+            )
+            .file_name("clip.mp4");
+            let form = reqwest::multipart::Form::new()
+                .text("title", "Grande")
+                .part("video_file", part);
+            http.post(url)
+                .bearer_auth(token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap()
+                .status()
         }
     };
     // Warm up every path once, then measure the resident memory around the big upload.
@@ -221,8 +283,11 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
                 if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kb) = status.lines().find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())
+                    if let Some(kb) = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
                     {
                         peak.fetch_max(kb * 1024, Ordering::Relaxed);
                     }
@@ -236,7 +301,13 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
     sampler.join().unwrap();
     assert_eq!(status, StatusCode::CREATED);
     let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
-    println!("resident memory: baseline {} MiB, growth during a 100 MiB upload {:.1} MiB",
-        baseline / MIB, growth as f64 / MIB as f64);
-    assert!(growth < 20 * 1000 * 1000, "resident memory grew by {growth} bytes");
+    println!(
+        "resident memory: baseline {} MiB, growth during a 100 MiB upload {:.1} MiB",
+        baseline / MIB,
+        growth as f64 / MIB as f64
+    );
+    assert!(
+        growth < 20 * 1000 * 1000,
+        "resident memory grew by {growth} bytes"
+    );
 }

@@ -9,26 +9,54 @@ use serde_json::json;
 #[tokio::test]
 async fn a_valid_upload_is_stored_with_its_record_and_its_job() {
     let t = TestApp::start();
-    let (owner, token) = t.player("Luis", "Díaz", "luis@example.com", "Barranquilla").await;
-    let (status, body) = t.upload(&token, &clip(Clip::Valid), "Mi mejor clavada").await;
+    let (owner, token) = t
+        .player("Luis", "Díaz", "luis@example.com", "Barranquilla")
+        .await;
+    let (status, body) = t
+        .upload(&token, &clip(Clip::Valid), "Mi mejor clavada")
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["message"], "Video subido exitosamente. Procesamiento en curso.");
+    assert_eq!(
+        body["message"],
+        "Video subido exitosamente. Procesamiento en curso."
+    );
     let id = body["video_id"].as_u64().unwrap();
     let task_id = body["task_id"].as_str().unwrap();
     assert!(!task_id.is_empty());
 
     let engine = t.app.engine();
-    let video = engine.store.video(id).await.unwrap().expect("the record exists");
+    let video = engine
+        .store
+        .video(id)
+        .await
+        .unwrap()
+        .expect("the record exists");
     assert_eq!(video.owner_id, owner);
     assert_eq!(video.title, "Mi mejor clavada");
     assert_eq!((video.original.width, video.original.height), (1920, 1080));
-    assert!((video.original.duration_s - 25.0).abs() < 0.5, "{}", video.original.duration_s);
-    let job = engine.queue.job(id).await.unwrap().expect("the job is queued");
+    assert!(
+        (video.original.duration_s - 25.0).abs() < 0.5,
+        "{}",
+        video.original.duration_s
+    );
+    let job = engine
+        .queue
+        .job(id)
+        .await
+        .unwrap()
+        .expect("the job is queued");
     assert_eq!(job.task_id, task_id);
     assert_eq!(engine.queue.stats().await.unwrap().depth, 1);
 
-    let stored = t.dir.path().join("media/originals").join(format!("{id}.mp4"));
-    assert_eq!(std::fs::read(&stored).unwrap(), std::fs::read(clip(Clip::Valid)).unwrap());
+    let stored = t
+        .dir
+        .path()
+        .join("media/originals")
+        .join(format!("{id}.mp4"));
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        std::fs::read(clip(Clip::Valid)).unwrap()
+    );
     assert!(t.files_under("tmp").is_empty());
 
     // Portrait clips meet the policy too: the shorter side is what counts.
@@ -39,7 +67,9 @@ async fn a_valid_upload_is_stored_with_its_record_and_its_job() {
 #[tokio::test]
 async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     let t = TestApp::start();
-    let (_, token) = t.player("Luis", "Díaz", "luis@example.com", "Barranquilla").await;
+    let (_, token) = t
+        .player("Luis", "Díaz", "luis@example.com", "Barranquilla")
+        .await;
     let empty = t.dir.path().join("empty.mp4");
     std::fs::write(&empty, b"").unwrap();
     let cases = [
@@ -56,36 +86,77 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     }
 
     // Missing or invalid title, missing file, not multipart at all.
-    let part = || reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap()).file_name("a.mp4");
+    let part = || {
+        reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap())
+            .file_name("a.mp4")
+    };
     let forms = [
-        (reqwest::multipart::Form::new().part("video_file", part()), "title"),
-        (reqwest::multipart::Form::new().text("title", "  ").part("video_file", part()), "title"),
-        (reqwest::multipart::Form::new().text("title", "x".repeat(256)).part("video_file", part()), "title"),
-        (reqwest::multipart::Form::new().text("title", "Sin archivo"), "video_file"),
+        (
+            reqwest::multipart::Form::new().part("video_file", part()),
+            "title",
+        ),
+        (
+            reqwest::multipart::Form::new()
+                .text("title", "  ")
+                .part("video_file", part()),
+            "title",
+        ),
+        (
+            reqwest::multipart::Form::new()
+                .text("title", "x".repeat(256))
+                .part("video_file", part()),
+            "title",
+        ),
+        (
+            reqwest::multipart::Form::new().text("title", "Sin archivo"),
+            "video_file",
+        ),
     ];
     for (form, field) in forms {
-        let response =
-            t.http.post(t.url("/api/videos/upload")).bearer_auth(&token).multipart(form).send().await.unwrap();
+        let response = t
+            .http
+            .post(t.url("/api/videos/upload"))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
         let (status, body) = common::read(response).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
         assert!(detail_of(&body).contains(field), "{field}: {body}");
     }
-    let response = t.http.post(t.url("/api/videos/upload")).bearer_auth(&token).json(&json!({"title": "x"}))
-        .send().await.unwrap();
+    let response = t
+        .http
+        .post(t.url("/api/videos/upload"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = common::read(response).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(detail_of(&body).contains("multipart"));
 
     assert_eq!(t.get("/api/videos", Some(&token)).await.1, json!([]));
-    assert!(t.files_under("tmp").is_empty(), "{:?}", t.files_under("tmp"));
-    assert!(t.files_under("media").is_empty(), "{:?}", t.files_under("media"));
+    assert!(
+        t.files_under("tmp").is_empty(),
+        "{:?}",
+        t.files_under("tmp")
+    );
+    assert!(
+        t.files_under("media").is_empty(),
+        "{:?}",
+        t.files_under("media")
+    );
     assert_eq!(t.app.engine().queue.stats().await.unwrap().depth, 0);
 }
 
 #[tokio::test]
 async fn my_videos_are_listed_newest_first_with_their_status() {
     let t = TestApp::start();
-    let (_, token) = t.player("Luis", "Díaz", "luis@example.com", "Barranquilla").await;
+    let (_, token) = t
+        .player("Luis", "Díaz", "luis@example.com", "Barranquilla")
+        .await;
     let (_, other) = t.player("Ana", "Mora", "ana@example.com", "Cali").await;
     let first = t.uploaded_video(&token, "Primero").await;
     let second = t.uploaded_video(&token, "Segundo").await;
@@ -111,7 +182,9 @@ async fn my_videos_are_listed_newest_first_with_their_status() {
 #[tokio::test]
 async fn detail_is_for_the_owner_only() {
     let t = TestApp::start();
-    let (_, token) = t.player("Luis", "Díaz", "luis@example.com", "Barranquilla").await;
+    let (_, token) = t
+        .player("Luis", "Díaz", "luis@example.com", "Barranquilla")
+        .await;
     let (_, other) = t.player("Ana", "Mora", "ana@example.com", "Cali").await;
     let id = t.uploaded_video(&token, "Triple").await;
 
@@ -125,7 +198,10 @@ async fn detail_is_for_the_owner_only() {
     assert_eq!(body["processed_url"], json!(null));
     assert_eq!(body["poster_url"], json!(null));
     let original = body["original_url"].as_str().unwrap();
-    assert!(original.starts_with(&format!("/media/originals/{id}.mp4?expires=")), "{original}");
+    assert!(
+        original.starts_with(&format!("/media/originals/{id}.mp4?expires=")),
+        "{original}"
+    );
     assert!(original.contains("&signature="));
 
     t.publish(id).await;
@@ -148,13 +224,18 @@ async fn detail_is_for_the_owner_only() {
 #[tokio::test]
 async fn delete_removes_record_job_and_files_unless_published() {
     let t = TestApp::start();
-    let (_, token) = t.player("Luis", "Díaz", "luis@example.com", "Barranquilla").await;
+    let (_, token) = t
+        .player("Luis", "Díaz", "luis@example.com", "Barranquilla")
+        .await;
     let (_, other) = t.player("Ana", "Mora", "ana@example.com", "Cali").await;
     let kept = t.uploaded_video(&token, "Publicado").await;
     let gone = t.uploaded_video(&token, "Borrador").await;
     t.publish(kept).await;
     let delete = |id: u64, token: String| {
-        let request = t.http.delete(t.url(&format!("/api/videos/{id}"))).bearer_auth(token);
+        let request = t
+            .http
+            .delete(t.url(&format!("/api/videos/{id}")))
+            .bearer_auth(token);
         async move { common::read(request.send().await.unwrap()).await }
     };
 
@@ -164,12 +245,22 @@ async fn delete_removes_record_job_and_files_unless_published() {
 
     let (status, body) = delete(gone, token.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"message": "El video ha sido eliminado exitosamente.", "video_id": gone}));
+    assert_eq!(
+        body,
+        json!({"message": "El video ha sido eliminado exitosamente.", "video_id": gone})
+    );
     let engine = t.app.engine();
     assert!(engine.store.video(gone).await.unwrap().is_none());
     assert!(engine.queue.job(gone).await.unwrap().is_none());
-    assert!(!t.dir.path().join(format!("media/originals/{gone}.mp4")).exists());
-    assert_eq!(t.get(&format!("/api/videos/{gone}"), Some(&token)).await.0, StatusCode::NOT_FOUND);
+    assert!(!t
+        .dir
+        .path()
+        .join(format!("media/originals/{gone}.mp4"))
+        .exists());
+    assert_eq!(
+        t.get(&format!("/api/videos/{gone}"), Some(&token)).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     let (status, body) = delete(gone, token.clone()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -177,10 +268,19 @@ async fn delete_removes_record_job_and_files_unless_published() {
 
     let (status, body) = delete(kept, token.clone()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(detail_of(&body), "El video ya fue publicado para votación y no puede eliminarse.");
+    assert_eq!(
+        detail_of(&body),
+        "El video ya fue publicado para votación y no puede eliminarse."
+    );
     assert!(engine.store.video(kept).await.unwrap().is_some());
 
-    let response = t.http.delete(t.url("/api/videos/abc")).bearer_auth(&token).send().await.unwrap();
+    let response = t
+        .http
+        .delete(t.url("/api/videos/abc"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 

@@ -37,7 +37,9 @@ pub struct LocalBlobs {
 fn check_key(key: &str) -> Result<(), BlobError> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
-        && key.split('/').all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
+        && key
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
     if ok {
         Ok(())
     } else {
@@ -93,7 +95,11 @@ impl BlobStore for LocalBlobs {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
         let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        let dir = if dir_part.is_empty() { self.root.clone() } else { self.path_of(dir_part)? };
+        let dir = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path_of(dir_part)?
+        };
         let mut out = Vec::new();
         let mut entries = match tokio::fs::read_dir(&dir).await {
             Ok(entries) => entries,
@@ -105,7 +111,11 @@ impl BlobStore for LocalBlobs {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
-            let key = if dir_part.is_empty() { name } else { format!("{dir_part}/{name}") };
+            let key = if dir_part.is_empty() {
+                name
+            } else {
+                format!("{dir_part}/{name}")
+            };
             if key.starts_with(prefix) {
                 out.push(key);
             }
@@ -126,7 +136,10 @@ pub fn original_key(video_id: u64) -> String {
 
 /// The video id in an original's key, if it is one.
 pub fn video_id_of_original(key: &str) -> Option<u64> {
-    key.strip_prefix("originals/")?.strip_suffix(".mp4")?.parse().ok()
+    key.strip_prefix("originals/")?
+        .strip_suffix(".mp4")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -64,7 +64,12 @@ impl GroupCommit {
             .name("store-commit".into())
             .spawn(move || flusher(worker))
             .expect("spawn the store commit thread");
-        Self { shared, flushed_rx, timeout, thread: Mutex::new(Some(thread)) }
+        Self {
+            shared,
+            flushed_rx,
+            timeout,
+            thread: Mutex::new(Some(thread)),
+        }
     }
 
     /// Returns once every write made before this call is on disk.
@@ -77,7 +82,10 @@ impl GroupCommit {
         }
         let mut rx = self.flushed_rx.clone();
         let waited = tokio::time::timeout(self.timeout, async {
-            match rx.wait_for(|f| f.generation >= generation || f.error.is_some()).await {
+            match rx
+                .wait_for(|f| f.generation >= generation || f.error.is_some())
+                .await
+            {
                 Ok(f) => match &f.error {
                     Some(e) if f.generation < generation => Err(CommitError::Flush(e.clone())),
                     _ => Ok(()),
@@ -101,7 +109,11 @@ impl GroupCommit {
 
     /// Flushes synchronously, for shutdown.
     pub fn flush_now(&self) -> Result<(), CommitError> {
-        self.shared.db.flush().map(|_| ()).map_err(|e| CommitError::Flush(e.to_string()))
+        self.shared
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| CommitError::Flush(e.to_string()))
     }
 }
 
@@ -124,7 +136,10 @@ fn flusher(shared: Arc<Shared>) {
         {
             let mut pending = shared.wake.lock().unwrap_or_else(|p| p.into_inner());
             while !*pending {
-                pending = shared.wake_cv.wait(pending).unwrap_or_else(|p| p.into_inner());
+                pending = shared
+                    .wake_cv
+                    .wait(pending)
+                    .unwrap_or_else(|p| p.into_inner());
             }
             *pending = false;
         }
@@ -132,7 +147,9 @@ fn flusher(shared: Arc<Shared>) {
         let target = shared.requested.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
         let result = shared.db.flush();
-        shared.flush_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        shared
+            .flush_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared.flushed_tx.send_modify(|f| match &result {
             Ok(_) => {

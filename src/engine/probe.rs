@@ -97,7 +97,9 @@ pub fn probe_mp4(path: &Path) -> Result<MediaInfo, ProbeError> {
         return Err(ProbeError::Truncated);
     };
     if moov.size > MAX_MOOV_BYTES {
-        return Err(ProbeError::NotMp4("the moov box is implausibly large".into()));
+        return Err(ProbeError::NotMp4(
+            "the moov box is implausibly large".into(),
+        ));
     }
     if !boxes.iter().any(|b| &b.kind == b"mdat") {
         return Err(ProbeError::Truncated);
@@ -135,8 +137,17 @@ pub fn probe_mp4(path: &Path) -> Result<MediaInfo, ProbeError> {
     }
 
     let movie = reader.duration().as_secs_f64();
-    let duration_s = if movie > 0.0 { movie } else { track.duration().as_secs_f64() };
-    Ok(MediaInfo { size_bytes: len, duration_s, width, height })
+    let duration_s = if movie > 0.0 {
+        movie
+    } else {
+        track.duration().as_secs_f64()
+    };
+    Ok(MediaInfo {
+        size_bytes: len,
+        duration_s,
+        width,
+        height,
+    })
 }
 
 #[cfg(test)]
@@ -169,7 +180,10 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 1, 0]);
         bytes.extend_from_slice(b"mdat");
         bytes.extend_from_slice(&[0; 100]);
-        assert_eq!(probe_mp4(file_with(&bytes).path()), Err(ProbeError::Truncated));
+        assert_eq!(
+            probe_mp4(file_with(&bytes).path()),
+            Err(ProbeError::Truncated)
+        );
     }
 
     #[test]
@@ -180,6 +194,9 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 0, 12]);
         bytes.extend_from_slice(b"mdat");
         bytes.extend_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(probe_mp4(file_with(&bytes).path()), Err(ProbeError::Truncated));
+        assert_eq!(
+            probe_mp4(file_with(&bytes).path()),
+            Err(ProbeError::Truncated)
+        );
     }
 }

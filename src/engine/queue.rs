@@ -91,8 +91,12 @@ pub trait JobQueue: Send + Sync {
         reason: &str,
     ) -> Result<(), QueueError>;
     /// Moves a leased job to the dead letters at once (a permanent failure).
-    async fn dead_letter(&self, video_id: VideoId, token: &str, reason: &str)
-        -> Result<(), QueueError>;
+    async fn dead_letter(
+        &self,
+        video_id: VideoId,
+        token: &str,
+        reason: &str,
+    ) -> Result<(), QueueError>;
     /// Removes the job wherever it is (queued, leased or dead). Returns whether it existed.
     async fn cancel(&self, video_id: VideoId) -> Result<bool, QueueError>;
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError>;

@@ -161,14 +161,25 @@ fn tx_result<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreEr
 }
 
 fn ranking_keys(city: &[u8], votes: u64, user: UserId) -> (Vec<u8>, Vec<u8>) {
-    (cat(&[&rev(votes), &be(user)]), cat(&[city, &rev(votes), &be(user)]))
+    (
+        cat(&[&rev(votes), &be(user)]),
+        cat(&[city, &rev(votes), &be(user)]),
+    )
 }
 
 impl SledEngine {
     /// Opens (or creates) the database under `dir` and runs queue recovery.
-    pub fn open(dir: &Path, max_receives: u32, commit_timeout: Duration) -> Result<Arc<Self>, StoreError> {
+    pub fn open(
+        dir: &Path,
+        max_receives: u32,
+        commit_timeout: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(backend)?;
         let t = Trees::open(&db).map_err(backend)?;
         let commit = GroupCommit::start(db.clone(), commit_timeout);
         let inner = Inner {
@@ -180,8 +191,14 @@ impl SledEngine {
             ranking_lock: Mutex::new(()),
         };
         let recovery = inner.recover_queue()?;
-        inner.commit.flush_now().map_err(|e| backend(e.to_string()))?;
-        Ok(Arc::new(SledEngine { inner: Arc::new(inner), recovery }))
+        inner
+            .commit
+            .flush_now()
+            .map_err(|e| backend(e.to_string()))?;
+        Ok(Arc::new(SledEngine {
+            inner: Arc::new(inner),
+            recovery,
+        }))
     }
 
     pub fn recovery(&self) -> &Recovery {
@@ -213,7 +230,11 @@ impl SledEngine {
         let value = tokio::task::spawn_blocking(move || change(&inner))
             .await
             .map_err(|e| backend(format!("store task failed: {e}")))??;
-        self.inner.commit.durable().await.map_err(|e| backend(e.to_string()))?;
+        self.inner
+            .commit
+            .durable()
+            .await
+            .map_err(|e| backend(e.to_string()))?;
         Ok(value)
     }
 }
@@ -257,7 +278,12 @@ impl Inner {
 
     fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         let email = user.email.trim().to_lowercase();
-        if self.t.users_by_email.contains_key(email.as_bytes()).map_err(backend)? {
+        if self
+            .t
+            .users_by_email
+            .contains_key(email.as_bytes())
+            .map_err(backend)?
+        {
             return Err(StoreError::EmailTaken);
         }
         let id = self.next_id(NEXT_USER_ID)?;
@@ -272,14 +298,16 @@ impl Inner {
             created_at: now_ts(),
         };
         let bytes = encode(&record);
-        tx_result((&self.t.users, &self.t.users_by_email).transaction(|(users, by_email)| {
-            if by_email.get(email.as_bytes())?.is_some() {
-                return abort(StoreError::EmailTaken);
-            }
-            by_email.insert(email.as_bytes(), &be(id))?;
-            users.insert(&be(id), bytes.clone())?;
-            Ok(())
-        }))?;
+        tx_result(
+            (&self.t.users, &self.t.users_by_email).transaction(|(users, by_email)| {
+                if by_email.get(email.as_bytes())?.is_some() {
+                    return abort(StoreError::EmailTaken);
+                }
+                by_email.insert(email.as_bytes(), &be(id))?;
+                users.insert(&be(id), bytes.clone())?;
+                Ok(())
+            }),
+        )?;
         Ok(record)
     }
 
@@ -313,24 +341,31 @@ impl Inner {
         let video_bytes = encode(&video);
         let job_bytes = encode(&QueuedJob::fresh(job.clone(), now));
         let mut index = self.lock_queue();
-        tx_result((&self.t.videos, &self.t.videos_by_owner, &self.t.jobs).transaction(
-            |(videos, by_owner, jobs)| {
-                if videos.get(be(video.id))?.is_some() {
-                    return abort(backend("video id reused"));
-                }
-                videos.insert(&be(video.id), video_bytes.clone())?;
-                by_owner.insert(cat(&[&be(video.owner_id), &rev(video.id)]), &[])?;
-                jobs.insert(&be(video.id), job_bytes.clone())?;
-                Ok(())
-            },
-        ))?;
+        tx_result(
+            (&self.t.videos, &self.t.videos_by_owner, &self.t.jobs).transaction(
+                |(videos, by_owner, jobs)| {
+                    if videos.get(be(video.id))?.is_some() {
+                        return abort(backend("video id reused"));
+                    }
+                    videos.insert(&be(video.id), video_bytes.clone())?;
+                    by_owner.insert(cat(&[&be(video.owner_id), &rev(video.id)]), &[])?;
+                    jobs.insert(&be(video.id), job_bytes.clone())?;
+                    Ok(())
+                },
+            ),
+        )?;
         index.put(video.id, now, false);
         Ok((video, job))
     }
 
     fn delete_video(&self, id: VideoId, owner: UserId) -> Result<Video, StoreError> {
         let mut index = self.lock_queue();
-        let trees = (&self.t.videos, &self.t.videos_by_owner, &self.t.jobs, &self.t.dead);
+        let trees = (
+            &self.t.videos,
+            &self.t.videos_by_owner,
+            &self.t.jobs,
+            &self.t.dead,
+        );
         let (video, had_dead) = tx_result(trees.transaction(|(videos, by_owner, jobs, dead)| {
             let Some(bytes) = videos.get(be(id))? else {
                 return abort(StoreError::VideoNotFound);
@@ -357,7 +392,9 @@ impl Inner {
 
     fn publish_video(&self, id: VideoId, publication: Publication) -> Result<Video, StoreError> {
         let video = self.load_video(id)?.ok_or(StoreError::VideoNotFound)?;
-        let owner = self.load_user(video.owner_id)?.ok_or(StoreError::UserNotFound)?;
+        let owner = self
+            .load_user(video.owner_id)?
+            .ok_or(StoreError::UserNotFound)?;
         let city = city_prefix(&owner.city);
         let _guard = self.lock_ranking();
         let trees = (
@@ -399,45 +436,60 @@ impl Inner {
     }
 
     fn vote(&self, video_id: VideoId, voter: UserId) -> Result<u64, StoreError> {
-        let video = self.load_video(video_id)?.ok_or(StoreError::VideoNotFound)?;
-        let owner = self.load_user(video.owner_id)?.ok_or(StoreError::UserNotFound)?;
+        let video = self
+            .load_video(video_id)?
+            .ok_or(StoreError::VideoNotFound)?;
+        let owner = self
+            .load_user(video.owner_id)?
+            .ok_or(StoreError::UserNotFound)?;
         let city = city_prefix(&owner.city);
         let owner_id = owner.id;
         let _guard = self.lock_ranking();
-        let trees =
-            (&self.t.votes, &self.t.videos, &self.t.player_votes, &self.t.ranking, &self.t.ranking_by_city);
-        tx_result(trees.transaction(|(votes, videos, player_votes, ranking, ranking_by_city)| {
-            let Some(bytes) = videos.get(be(video_id))? else {
-                return abort(StoreError::VideoNotFound);
-            };
-            let mut video: Video = tx_decode(&bytes)?;
-            if video.status != VideoStatus::Processed {
-                return abort(StoreError::NotPublished);
-            }
-            let vote_key = cat(&[&be(video_id), &be(voter)]);
-            if votes.get(&vote_key)?.is_some() {
-                return abort(StoreError::AlreadyVoted);
-            }
-            votes.insert(vote_key, &be(now_ts() as u64))?;
-            video.votes += 1;
-            videos.insert(&be(video_id), encode(&video))?;
-            let before = player_votes.get(be(owner_id))?.map(|v| read_u64(&v)).unwrap_or(0);
-            let (old_all, old_city) = ranking_keys(&city, before, owner_id);
-            ranking.remove(old_all)?;
-            ranking_by_city.remove(old_city)?;
-            let (new_all, new_city) = ranking_keys(&city, before + 1, owner_id);
-            ranking.insert(new_all, &[])?;
-            ranking_by_city.insert(new_city, &[])?;
-            player_votes.insert(&be(owner_id), &be(before + 1))?;
-            Ok(video.votes)
-        }))
+        let trees = (
+            &self.t.votes,
+            &self.t.videos,
+            &self.t.player_votes,
+            &self.t.ranking,
+            &self.t.ranking_by_city,
+        );
+        tx_result(
+            trees.transaction(|(votes, videos, player_votes, ranking, ranking_by_city)| {
+                let Some(bytes) = videos.get(be(video_id))? else {
+                    return abort(StoreError::VideoNotFound);
+                };
+                let mut video: Video = tx_decode(&bytes)?;
+                if video.status != VideoStatus::Processed {
+                    return abort(StoreError::NotPublished);
+                }
+                let vote_key = cat(&[&be(video_id), &be(voter)]);
+                if votes.get(&vote_key)?.is_some() {
+                    return abort(StoreError::AlreadyVoted);
+                }
+                votes.insert(vote_key, &be(now_ts() as u64))?;
+                video.votes += 1;
+                videos.insert(&be(video_id), encode(&video))?;
+                let before = player_votes
+                    .get(be(owner_id))?
+                    .map(|v| read_u64(&v))
+                    .unwrap_or(0);
+                let (old_all, old_city) = ranking_keys(&city, before, owner_id);
+                ranking.remove(old_all)?;
+                ranking_by_city.remove(old_city)?;
+                let (new_all, new_city) = ranking_keys(&city, before + 1, owner_id);
+                ranking.insert(new_all, &[])?;
+                ranking_by_city.insert(new_city, &[])?;
+                player_votes.insert(&be(owner_id), &be(before + 1))?;
+                Ok(video.votes)
+            }),
+        )
     }
 }
 
 #[async_trait]
 impl Store for SledEngine {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| inner.create_user(user)).await
+        self.mutate(StoreError::Backend, move |inner| inner.create_user(user))
+            .await
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -446,7 +498,13 @@ impl Store for SledEngine {
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let email = email.trim().to_lowercase();
-        match self.inner.t.users_by_email.get(email.as_bytes()).map_err(backend)? {
+        match self
+            .inner
+            .t
+            .users_by_email
+            .get(email.as_bytes())
+            .map_err(backend)?
+        {
             Some(id) => self.inner.load_user(read_u64(&id)),
             None => Ok(None),
         }
@@ -457,8 +515,15 @@ impl Store for SledEngine {
         self.inner.next_id(NEXT_VIDEO_ID)
     }
 
-    async fn commit_upload(&self, new: NewVideo, task_id: String) -> Result<(Video, Job), StoreError> {
-        self.mutate(StoreError::Backend, move |inner| inner.commit_upload(new, task_id)).await
+    async fn commit_upload(
+        &self,
+        new: NewVideo,
+        task_id: String,
+    ) -> Result<(Video, Job), StoreError> {
+        self.mutate(StoreError::Backend, move |inner| {
+            inner.commit_upload(new, task_id)
+        })
+        .await
     }
 
     async fn video(&self, id: VideoId) -> Result<Option<Video>, StoreError> {
@@ -478,22 +543,39 @@ impl Store for SledEngine {
     }
 
     async fn delete_video(&self, id: VideoId, owner: UserId) -> Result<Video, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| inner.delete_video(id, owner)).await
+        self.mutate(StoreError::Backend, move |inner| {
+            inner.delete_video(id, owner)
+        })
+        .await
     }
 
     async fn video_exists(&self, id: VideoId) -> Result<bool, StoreError> {
         self.inner.t.videos.contains_key(be(id)).map_err(backend)
     }
 
-    async fn publish_video(&self, id: VideoId, publication: Publication) -> Result<Video, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| inner.publish_video(id, publication)).await
+    async fn publish_video(
+        &self,
+        id: VideoId,
+        publication: Publication,
+    ) -> Result<Video, StoreError> {
+        self.mutate(StoreError::Backend, move |inner| {
+            inner.publish_video(id, publication)
+        })
+        .await
     }
 
     async fn vote(&self, video_id: VideoId, voter: UserId) -> Result<u64, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| inner.vote(video_id, voter)).await
+        self.mutate(StoreError::Backend, move |inner| {
+            inner.vote(video_id, voter)
+        })
+        .await
     }
 
-    async fn public_videos(&self, city: Option<&str>, page: Page) -> Result<Vec<(Video, User)>, StoreError> {
+    async fn public_videos(
+        &self,
+        city: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<(Video, User)>, StoreError> {
         let t = &self.inner.t;
         let ids: Vec<VideoId> = match city {
             None => t
@@ -526,7 +608,11 @@ impl Store for SledEngine {
         Ok(out)
     }
 
-    async fn rankings(&self, city: Option<&str>, page: Page) -> Result<Vec<RankedPlayer>, StoreError> {
+    async fn rankings(
+        &self,
+        city: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<RankedPlayer>, StoreError> {
         let t = &self.inner.t;
         let keys: Vec<(u64, UserId)> = match city {
             None => t
@@ -545,7 +631,12 @@ impl Store for SledEngine {
                     .skip(page.offset as usize)
                     .take(page.limit as usize)
                     .map(|e| {
-                        e.map(|(k, _)| (u64::MAX - read_u64(&k[n..n + 8]), read_u64(&k[n + 8..n + 16])))
+                        e.map(|(k, _)| {
+                            (
+                                u64::MAX - read_u64(&k[n..n + 8]),
+                                read_u64(&k[n + 8..n + 16]),
+                            )
+                        })
                     })
                     .collect::<Result<_, _>>()
                     .map_err(backend)?
@@ -553,8 +644,15 @@ impl Store for SledEngine {
         };
         let mut out = Vec::with_capacity(keys.len());
         for (index, (votes, user_id)) in keys.into_iter().enumerate() {
-            let user = self.inner.load_user(user_id)?.ok_or(StoreError::UserNotFound)?;
-            out.push(RankedPlayer { position: page.offset + index as u64 + 1, user, votes });
+            let user = self
+                .inner
+                .load_user(user_id)?
+                .ok_or(StoreError::UserNotFound)?;
+            out.push(RankedPlayer {
+                position: page.offset + index as u64 + 1,
+                user,
+                votes,
+            });
         }
         Ok(out)
     }

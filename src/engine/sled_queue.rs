@@ -33,7 +33,11 @@ pub(super) struct QueuedJob {
 
 impl QueuedJob {
     pub fn fresh(job: Job, now: u64) -> Self {
-        Self { job, visible_at_ms: now, lease: None }
+        Self {
+            job,
+            visible_at_ms: now,
+            lease: None,
+        }
     }
 }
 
@@ -75,12 +79,19 @@ impl QueueIndex {
     }
 
     fn next_visible(&self, now: u64) -> Option<VideoId> {
-        self.schedule.first().filter(|(at, _)| *at <= now).map(|(_, id)| *id)
+        self.schedule
+            .first()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
     }
 
     fn stats(&self, now: u64) -> QueueStats {
         let in_flight = self.leases.values().filter(|&&until| until > now).count() as u64;
-        QueueStats { depth: self.visible_at.len() as u64 - in_flight, in_flight, dead: self.dead }
+        QueueStats {
+            depth: self.visible_at.len() as u64 - in_flight,
+            in_flight,
+            dead: self.dead,
+        }
     }
 }
 
@@ -112,7 +123,10 @@ impl Inner {
             if queued.lease.take().is_some() {
                 queued.visible_at_ms = queued.visible_at_ms.min(now);
                 recovery.released_leases += 1;
-                self.t.jobs.insert(&key, encode(&queued)).map_err(|e| StoreError::Backend(e.to_string()))?;
+                self.t
+                    .jobs
+                    .insert(&key, encode(&queued))
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
             }
             index.put(queued.job.video_id, queued.visible_at_ms, false);
             recovery.jobs += 1;
@@ -140,16 +154,28 @@ impl Inner {
     }
 
     fn store_job(&self, queued: &QueuedJob) -> Result<(), QueueError> {
-        self.t.jobs.insert(be(queued.job.video_id), encode(queued)).map_err(qbackend)?;
+        self.t
+            .jobs
+            .insert(be(queued.job.video_id), encode(queued))
+            .map_err(qbackend)?;
         Ok(())
     }
 
     /// Moves a live job to the dead letters in one transaction.
-    fn kill(&self, index: &mut QueueIndex, queued: &QueuedJob, reason: &str) -> Result<(), QueueError> {
+    fn kill(
+        &self,
+        index: &mut QueueIndex,
+        queued: &QueuedJob,
+        reason: &str,
+    ) -> Result<(), QueueError> {
         let id = queued.job.video_id;
         let mut job = queued.job.clone();
         job.last_error = Some(reason.to_string());
-        let letter = encode(&DeadLetter { job, reason: reason.to_string(), dead_at_ms: now_ms() });
+        let letter = encode(&DeadLetter {
+            job,
+            reason: reason.to_string(),
+            dead_at_ms: now_ms(),
+        });
         qtx_result((&self.t.jobs, &self.t.dead).transaction(|(jobs, dead)| {
             jobs.remove(&be(id))?;
             dead.insert(&be(id), letter.clone())?;
@@ -168,7 +194,11 @@ impl Inner {
         let swapped = self
             .t
             .jobs
-            .compare_and_swap(be(id), None as Option<&[u8]>, Some(encode(&QueuedJob::fresh(job, now))))
+            .compare_and_swap(
+                be(id),
+                None as Option<&[u8]>,
+                Some(encode(&QueuedJob::fresh(job, now))),
+            )
             .map_err(qbackend)?;
         if swapped.is_ok() {
             index.put(id, now, false);
@@ -200,7 +230,11 @@ impl Inner {
             queued.lease = Some(token.clone());
             self.store_job(&queued)?;
             index.put(id, queued.visible_at_ms, true);
-            return Ok(Some(Lease { visible_again_at_ms: queued.visible_at_ms, job: queued.job, token }));
+            return Ok(Some(Lease {
+                visible_again_at_ms: queued.visible_at_ms,
+                job: queued.job,
+                token,
+            }));
         }
         Ok(None)
     }
@@ -222,7 +256,13 @@ impl Inner {
         Ok(())
     }
 
-    fn nack(&self, id: VideoId, token: &str, delay: Duration, reason: &str) -> Result<(), QueueError> {
+    fn nack(
+        &self,
+        id: VideoId,
+        token: &str,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<(), QueueError> {
         let mut index = self.lock_queue();
         let mut queued = self.leased_job(id, token)?;
         queued.visible_at_ms = now_ms() + delay.as_millis() as u64;
@@ -241,9 +281,13 @@ impl Inner {
 
     fn cancel(&self, id: VideoId) -> Result<bool, QueueError> {
         let mut index = self.lock_queue();
-        let (had_job, had_dead) = qtx_result((&self.t.jobs, &self.t.dead).transaction(|(jobs, dead)| {
-            Ok((jobs.remove(&be(id))?.is_some(), dead.remove(&be(id))?.is_some()))
-        }))?;
+        let (had_job, had_dead) =
+            qtx_result((&self.t.jobs, &self.t.dead).transaction(|(jobs, dead)| {
+                Ok((
+                    jobs.remove(&be(id))?.is_some(),
+                    dead.remove(&be(id))?.is_some(),
+                ))
+            }))?;
         index.remove(id);
         if had_dead {
             index.dead = index.dead.saturating_sub(1);
@@ -258,7 +302,8 @@ impl Inner {
             let Some(bytes) = dead.remove(&be(id))? else {
                 return Err(ConflictableTransactionError::Abort(QueueError::NotFound));
             };
-            let letter: DeadLetter = qdecode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            let letter: DeadLetter =
+                qdecode(&bytes).map_err(ConflictableTransactionError::Abort)?;
             let mut job = letter.job;
             job.receive_count = 0;
             jobs.insert(&be(id), encode(&QueuedJob::fresh(job, now)))?;
@@ -277,35 +322,59 @@ fn queue_backend(message: String) -> QueueError {
 #[async_trait]
 impl JobQueue for SledEngine {
     async fn enqueue(&self, job: Job) -> Result<(), QueueError> {
-        self.mutate(queue_backend, move |inner| inner.enqueue(job)).await
+        self.mutate(queue_backend, move |inner| inner.enqueue(job))
+            .await
     }
 
     async fn receive(&self, visibility: Duration) -> Result<Option<Lease>, QueueError> {
-        self.mutate(queue_backend, move |inner| inner.receive(visibility)).await
+        self.mutate(queue_backend, move |inner| inner.receive(visibility))
+            .await
     }
 
-    async fn extend(&self, id: VideoId, token: &str, visibility: Duration) -> Result<u64, QueueError> {
+    async fn extend(
+        &self,
+        id: VideoId,
+        token: &str,
+        visibility: Duration,
+    ) -> Result<u64, QueueError> {
         let token = token.to_string();
-        self.mutate(queue_backend, move |inner| inner.extend(id, &token, visibility)).await
+        self.mutate(queue_backend, move |inner| {
+            inner.extend(id, &token, visibility)
+        })
+        .await
     }
 
     async fn ack(&self, id: VideoId, token: &str) -> Result<(), QueueError> {
         let token = token.to_string();
-        self.mutate(queue_backend, move |inner| inner.ack(id, &token)).await
+        self.mutate(queue_backend, move |inner| inner.ack(id, &token))
+            .await
     }
 
-    async fn nack(&self, id: VideoId, token: &str, delay: Duration, reason: &str) -> Result<(), QueueError> {
+    async fn nack(
+        &self,
+        id: VideoId,
+        token: &str,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<(), QueueError> {
         let (token, reason) = (token.to_string(), reason.to_string());
-        self.mutate(queue_backend, move |inner| inner.nack(id, &token, delay, &reason)).await
+        self.mutate(queue_backend, move |inner| {
+            inner.nack(id, &token, delay, &reason)
+        })
+        .await
     }
 
     async fn dead_letter(&self, id: VideoId, token: &str, reason: &str) -> Result<(), QueueError> {
         let (token, reason) = (token.to_string(), reason.to_string());
-        self.mutate(queue_backend, move |inner| inner.dead_letter(id, &token, &reason)).await
+        self.mutate(queue_backend, move |inner| {
+            inner.dead_letter(id, &token, &reason)
+        })
+        .await
     }
 
     async fn cancel(&self, id: VideoId) -> Result<bool, QueueError> {
-        self.mutate(queue_backend, move |inner| inner.cancel(id)).await
+        self.mutate(queue_backend, move |inner| inner.cancel(id))
+            .await
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
@@ -321,7 +390,8 @@ impl JobQueue for SledEngine {
     }
 
     async fn redrive(&self, id: VideoId) -> Result<(), QueueError> {
-        self.mutate(queue_backend, move |inner| inner.redrive(id)).await
+        self.mutate(queue_backend, move |inner| inner.redrive(id))
+            .await
     }
 
     async fn redrive_all(&self) -> Result<u64, QueueError> {

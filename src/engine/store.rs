@@ -6,7 +6,9 @@
 
 use async_trait::async_trait;
 
-use crate::domain::{NewUser, NewVideo, Page, Publication, RankedPlayer, User, UserId, Video, VideoId};
+use crate::domain::{
+    NewUser, NewVideo, Page, Publication, RankedPlayer, User, UserId, Video, VideoId,
+};
 use crate::engine::queue::Job;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -38,7 +40,11 @@ pub trait Store: Send + Sync {
     /// A fresh, never reused video id.
     async fn allocate_video_id(&self) -> Result<VideoId, StoreError>;
     /// Writes the video record and its processing job in one durable step.
-    async fn commit_upload(&self, video: NewVideo, task_id: String) -> Result<(Video, Job), StoreError>;
+    async fn commit_upload(
+        &self,
+        video: NewVideo,
+        task_id: String,
+    ) -> Result<(Video, Job), StoreError>;
     async fn video(&self, id: VideoId) -> Result<Option<Video>, StoreError>;
     /// The player's videos, newest first.
     async fn videos_of(&self, owner: UserId) -> Result<Vec<Video>, StoreError>;
@@ -49,15 +55,26 @@ pub trait Store: Send + Sync {
     async fn video_exists(&self, id: VideoId) -> Result<bool, StoreError>;
 
     /// Marks the video published with its outputs; the owner enters the rankings.
-    async fn publish_video(&self, id: VideoId, publication: Publication) -> Result<Video, StoreError>;
+    async fn publish_video(
+        &self,
+        id: VideoId,
+        publication: Publication,
+    ) -> Result<Video, StoreError>;
 
     /// Records one vote; returns the video's new vote count.
     async fn vote(&self, video: VideoId, voter: UserId) -> Result<u64, StoreError>;
     /// Published videos, newest first, with their owners; optionally of one city (folded).
-    async fn public_videos(&self, city: Option<&str>, page: Page)
-        -> Result<Vec<(Video, User)>, StoreError>;
+    async fn public_videos(
+        &self,
+        city: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<(Video, User)>, StoreError>;
     /// Players by votes descending, ties by user id; optionally of one city (folded).
-    async fn rankings(&self, city: Option<&str>, page: Page) -> Result<Vec<RankedPlayer>, StoreError>;
+    async fn rankings(
+        &self,
+        city: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<RankedPlayer>, StoreError>;
 
     /// Flushes everything to disk (shutdown).
     fn flush_blocking(&self) -> Result<(), StoreError>;

@@ -17,7 +17,11 @@ const MIN_PASSWORD_CHARS: usize = 8;
 /// argon2 hashes any length, but a bound keeps hashing cost predictable.
 const MAX_PASSWORD_CHARS: usize = 256;
 
-async fn json_body(state: &AppState, headers: &HeaderMap, body: BodyStream) -> Result<JsonObject, ApiError> {
+async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: BodyStream,
+) -> Result<JsonObject, ApiError> {
     let server = &state.config.server;
     let bytes = read_limited(
         body,
@@ -52,13 +56,19 @@ struct SignupResponse {
     message: &'static str,
 }
 
-pub async fn signup(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) -> Result<Response, ApiError> {
+pub async fn signup(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
     let obj = json_body(&state, &headers, body).await?;
     let first_name = short_text(&obj, "first_name")?;
     let last_name = short_text(&obj, "last_name")?;
     let email = obj.string("email")?.trim().to_lowercase();
     if email.chars().count() > 254 || !email_address::EmailAddress::is_valid(&email) {
-        return Err(ApiError::bad_request("El campo 'email' no es un email válido."));
+        return Err(ApiError::bad_request(
+            "El campo 'email' no es un email válido.",
+        ));
     }
     let password1 = obj.string("password1")?;
     let password2 = obj.string("password2")?;
@@ -86,7 +96,14 @@ pub async fn signup(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) 
     let user = state
         .engine
         .store
-        .create_user(NewUser { first_name, last_name, email, password_hash, city, country })
+        .create_user(NewUser {
+            first_name,
+            last_name,
+            email,
+            password_hash,
+            city,
+            country,
+        })
         .await?;
     tracing::info!(user_id = user.id, "user signed up");
     Ok(json(
@@ -110,7 +127,11 @@ struct LoginResponse {
     expires_in: u64,
 }
 
-pub async fn login(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) -> Result<Response, ApiError> {
+pub async fn login(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
     let obj = json_body(&state, &headers, body).await?;
     let email = obj.string("email")?;
     let password = obj.string("password")?;

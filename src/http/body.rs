@@ -21,7 +21,9 @@ where
     B: Buf + Send + 'static,
 {
     Box::pin(stream.map(|chunk| {
-        chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(std::io::Error::other)
+        chunk
+            .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
+            .map_err(std::io::Error::other)
     }))
 }
 
@@ -55,7 +57,9 @@ pub async fn read_limited(
                 out.extend_from_slice(&chunk);
             }
             Some(Err(_)) => {
-                return Err(ApiError::bad_request("El cuerpo de la solicitud llegó incompleto."))
+                return Err(ApiError::bad_request(
+                    "El cuerpo de la solicitud llegó incompleto.",
+                ))
             }
         }
     }
@@ -70,7 +74,9 @@ impl JsonObject {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(Self(map)),
             Ok(_) => Err(ApiError::bad_request("El cuerpo debe ser un objeto JSON.")),
-            Err(e) => Err(ApiError::bad_request(format!("El cuerpo no es JSON válido: {e}."))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "El cuerpo no es JSON válido: {e}."
+            ))),
         }
     }
 
@@ -78,17 +84,25 @@ impl JsonObject {
     pub fn string(&self, field: &str) -> Result<String, ApiError> {
         match self.0.get(field) {
             Some(Value::String(s)) => Ok(s.clone()),
-            None | Some(Value::Null) => {
-                Err(ApiError::bad_request(format!("El campo '{field}' es obligatorio.")))
-            }
-            Some(_) => Err(ApiError::bad_request(format!("El campo '{field}' debe ser un texto."))),
+            None | Some(Value::Null) => Err(ApiError::bad_request(format!(
+                "El campo '{field}' es obligatorio."
+            ))),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "El campo '{field}' debe ser un texto."
+            ))),
         }
     }
 }
 
 /// The `Content-Length` of a request, when it sent a valid one.
 pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -97,14 +111,19 @@ mod tests {
 
     fn stream_of(chunks: Vec<&'static [u8]>) -> BodyStream {
         Box::pin(futures_util::stream::iter(
-            chunks.into_iter().map(|c| Ok(Bytes::from_static(c))).collect::<Vec<_>>(),
+            chunks
+                .into_iter()
+                .map(|c| Ok(Bytes::from_static(c)))
+                .collect::<Vec<_>>(),
         ))
     }
 
     #[tokio::test]
     async fn limits_apply_to_declared_and_counted_lengths() {
         let idle = Duration::from_secs(1);
-        let ok = read_limited(stream_of(vec![b"ab", b"cd"]), None, 4, idle).await.unwrap();
+        let ok = read_limited(stream_of(vec![b"ab", b"cd"]), None, 4, idle)
+            .await
+            .unwrap();
         assert_eq!(&ok[..], b"abcd");
         let counted = read_limited(stream_of(vec![b"ab", b"cde"]), None, 4, idle).await;
         assert!(matches!(counted, Err(ApiError::PayloadTooLarge(_))));

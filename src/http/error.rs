@@ -53,7 +53,10 @@ impl ApiError {
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after_s: u64) -> Self {
-        ApiError::Unavailable { detail: detail.into(), retry_after_s }
+        ApiError::Unavailable {
+            detail: detail.into(),
+            retry_after_s,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -88,12 +91,15 @@ impl ApiError {
             _ => None,
         };
         if let Some(seconds) = retry_after {
-            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
-        }
-        if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -149,7 +155,10 @@ impl From<CallError> for ApiError {
             CallError::Full(_) => 1,
             CallError::Down(_) | CallError::Timeout(_) => 2,
         };
-        ApiError::unavailable(format!("Servicio temporalmente no disponible: {e}."), retry_after_s)
+        ApiError::unavailable(
+            format!("Servicio temporalmente no disponible: {e}."),
+            retry_after_s,
+        )
     }
 }
 
@@ -178,10 +187,15 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 
 fn method_not_allowed() -> Response {
     let mut response = warp::reply::with_status(
-        warp::reply::json(&ErrorBody { detail: "Método no permitido." }),
+        warp::reply::json(&ErrorBody {
+            detail: "Método no permitido.",
+        }),
         StatusCode::METHOD_NOT_ALLOWED,
     )
     .into_response();
-    response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD, POST, DELETE"));
+    response.headers_mut().insert(
+        http::header::ALLOW,
+        http::HeaderValue::from_static("GET, HEAD, POST, DELETE"),
+    );
     response
 }

@@ -39,10 +39,13 @@ fn respond(result: Result<Response, ApiError>) -> Response {
 
 /// A path id: anything but an unsigned integer names no video.
 fn video_id(raw: &str) -> Result<VideoId, ApiError> {
-    raw.parse().map_err(|_| ApiError::NotFound(error::VIDEO_NOT_FOUND.into()))
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(error::VIDEO_NOT_FOUND.into()))
 }
 
-fn with_state(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || state.clone())
 }
 
@@ -117,7 +120,10 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(|s, q: Query| async move { respond(public::rankings(s, q).await) })
         .boxed();
 
-    let health = warp::path!("api" / "health").and(warp::get()).map(ops::health).boxed();
+    let health = warp::path!("api" / "health")
+        .and(warp::get())
+        .map(ops::health)
+        .boxed();
     let ready = warp::path!("api" / "health" / "ready")
         .and(warp::get())
         .and(st())

@@ -67,7 +67,10 @@ pub fn parse_list_query(
         Some(c) if !c.is_empty() => Some(c),
         _ => None,
     };
-    Ok(ListQuery { page: Page { offset, limit }, city })
+    Ok(ListQuery {
+        page: Page { offset, limit },
+        city,
+    })
 }
 
 #[cfg(test)]
@@ -75,8 +78,10 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> Result<ListQuery, ApiError> {
-        let owned: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         parse_list_query(&owned, 10, 100)
     }
 
@@ -87,8 +92,14 @@ mod tests {
     #[test]
     fn defaults_and_both_pagination_styles() {
         assert_eq!(q(&[]).unwrap().page, page(0, 10));
-        assert_eq!(q(&[("page", "3"), ("limit", "5")]).unwrap().page, page(10, 5));
-        assert_eq!(q(&[("offset", "7"), ("limit", "5")]).unwrap().page, page(7, 5));
+        assert_eq!(
+            q(&[("page", "3"), ("limit", "5")]).unwrap().page,
+            page(10, 5)
+        );
+        assert_eq!(
+            q(&[("offset", "7"), ("limit", "5")]).unwrap().page,
+            page(7, 5)
+        );
         assert_eq!(q(&[("limit", "100")]).unwrap().page, page(0, 100));
         assert_eq!(q(&[("other", "x")]).unwrap().page, page(0, 10));
     }
@@ -105,19 +116,28 @@ mod tests {
             (vec![("offset", "-3")], "offset"),
             (vec![("page", "1"), ("offset", "0")], "offset"),
             (vec![("limit", "1"), ("limit", "2")], "limit"),
-            (vec![("page", "18446744073709551615"), ("limit", "100")], "page"),
+            (
+                vec![("page", "18446744073709551615"), ("limit", "100")],
+                "page",
+            ),
         ] {
             let err = q(&pairs).unwrap_err();
             assert!(matches!(err, ApiError::BadRequest(_)), "{pairs:?}");
             let text = err.to_string();
-            assert!(text.starts_with("Parámetro inválido en la consulta: "), "{text}");
+            assert!(
+                text.starts_with("Parámetro inválido en la consulta: "),
+                "{text}"
+            );
             assert!(text.contains(which), "{pairs:?} → {text}");
         }
     }
 
     #[test]
     fn city_is_trimmed_and_empty_means_all() {
-        assert_eq!(q(&[("city", " Bogotá ")]).unwrap().city.as_deref(), Some("Bogotá"));
+        assert_eq!(
+            q(&[("city", " Bogotá ")]).unwrap().city.as_deref(),
+            Some("Bogotá")
+        );
         assert_eq!(q(&[("city", "")]).unwrap().city, None);
         assert!(q(&[("city", &"x".repeat(101))]).is_err());
     }

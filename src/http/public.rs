@@ -29,9 +29,16 @@ struct PublicVideo {
     votes: u64,
 }
 
-pub async fn videos(state: Arc<AppState>, query: Vec<(String, String)>) -> Result<Response, ApiError> {
+pub async fn videos(
+    state: Arc<AppState>,
+    query: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
     let query = parse_list_query(&query, VIDEOS_DEFAULT_LIMIT, MAX_LIMIT)?;
-    let listed = state.engine.store.public_videos(query.city.as_deref(), query.page).await?;
+    let listed = state
+        .engine
+        .store
+        .public_videos(query.city.as_deref(), query.page)
+        .await?;
     let items: Vec<PublicVideo> = listed
         .into_iter()
         .map(|(video, owner)| PublicVideo {
@@ -53,15 +60,28 @@ struct Voted {
     message: &'static str,
 }
 
-pub async fn vote(state: Arc<AppState>, headers: HeaderMap, raw_id: String) -> Result<Response, ApiError> {
-    let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+pub async fn vote(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    raw_id: String,
+) -> Result<Response, ApiError> {
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
     let voter = state.auth.verify_header(header)?;
     let id = video_id(&raw_id)?;
     if state.engine.store.user(voter).await?.is_none() {
-        return Err(ApiError::Unauthorized("Token de acceso inválido o expirado.".into()));
+        return Err(ApiError::Unauthorized(
+            "Token de acceso inválido o expirado.".into(),
+        ));
     }
     state.engine.store.vote(id, voter).await?;
-    Ok(json(StatusCode::OK, &Voted { message: "Voto registrado exitosamente." }))
+    Ok(json(
+        StatusCode::OK,
+        &Voted {
+            message: "Voto registrado exitosamente.",
+        },
+    ))
 }
 
 #[derive(Serialize)]
@@ -72,9 +92,16 @@ struct Ranked {
     votes: u64,
 }
 
-pub async fn rankings(state: Arc<AppState>, query: Vec<(String, String)>) -> Result<Response, ApiError> {
+pub async fn rankings(
+    state: Arc<AppState>,
+    query: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
     let query = parse_list_query(&query, RANKINGS_DEFAULT_LIMIT, MAX_LIMIT)?;
-    let ranked = state.engine.store.rankings(query.city.as_deref(), query.page).await?;
+    let ranked = state
+        .engine
+        .store
+        .rankings(query.city.as_deref(), query.page)
+        .await?;
     let items: Vec<Ranked> = ranked
         .into_iter()
         .map(|r| Ranked {

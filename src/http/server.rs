@@ -59,7 +59,10 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         normalize_path(&mut request);
         let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream()));
-        let request = request.map(|inner| TrackedBody { inner, done: body_done.clone() });
+        let request = request.map(|inner| TrackedBody {
+            inner,
+            done: body_done.clone(),
+        });
         // Wrapping the boxed filter is a pointer copy; its future owns everything it needs.
         let mut routes = warp::service(self.routes.clone());
         let answered = routes.call(request);
@@ -69,7 +72,10 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
                 // Answered before the body was read (a refused upload): the rest of the body
                 // is still on the wire, so the connection cannot carry another request. Say so,
                 // or a client would reuse it and find it closed.
-                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             Ok(response)
         })
@@ -177,7 +183,10 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         let open = connections.len();
         tracing::warn!(open, "grace period over with connections still open");
         return open;
@@ -245,7 +254,10 @@ mod tests {
     #[test]
     fn one_trailing_slash_is_dropped_and_the_query_kept() {
         assert_eq!(normalized("/api/public/videos/"), "/api/public/videos");
-        assert_eq!(normalized("/api/public/rankings/?page=2"), "/api/public/rankings?page=2");
+        assert_eq!(
+            normalized("/api/public/rankings/?page=2"),
+            "/api/public/rankings?page=2"
+        );
         assert_eq!(normalized("/api/videos"), "/api/videos");
         assert_eq!(normalized("/"), "/");
     }

@@ -34,7 +34,9 @@ pub const FILE_FIELD: &str = "video_file";
 pub const TITLE_FIELD: &str = "title";
 
 fn user_of(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    let header = headers.get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
     Ok(state.auth.verify_header(header)?)
 }
 
@@ -62,7 +64,9 @@ fn probe_error(e: ProbeError) -> ApiError {
     match e {
         ProbeError::Empty => ApiError::bad_request(format!("El campo '{FILE_FIELD}' está vacío.")),
         ProbeError::Io(cause) => ApiError::Internal(format!("probing the upload: {cause}")),
-        other => ApiError::bad_request(format!("El campo '{FILE_FIELD}' no es un video MP4 válido: {other}.")),
+        other => ApiError::bad_request(format!(
+            "El campo '{FILE_FIELD}' no es un video MP4 válido: {other}."
+        )),
     }
 }
 
@@ -84,7 +88,11 @@ struct UploadAccepted {
     video_id: u64,
 }
 
-pub async fn upload(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) -> Result<Response, ApiError> {
+pub async fn upload(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
     // Everything up to the slot is decided without reading the body.
     let owner_id = user_of(&state, &headers)?;
     let policy = &state.config.upload;
@@ -93,9 +101,12 @@ pub async fn upload(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let boundary = multer::parse_boundary(content_type).map_err(|_| {
-        ApiError::bad_request("La solicitud debe ser multipart/form-data con los campos 'video_file' y 'title'.")
+        ApiError::bad_request(
+            "La solicitud debe ser multipart/form-data con los campos 'video_file' y 'title'.",
+        )
     })?;
-    if content_length(&headers).is_some_and(|len| len > policy.max_bytes + MULTIPART_OVERHEAD_BYTES) {
+    if content_length(&headers).is_some_and(|len| len > policy.max_bytes + MULTIPART_OVERHEAD_BYTES)
+    {
         return Err(too_big(policy.max_bytes));
     }
     let slot = state
@@ -112,12 +123,18 @@ pub async fn upload(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) 
     let mut title = None;
     let mut file: Option<(TempUpload, u64)> = None;
     loop {
-        let next = tokio::time::timeout(idle, multipart.next_field()).await.map_err(|_| idle_timeout())?;
-        let Some(mut field) = next.map_err(multipart_error)? else { break };
+        let next = tokio::time::timeout(idle, multipart.next_field())
+            .await
+            .map_err(|_| idle_timeout())?;
+        let Some(mut field) = next.map_err(multipart_error)? else {
+            break;
+        };
         match field.name() {
             Some(FILE_FIELD) => {
                 if file.is_some() {
-                    return Err(ApiError::bad_request(format!("El campo '{FILE_FIELD}' aparece dos veces.")));
+                    return Err(ApiError::bad_request(format!(
+                        "El campo '{FILE_FIELD}' aparece dos veces."
+                    )));
                 }
                 let temp = TempUpload::new_in(&state.data_dir);
                 let written = stream_to_file(&mut field, &temp, policy.max_bytes, idle).await?;
@@ -138,11 +155,15 @@ pub async fn upload(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) 
             }
         }
     }
-    let title = title.ok_or_else(|| ApiError::bad_request(format!("El campo '{TITLE_FIELD}' es obligatorio.")))?;
-    let (temp, written) =
-        file.ok_or_else(|| ApiError::bad_request(format!("El campo '{FILE_FIELD}' es obligatorio.")))?;
+    let title = title.ok_or_else(|| {
+        ApiError::bad_request(format!("El campo '{TITLE_FIELD}' es obligatorio."))
+    })?;
+    let (temp, written) = file
+        .ok_or_else(|| ApiError::bad_request(format!("El campo '{FILE_FIELD}' es obligatorio.")))?;
     if written == 0 {
-        return Err(ApiError::bad_request(format!("El campo '{FILE_FIELD}' está vacío.")));
+        return Err(ApiError::bad_request(format!(
+            "El campo '{FILE_FIELD}' está vacío."
+        )));
     }
 
     let path = temp.path().to_path_buf();
@@ -152,10 +173,18 @@ pub async fn upload(state: Arc<AppState>, headers: HeaderMap, body: BodyStream) 
         .map_err(probe_error)?;
     check_policy(&media, policy).map_err(|v| ApiError::bad_request(v.to_string()))?;
 
-    let prepared = PreparedUpload { owner_id, title, file: temp, media };
+    let prepared = PreparedUpload {
+        owner_id,
+        title,
+        file: temp,
+        media,
+    };
     let (video, job) = state
         .ingest
-        .call(|reply| CommitUpload { upload: prepared, reply })
+        .call(|reply| CommitUpload {
+            upload: prepared,
+            reply,
+        })
         .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     drop(slot);
@@ -207,7 +236,10 @@ async fn stream_to_file(
     Ok(written)
 }
 
-async fn read_text_field(field: &mut multer::Field<'static>, idle: Duration) -> Result<String, ApiError> {
+async fn read_text_field(
+    field: &mut multer::Field<'static>,
+    idle: Duration,
+) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
     loop {
         let chunk = tokio::time::timeout(idle, field.chunk())
@@ -300,7 +332,11 @@ async fn owned_video(state: &AppState, user: UserId, raw_id: &str) -> Result<Vid
     Ok(video)
 }
 
-pub async fn detail(state: Arc<AppState>, headers: HeaderMap, raw_id: String) -> Result<Response, ApiError> {
+pub async fn detail(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    raw_id: String,
+) -> Result<Response, ApiError> {
     let user = user_of(&state, &headers)?;
     let video = owned_video(&state, user, &raw_id).await?;
     let expires = crate::domain::now_ts() as u64 + state.config.media.signed_url_ttl_s;
@@ -316,7 +352,10 @@ pub async fn detail(state: Arc<AppState>, headers: HeaderMap, raw_id: String) ->
         processed_url: published_url(&state, &video, processed_path),
         poster_url: published_url(&state, &video, poster_path),
         votes: video.votes,
-        error: video.error.clone().filter(|_| video.status == VideoStatus::Failed),
+        error: video
+            .error
+            .clone()
+            .filter(|_| video.status == VideoStatus::Failed),
     };
     Ok(json(StatusCode::OK, &body))
 }
@@ -327,13 +366,21 @@ struct Deleted {
     video_id: u64,
 }
 
-pub async fn delete(state: Arc<AppState>, headers: HeaderMap, raw_id: String) -> Result<Response, ApiError> {
+pub async fn delete(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    raw_id: String,
+) -> Result<Response, ApiError> {
     let user = user_of(&state, &headers)?;
     let id = video_id(&raw_id)?;
     // The record and its job go in one durable step; the files follow. A crash in between
     // leaves only files without a record, which startup removes.
     let video = state.engine.store.delete_video(id, user).await?;
-    let keys = [Some(video.original_key.clone()), video.processed_key.clone(), video.poster_key.clone()];
+    let keys = [
+        Some(video.original_key.clone()),
+        video.processed_key.clone(),
+        video.poster_key.clone(),
+    ];
     for key in keys.into_iter().flatten() {
         if let Err(error) = state.engine.blobs.delete(&key).await {
             tracing::warn!(video_id = id, key, %error, "could not remove a deleted video's file");
@@ -342,6 +389,9 @@ pub async fn delete(state: Arc<AppState>, headers: HeaderMap, raw_id: String) ->
     tracing::info!(video_id = id, "video deleted");
     Ok(json(
         StatusCode::OK,
-        &Deleted { message: "El video ha sido eliminado exitosamente.", video_id: id },
+        &Deleted {
+            message: "El video ha sido eliminado exitosamente.",
+            video_id: id,
+        },
     ))
 }

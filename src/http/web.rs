@@ -10,7 +10,10 @@ const INDEX_HTML: &str = include_str!("../../static/index.html");
 pub fn index() -> Response {
     let mut response = warp::reply::html(INDEX_HTML).into_response();
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }

@@ -43,7 +43,11 @@ impl TestApp {
         let mut config = test_config(dir.path());
         adjust(&mut config);
         let app = showcase::app::spawn(config).expect("the node starts");
-        Self { app, http: reqwest::Client::new(), dir }
+        Self {
+            app,
+            http: reqwest::Client::new(),
+            dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -59,10 +63,24 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        read(self.http.post(self.url(path)).json(body).send().await.unwrap()).await
+        read(
+            self.http
+                .post(self.url(path))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
-    pub async fn signup(&self, first: &str, last: &str, email: &str, city: &str) -> (StatusCode, Value) {
+    pub async fn signup(
+        &self,
+        first: &str,
+        last: &str,
+        email: &str,
+        city: &str,
+    ) -> (StatusCode, Value) {
         self.post_json(
             "/api/auth/signup",
             &json!({
@@ -74,7 +92,11 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
-        self.post_json("/api/auth/login", &json!({"email": email, "password": password})).await
+        self.post_json(
+            "/api/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     /// Signs up and logs in through HTTP; returns (user id, token).
@@ -83,7 +105,10 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, login) = self.login(email, PASSWORD).await;
         assert_eq!(status, StatusCode::OK, "{login}");
-        (body["id"].as_u64().unwrap(), login["access_token"].as_str().unwrap().to_string())
+        (
+            body["id"].as_u64().unwrap(),
+            login["access_token"].as_str().unwrap().to_string(),
+        )
     }
 
     /// A user written straight into the store (password [`PASSWORD`]) with a token from the
@@ -117,10 +142,23 @@ impl TestApp {
 
     pub async fn upload(&self, token: &str, file: &Path, title: &str) -> (StatusCode, Value) {
         let bytes = std::fs::read(file).unwrap();
-        let part = reqwest::multipart::Part::bytes(bytes).file_name("clip.mp4").mime_str("video/mp4").unwrap();
-        let form = reqwest::multipart::Form::new().text("title", title.to_string()).part("video_file", part);
-        read(self.http.post(self.url("/api/videos/upload")).bearer_auth(token).multipart(form).send().await.unwrap())
-            .await
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("clip.mp4")
+            .mime_str("video/mp4")
+            .unwrap();
+        let form = reqwest::multipart::Form::new()
+            .text("title", title.to_string())
+            .part("video_file", part);
+        read(
+            self.http
+                .post(self.url("/api/videos/upload"))
+                .bearer_auth(token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// Uploads a valid clip; returns the video id.
@@ -174,7 +212,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
@@ -185,7 +227,9 @@ pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
 }
 
 pub fn detail_of(body: &Value) -> &str {
-    body["detail"].as_str().unwrap_or_else(|| panic!("no detail in {body}"))
+    body["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail in {body}"))
 }
 
 /// Test clips, generated once per build directory.
@@ -222,7 +266,16 @@ pub fn generate_mp4(name: &str, width: u32, height: u32, seconds: u32) -> PathBu
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size={width}x{height}:rate=10"))
-        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "45"])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "45",
+        ])
         .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
         .arg(&tmp)
         .status()
@@ -255,7 +308,10 @@ pub fn clip(kind: Clip) -> PathBuf {
             let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
             let path = media_dir().join("text.mp4");
             if !path.exists() {
-                write_atomically(&path, "Esto no es un video, es un texto.\n".repeat(200).as_bytes());
+                write_atomically(
+                    &path,
+                    "Esto no es un video, es un texto.\n".repeat(200).as_bytes(),
+                );
             }
             path
         }

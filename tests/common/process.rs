@@ -46,8 +46,14 @@ impl ServerProcess {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the server reports its address");
-        Self { child, addr, data_dir: data_dir.to_path_buf() }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server reports its address");
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -72,7 +78,10 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the server did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -81,7 +90,12 @@ impl ServerProcess {
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
     }
 }
 

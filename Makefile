@@ -1,0 +1,58 @@
+# showcase: build, run and test on a fresh Debian/Ubuntu machine.
+#   make run    installs what is missing, builds, starts the server on its embedded defaults
+#   make test   installs what is missing, checks formatting and lints, runs every test
+#   make bench  prints the ingest benchmarks (upload vs fdatasync, durable enqueue rate)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+# Libraries the media pipeline links against, and the compiler bindgen needs.
+BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libswscale-dev \
+                  libswresample-dev libavdevice-dev clang libclang-dev pkg-config
+# The ffmpeg command line, used by the tests to generate their media.
+TEST_PACKAGES := ffmpeg
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Builds are kept outside the clone so that fresh clones (CI) reuse them.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/showcase/target
+BIN := $(CARGO_TARGET_DIR)/release/showcase
+
+.PHONY: run test bench build deps test-deps toolchain lint install-packages
+
+# Installs the given Debian packages that are not installed yet (one apt-get update at most).
+define install_missing
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+toolchain:
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (>= 1.85) with rustup, https://rustup.rs"; exit 1; }
+
+deps: toolchain
+	$(call install_missing,$(BUILD_PACKAGES))
+
+test-deps: deps
+	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+
+build: deps
+	cargo build --release
+
+run: build
+	$(BIN) serve --config config.toml
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+test: test-deps lint
+	cargo test
+
+bench: test-deps
+	cargo bench --bench ingest
