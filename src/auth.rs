@@ -5,6 +5,7 @@
 //! the machine: a burst of logins queues here instead of starving the request threads.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ pub struct Auth {
     validation: Validation,
     ttl: Duration,
     hashing: Arc<Semaphore>,
+    hashing_waiters: Arc<AtomicUsize>,
+    max_hashing_waiters: usize,
 }
 
 /// The server secret: the configured one, or one generated on first start and kept in the data
@@ -99,6 +102,8 @@ impl Auth {
             validation,
             ttl,
             hashing: Arc::new(Semaphore::new(max_concurrent_hashes)),
+            hashing_waiters: Arc::new(AtomicUsize::new(0)),
+            max_hashing_waiters: max_concurrent_hashes * WAITERS_PER_PERMIT,
         }
     }
 
@@ -141,13 +146,7 @@ impl Auth {
     }
 
     pub async fn hash_password(&self, password: String) -> Result<String, AuthError> {
-        let _permit = self
-            .hashing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| AuthError::Busy)?;
-        tokio::task::spawn_blocking(move || {
+        self.on_hashing_thread(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
@@ -155,7 +154,6 @@ impl Auth {
                 .map_err(|e| AuthError::Hashing(e.to_string()))
         })
         .await
-        .map_err(|e| AuthError::Hashing(e.to_string()))?
     }
 
     /// Constant work whether or not the user exists: callers pass `None` for an unknown email
@@ -165,13 +163,7 @@ impl Auth {
         password: String,
         hash: Option<String>,
     ) -> Result<bool, AuthError> {
-        let _permit = self
-            .hashing
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| AuthError::Busy)?;
-        tokio::task::spawn_blocking(move || {
+        self.on_hashing_thread(move || {
             let known = hash.is_some();
             let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
             let parsed = PasswordHash::new(&hash).map_err(|e| AuthError::Hashing(e.to_string()))?;
@@ -181,7 +173,51 @@ impl Auth {
             Ok(known && ok)
         })
         .await
-        .map_err(|e| AuthError::Hashing(e.to_string()))?
+    }
+
+    /// Runs argon2 work on a blocking thread once a hashing permit is free. A request that
+    /// would wait behind too many others, or too long, is refused ([`AuthError::Busy`]: 503)
+    /// instead of queueing without bound.
+    async fn on_hashing_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _waiting = WaitingTicket::take(&self.hashing_waiters, self.max_hashing_waiters)
+            .ok_or(AuthError::Busy)?;
+        let permit = tokio::time::timeout(MAX_HASHING_WAIT, self.hashing.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        drop(_waiting);
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| AuthError::Hashing(e.to_string()))?;
+        result
+    }
+}
+
+/// Longest wait for a hashing permit before the request is refused.
+const MAX_HASHING_WAIT: Duration = Duration::from_secs(5);
+/// Requests allowed to wait per hashing permit.
+const WAITERS_PER_PERMIT: usize = 32;
+
+/// One request waiting for a hashing permit; counted for as long as it lives.
+struct WaitingTicket(Arc<AtomicUsize>);
+
+impl WaitingTicket {
+    fn take(waiters: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let before = waiters.fetch_add(1, Ordering::AcqRel);
+        let ticket = WaitingTicket(waiters.clone());
+        (before < max).then_some(ticket)
+    }
+}
+
+impl Drop for WaitingTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -250,6 +286,28 @@ mod tests {
             .verify_password("correct horse".into(), None)
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashing_beyond_the_waiting_room_is_refused_not_queued() {
+        let a = Arc::new(Auth::new(b"s", Duration::from_secs(60), 1));
+        // 1 running + 32 waiting fit; everything beyond is refused at once.
+        let attempts: Vec<_> = (0..60)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.hash_password("long enough".into()).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(hash) => assert!(hash.starts_with("$argon2id$")),
+                Err(AuthError::Busy) => busy += 1,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(busy > 0, "no request was refused");
+        assert!(busy <= 60 - 1 - WAITERS_PER_PERMIT, "{busy} refused");
     }
 
     #[test]

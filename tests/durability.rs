@@ -4,33 +4,13 @@
 mod common;
 
 use common::process::ServerProcess;
-use common::{clip, Clip, PASSWORD};
+use common::{clip, Clip};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use showcase::engine::sled_engine::SledEngine;
 
 async fn player(http: &reqwest::Client, server: &ServerProcess, email: &str) -> String {
-    let signup = json!({
-        "first_name": "Luis", "last_name": "Díaz", "email": email,
-        "password1": PASSWORD, "password2": PASSWORD, "city": "Cali", "country": "Colombia"
-    });
-    let response = http
-        .post(server.url("/api/auth/signup"))
-        .json(&signup)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let login: Value = http
-        .post(server.url("/api/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    login["access_token"].as_str().unwrap().to_string()
+    common::signup_and_login(http, &server.url(""), email).await
 }
 
 async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> u64 {

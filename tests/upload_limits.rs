@@ -223,29 +223,7 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    let signup = serde_json::json!({
-        "first_name": "Luis", "last_name": "Díaz", "email": "luis@example.com",
-        "password1": common::PASSWORD, "password2": common::PASSWORD, "city": "Cali", "country": "Colombia"
-    });
-    assert_eq!(
-        http.post(server.url("/api/auth/signup"))
-            .json(&signup)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    let login: serde_json::Value = http
-        .post(server.url("/api/auth/login"))
-        .json(&serde_json::json!({"email": "luis@example.com", "password": common::PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_string();
+    let token = common::signup_and_login(&http, &server.url(""), "luis@example.com").await;
 
     let big = padded_mp4(100 * MIB);
     let upload = |path: std::path::PathBuf| {

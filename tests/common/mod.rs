@@ -178,6 +178,32 @@ impl TestApp {
     }
 }
 
+/// Signs a player up and logs in over plain HTTP against any node (`base` = `http://host:port`);
+/// returns the access token.
+pub async fn signup_and_login(http: &reqwest::Client, base: &str, email: &str) -> String {
+    let signup = json!({
+        "first_name": "Luis", "last_name": "Díaz", "email": email,
+        "password1": PASSWORD, "password2": PASSWORD, "city": "Cali", "country": "Colombia"
+    });
+    let response = http
+        .post(format!("{base}/api/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let (status, login) = read(
+        http.post(format!("{base}/api/auth/login"))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    login["access_token"].as_str().unwrap().to_string()
+}
+
 pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {
     engine
         .store
