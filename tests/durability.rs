@@ -125,3 +125,69 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
         .unwrap();
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
 }
+
+/// Guards graceful shutdown: SIGTERM stops new connections but lets an upload in flight end
+/// with its 201, and the process exits 0.
+#[tokio::test]
+async fn sigterm_lets_the_upload_in_flight_finish_and_exits_zero() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let token = player(&http, &server, "luis@example.com").await;
+
+    let file = std::fs::read(clip(Clip::Valid)).unwrap();
+    let head = "--b\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nEn vuelo\r\n--b\r\n\
+                Content-Disposition: form-data; name=\"video_file\"; filename=\"a.mp4\"\r\n\r\n";
+    let tail = "\r\n--b--\r\n";
+    let length = head.len() + file.len() + tail.len();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /api/videos/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n{head}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&file[..file.len() / 2]).await.unwrap();
+    while common::files_under(&dir.path().join("tmp")).is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    // New connections are no longer accepted...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match http.get(server.url("/api/health")).send().await {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still accepting after SIGTERM"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // ...but the upload in flight completes.
+    stream.write_all(&file[file.len() / 2..]).await.unwrap();
+    stream.write_all(tail.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+
+    let engine =
+        SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
+    let id = response
+        .split("\"video_id\":")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('}')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(showcase::engine::Store::video(engine.as_ref(), id)
+        .await
+        .unwrap()
+        .is_some());
+}
