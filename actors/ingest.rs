@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::Reply;
 use crate::domain::{MediaInfo, NewVideo, UserId, Video};
 use crate::engine::blobs::original_key;
-use crate::engine::{Engine, Job};
+use crate::engine::{Engine, Job, StoreError};
 use crate::health::{ActorHealth, ActorState};
 use crate::upload::TempUpload;
 
@@ -61,13 +61,15 @@ pub struct UploadSlot {
     _permit: OwnedSemaphorePermit,
 }
 
-/// A finished, fsynced and probed upload waiting to be committed.
+/// A finished, fsynced and probed upload waiting to be committed. It carries its slot, so the
+/// slot stays taken until the commit is over even if the client has gone.
 #[derive(Debug)]
 pub struct PreparedUpload {
     pub owner_id: UserId,
     pub title: String,
     pub file: TempUpload,
     pub media: MediaInfo,
+    pub slot: UploadSlot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,7 @@ pub enum CommitError {
     #[error("storing the file failed: {0}")]
     Blob(String),
     #[error("recording the upload failed: {0}")]
-    Store(String),
+    Store(StoreError),
 }
 
 #[derive(Message)]
@@ -176,12 +178,13 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
         title,
         mut file,
         media,
+        slot,
     } = upload;
     let id = engine
         .store
         .allocate_video_id()
         .await
-        .map_err(|e| CommitError::Store(e.to_string()))?;
+        .map_err(CommitError::Store)?;
     let key = original_key(id);
     engine
         .blobs
@@ -197,15 +200,19 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
         original_key: key.clone(),
         original: media,
     };
-    match engine.store.commit_upload(new, task_id).await {
+    let committed = engine.store.commit_upload(new, task_id).await;
+    drop(slot);
+    match committed {
         Ok(done) => {
             tracing::info!(video_id = id, owner_id, "upload committed");
             Ok(done)
         }
+        // The record may still reach the disk: its file must stay.
+        Err(e @ StoreError::Unconfirmed(_)) => Err(CommitError::Store(e)),
         Err(e) => {
-            // Nothing was acknowledged: remove the stored file so no orphan remains.
+            // The record was not written: remove the stored file so no orphan remains.
             let _ = engine.blobs.delete(&key).await;
-            Err(CommitError::Store(e.to_string()))
+            Err(CommitError::Store(e))
         }
     }
 }

@@ -85,7 +85,7 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Sends the message built by `make` without waiting for mailbox space and waits (bounded)
-    /// for its reply.
+    /// for its reply. For requests fed by outside input: a full mailbox is an immediate refusal.
     pub async fn call<M, R>(&self, make: impl FnOnce(Reply<R>) -> M) -> Result<R, CallError>
     where
         M: Message<Result = ()> + Send + 'static,
@@ -111,5 +111,35 @@ impl<A: Actor> ActorRef<A> {
             Ok(Err(_)) => Err(CallError::Down(name)),
             Err(_) => Err(CallError::Timeout(name)),
         }
+    }
+
+    /// Like [`ActorRef::call`], but waits for mailbox space, everything bounded by `timeout`.
+    /// Only for work already admitted (its amount is bounded by a permit held by the caller),
+    /// which must not be refused merely because the mailbox is momentarily full.
+    pub async fn call_admitted<M, R>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> M,
+        timeout: Duration,
+    ) -> Result<R, CallError>
+    where
+        M: Message<Result = ()> + Send + 'static,
+        A: Handler<M>,
+        A::Context: ToEnvelope<A, M>,
+        R: Send + 'static,
+    {
+        let name = self.health.name;
+        let addr = self.addr().ok_or(CallError::Down(name))?;
+        let (tx, rx) = oneshot::channel();
+        let message = make(Reply {
+            tx,
+            _ticket: self.health.ticket(),
+        });
+        let answered = tokio::time::timeout(timeout, async move {
+            addr.send(message)
+                .await
+                .map_err(|_| CallError::Down(name))?;
+            rx.await.map_err(|_| CallError::Down(name))
+        });
+        answered.await.unwrap_or(Err(CallError::Timeout(name)))
     }
 }

@@ -114,6 +114,10 @@ pub struct UploadConfig {
     pub min_free_disk_mb: u64,
     /// Uploads are refused while this many jobs wait in the queue.
     pub max_queue_depth: u64,
+    /// Slowest average upload rate accepted once `rate_grace_s` have passed (bytes/s).
+    pub min_bytes_per_s: u64,
+    /// Seconds an upload may take before its average rate is judged.
+    pub rate_grace_s: u64,
 }
 
 impl Default for UploadConfig {
@@ -126,6 +130,8 @@ impl Default for UploadConfig {
             max_concurrent: 16,
             min_free_disk_mb: 1024,
             max_queue_depth: 10_000,
+            min_bytes_per_s: 32 * 1024,
+            rate_grace_s: 15,
         }
     }
 }

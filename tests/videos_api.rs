@@ -75,6 +75,11 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     let cases = [
         (clip(Clip::Text), "video_file", "texto renombrado"),
         (clip(Clip::Truncated), "video_file", "truncado"),
+        (
+            clip(Clip::ZeroTimescale),
+            "video_file",
+            "escala de tiempo 0",
+        ),
         (empty, "video_file", "vacío"),
         (clip(Clip::Short), "dura", "12 s"),
         (clip(Clip::LowRes), "640x360", "640x360"),
@@ -214,7 +219,15 @@ async fn detail_is_for_the_owner_only() {
     let (status, body) = t.get(&format!("/api/videos/{id}"), Some(&other)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(detail_of(&body), "No tiene permiso sobre este video.");
-    for missing in ["999", "abc", "-1", "1.5", "18446744073709551616"] {
+    for missing in [
+        "999",
+        "abc",
+        "-1",
+        "+1",
+        "%201",
+        "1.5",
+        "18446744073709551616",
+    ] {
         let (status, body) = t.get(&format!("/api/videos/{missing}"), Some(&token)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
         assert_eq!(detail_of(&body), "Video no encontrado.");

@@ -21,10 +21,29 @@ pub enum CommitError {
     Closed,
 }
 
+/// What the flusher has done so far, published to the waiters.
 #[derive(Debug, Clone, Default)]
 struct Flushed {
+    /// Every request up to this generation is on disk.
     generation: u64,
-    error: Option<String>,
+    /// The last failed flush: the requests up to this generation it was meant to cover, and why.
+    failed: Option<(u64, String)>,
+}
+
+impl Flushed {
+    /// The answer for the request of `generation`, once there is one.
+    fn outcome(&self, generation: u64) -> Option<Result<(), CommitError>> {
+        if self.generation >= generation {
+            return Some(Ok(()));
+        }
+        match &self.failed {
+            // A flush that started after this request registered has failed.
+            Some((covered, error)) if *covered >= generation => {
+                Some(Err(CommitError::Flush(error.clone())))
+            }
+            _ => None,
+        }
+    }
 }
 
 struct Shared {
@@ -82,14 +101,8 @@ impl GroupCommit {
         }
         let mut rx = self.flushed_rx.clone();
         let waited = tokio::time::timeout(self.timeout, async {
-            match rx
-                .wait_for(|f| f.generation >= generation || f.error.is_some())
-                .await
-            {
-                Ok(f) => match &f.error {
-                    Some(e) if f.generation < generation => Err(CommitError::Flush(e.clone())),
-                    _ => Ok(()),
-                },
+            match rx.wait_for(|f| f.outcome(generation).is_some()).await {
+                Ok(f) => f.outcome(generation).unwrap_or(Err(CommitError::Closed)),
                 Err(_) => Err(CommitError::Closed),
             }
         })
@@ -152,14 +165,56 @@ fn flusher(shared: Arc<Shared>) {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared.flushed_tx.send_modify(|f| match &result {
-            Ok(_) => {
-                f.generation = f.generation.max(target);
-                f.error = None;
+            Ok(_) => f.generation = f.generation.max(target),
+            Err(e) => {
+                tracing::error!(error = %e, "the store could not be flushed");
+                f.failed = Some((target, e.to_string()));
             }
-            Err(e) => f.error = Some(e.to_string()),
         });
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_flush_fails_only_the_requests_it_covered() {
+        let mut f = Flushed::default();
+        assert_eq!(f.outcome(1), None);
+        f.generation = 3;
+        assert_eq!(f.outcome(3), Some(Ok(())));
+        assert_eq!(f.outcome(4), None);
+        f.failed = Some((5, "disk gone".into()));
+        assert!(matches!(f.outcome(4), Some(Err(CommitError::Flush(_)))));
+        assert!(matches!(f.outcome(5), Some(Err(CommitError::Flush(_)))));
+        // A request made after the failed flush started waits for the next flush.
+        assert_eq!(f.outcome(6), None);
+        f.generation = 6;
+        assert_eq!(f.outcome(6), Some(Ok(())));
+    }
+
+    #[tokio::test]
+    async fn concurrent_waiters_share_flushes_and_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let commit = Arc::new(GroupCommit::start(db.clone(), Duration::from_secs(10)));
+        let tree = db.open_tree("t").unwrap();
+        let waiters: Vec<_> = (0..100u64)
+            .map(|i| {
+                let (commit, tree) = (commit.clone(), tree.clone());
+                tokio::spawn(async move {
+                    tree.insert(i.to_be_bytes(), &[1]).unwrap();
+                    commit.durable().await
+                })
+            })
+            .collect();
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        assert_eq!(tree.len(), 100);
     }
 }

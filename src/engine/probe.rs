@@ -81,7 +81,21 @@ fn top_level_boxes(file: &mut File, len: u64) -> Result<Vec<TopBox>, ProbeError>
 }
 
 /// Probes `path`. Runs blocking file I/O; call it from a blocking thread.
+///
+/// The file is untrusted and the `mp4` crate is not hardened against every crafted box (it has
+/// unchecked arithmetic and `expect`s), so a panic while parsing is caught here and reported as
+/// what it is: a file that is not a valid MP4.
 pub fn probe_mp4(path: &Path) -> Result<MediaInfo, ProbeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe_unguarded(path)))
+        .unwrap_or_else(|_| Err(ProbeError::NotMp4("the box structure is invalid".into())))
+}
+
+/// Seconds of a `duration` counted in `timescale` units, when both make sense.
+fn seconds(duration: u64, timescale: u32) -> Option<f64> {
+    (timescale > 0 && duration > 0).then(|| duration as f64 / timescale as f64)
+}
+
+fn probe_unguarded(path: &Path) -> Result<MediaInfo, ProbeError> {
     let io = |e: std::io::Error| ProbeError::Io(e.to_string());
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
@@ -136,12 +150,12 @@ pub fn probe_mp4(path: &Path) -> Result<MediaInfo, ProbeError> {
         return Err(ProbeError::Truncated);
     }
 
-    let movie = reader.duration().as_secs_f64();
-    let duration_s = if movie > 0.0 {
-        movie
-    } else {
-        track.duration().as_secs_f64()
-    };
+    // Computed here rather than with the crate's helpers, which divide by an unchecked timescale.
+    let mvhd = &reader.moov.mvhd;
+    let mdhd = &track.trak.mdia.mdhd;
+    let duration_s = seconds(mvhd.duration, mvhd.timescale)
+        .or_else(|| seconds(mdhd.duration, mdhd.timescale))
+        .ok_or_else(|| ProbeError::NotMp4("the movie has no valid duration".into()))?;
     Ok(MediaInfo {
         size_bytes: len,
         duration_s,
@@ -184,6 +198,14 @@ mod tests {
             probe_mp4(file_with(&bytes).path()),
             Err(ProbeError::Truncated)
         );
+    }
+
+    #[test]
+    fn durations_need_a_timescale() {
+        assert_eq!(seconds(90_000, 3_000), Some(30.0));
+        assert_eq!(seconds(90_000, 0), None);
+        assert_eq!(seconds(0, 1_000), None);
+        assert!(seconds(u64::MAX, 1).is_some_and(|s| s.is_finite()));
     }
 
     #[test]

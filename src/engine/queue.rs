@@ -65,6 +65,9 @@ pub enum QueueError {
     InvalidToken,
     #[error("queue storage failed: {0}")]
     Backend(String),
+    /// Applied but not confirmed on disk; see [`crate::engine::StoreError::Unconfirmed`].
+    #[error("the queue change could not be confirmed on disk: {0}")]
+    Unconfirmed(String),
 }
 
 #[async_trait]

@@ -97,12 +97,29 @@ pub(super) struct Inner {
     pub commit: GroupCommit,
     pub max_receives: u32,
     pub queue: Mutex<QueueIndex>,
+    /// The queue's figures, shared with the index, read without the queue lock.
+    pub queue_counts: Arc<super::sled_queue::QueueCounts>,
     pub ranking_lock: Mutex<()>,
 }
 
 pub struct SledEngine {
     pub(super) inner: Arc<Inner>,
     recovery: Recovery,
+}
+
+/// The two ways an engine call fails besides its own refusals.
+pub(super) trait EngineError {
+    fn backend(message: String) -> Self;
+    fn unconfirmed(message: String) -> Self;
+}
+
+impl EngineError for StoreError {
+    fn backend(message: String) -> Self {
+        StoreError::Backend(message)
+    }
+    fn unconfirmed(message: String) -> Self {
+        StoreError::Unconfirmed(message)
+    }
 }
 
 pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -182,12 +199,14 @@ impl SledEngine {
             .map_err(backend)?;
         let t = Trees::open(&db).map_err(backend)?;
         let commit = GroupCommit::start(db.clone(), commit_timeout);
+        let index = QueueIndex::default();
         let inner = Inner {
             db,
             t,
             commit,
             max_receives,
-            queue: Mutex::new(QueueIndex::default()),
+            queue_counts: index.counts.clone(),
+            queue: Mutex::new(index),
             ranking_lock: Mutex::new(()),
         };
         let recovery = inner.recover_queue()?;
@@ -216,26 +235,38 @@ impl SledEngine {
     }
 
     /// Runs `change` on a blocking thread, then waits until it is durable. A change that fails
-    /// must not have written anything.
+    /// must not have written anything; a change that was applied but whose flush failed is
+    /// reported as `Unconfirmed`, never as a plain failure.
     pub(super) async fn mutate<T, E>(
         &self,
-        backend: fn(String) -> E,
         change: impl FnOnce(&Inner) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
-        E: Send + 'static,
+        E: EngineError + Send + 'static,
     {
-        let inner = self.inner.clone();
-        let value = tokio::task::spawn_blocking(move || change(&inner))
-            .await
-            .map_err(|e| backend(format!("store task failed: {e}")))??;
+        let value = self.on_blocking_thread(change).await?;
         self.inner
             .commit
             .durable()
             .await
-            .map_err(|e| backend(e.to_string()))?;
+            .map_err(|e| E::unconfirmed(e.to_string()))?;
         Ok(value)
+    }
+
+    /// Runs sled work that needs no durability wait on a blocking thread.
+    pub(super) async fn on_blocking_thread<T, E>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: EngineError + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| E::backend(format!("store task failed: {e}")))?
     }
 }
 
@@ -385,7 +416,7 @@ impl Inner {
         }))?;
         index.remove(id);
         if had_dead {
-            index.dead = index.dead.saturating_sub(1);
+            index.counts.remove_dead();
         }
         Ok(video)
     }
@@ -488,8 +519,7 @@ impl Inner {
 #[async_trait]
 impl Store for SledEngine {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| inner.create_user(user))
-            .await
+        self.mutate(move |inner| inner.create_user(user)).await
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -511,8 +541,11 @@ impl Store for SledEngine {
     }
 
     async fn allocate_video_id(&self) -> Result<VideoId, StoreError> {
-        // A single-key update: never reused, and a gap left by a failed upload is harmless.
-        self.inner.next_id(NEXT_VIDEO_ID)
+        // A single-key update, made durable by the commit of the record that uses the id. If the
+        // process dies first, the id may be handed out again, but nothing durable refers to it
+        // (an original stored under it is an orphan removed at startup).
+        self.on_blocking_thread(|inner| inner.next_id(NEXT_VIDEO_ID))
+            .await
     }
 
     async fn commit_upload(
@@ -520,10 +553,8 @@ impl Store for SledEngine {
         new: NewVideo,
         task_id: String,
     ) -> Result<(Video, Job), StoreError> {
-        self.mutate(StoreError::Backend, move |inner| {
-            inner.commit_upload(new, task_id)
-        })
-        .await
+        self.mutate(move |inner| inner.commit_upload(new, task_id))
+            .await
     }
 
     async fn video(&self, id: VideoId) -> Result<Option<Video>, StoreError> {
@@ -543,10 +574,8 @@ impl Store for SledEngine {
     }
 
     async fn delete_video(&self, id: VideoId, owner: UserId) -> Result<Video, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| {
-            inner.delete_video(id, owner)
-        })
-        .await
+        self.mutate(move |inner| inner.delete_video(id, owner))
+            .await
     }
 
     async fn video_exists(&self, id: VideoId) -> Result<bool, StoreError> {
@@ -558,17 +587,12 @@ impl Store for SledEngine {
         id: VideoId,
         publication: Publication,
     ) -> Result<Video, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| {
-            inner.publish_video(id, publication)
-        })
-        .await
+        self.mutate(move |inner| inner.publish_video(id, publication))
+            .await
     }
 
     async fn vote(&self, video_id: VideoId, voter: UserId) -> Result<u64, StoreError> {
-        self.mutate(StoreError::Backend, move |inner| {
-            inner.vote(video_id, voter)
-        })
-        .await
+        self.mutate(move |inner| inner.vote(video_id, voter)).await
     }
 
     async fn public_videos(
@@ -644,10 +668,10 @@ impl Store for SledEngine {
         };
         let mut out = Vec::with_capacity(keys.len());
         for (index, (votes, user_id)) in keys.into_iter().enumerate() {
-            let user = self
-                .inner
-                .load_user(user_id)?
-                .ok_or(StoreError::UserNotFound)?;
+            // Users are never deleted; should one vanish, its row is left out, not an error.
+            let Some(user) = self.inner.load_user(user_id)? else {
+                continue;
+            };
             out.push(RankedPlayer {
                 position: page.offset + index as u64 + 1,
                 user,

@@ -11,6 +11,8 @@
 //! Rebuilding it is also the recovery step: leases held by a process that stopped are released.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::sled_engine::{be, decode, encode, read_u64, Inner, Recovery, SledEngine};
+use super::sled_engine::{be, decode, encode, read_u64, EngineError, Inner, Recovery, SledEngine};
 use crate::domain::{now_ms, VideoId};
 use crate::engine::queue::{DeadLetter, Job, JobQueue, Lease, QueueError, QueueStats};
 use crate::engine::store::StoreError;
@@ -41,41 +43,93 @@ impl QueuedJob {
     }
 }
 
-/// In-memory mirror of the live jobs: when each becomes visible, which are leased.
+/// In-memory mirror of the live jobs: when each becomes visible. Changed only under the queue
+/// lock, together with the records it mirrors.
 #[derive(Debug, Default)]
 pub(super) struct QueueIndex {
     visible_at: HashMap<VideoId, u64>,
     /// `(visible_at, id)` of every live job, earliest first.
     schedule: BTreeSet<(u64, VideoId)>,
+    pub counts: Arc<QueueCounts>,
+}
+
+/// The figures behind [`QueueStats`], readable without the queue lock (admission and health
+/// ask for them on every upload, and must not wait behind a queue write).
+#[derive(Debug, Default)]
+pub(super) struct QueueCounts {
+    live: AtomicU64,
+    dead: AtomicU64,
     /// Leased jobs and when their lease ends.
-    leases: HashMap<VideoId, u64>,
-    pub dead: u64,
+    leases: Mutex<HashMap<VideoId, u64>>,
+}
+
+impl QueueCounts {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<VideoId, u64>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_dead(&self, n: u64) {
+        self.dead.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn remove_dead(&self) {
+        let _ = self
+            .dead
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(1))
+            });
+    }
+
+    pub fn stats(&self, now: u64) -> QueueStats {
+        let in_flight = self.leases().values().filter(|&&until| until > now).count() as u64;
+        QueueStats {
+            depth: self.live.load(Ordering::Relaxed).saturating_sub(in_flight),
+            in_flight,
+            dead: self.dead.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl QueueIndex {
     /// Records (or moves) a live job.
     pub fn put(&mut self, id: VideoId, visible_at: u64, leased: bool) {
-        if let Some(old) = self.visible_at.insert(id, visible_at) {
-            self.schedule.remove(&(old, id));
+        match self.visible_at.insert(id, visible_at) {
+            Some(old) => {
+                self.schedule.remove(&(old, id));
+            }
+            None => {
+                self.counts.live.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.schedule.insert((visible_at, id));
+        let mut leases = self.counts.leases();
         if leased {
-            self.leases.insert(id, visible_at);
+            leases.insert(id, visible_at);
         } else {
-            self.leases.remove(&id);
+            leases.remove(&id);
         }
     }
 
     /// Forgets a live job; returns whether it was there.
     pub fn remove(&mut self, id: VideoId) -> bool {
-        self.leases.remove(&id);
+        self.counts.leases().remove(&id);
         match self.visible_at.remove(&id) {
             Some(at) => {
                 self.schedule.remove(&(at, id));
+                self.counts.live.fetch_sub(1, Ordering::Relaxed);
                 true
             }
             None => false,
         }
+    }
+
+    /// Forgets everything, keeping the shared counters (others hold them).
+    fn clear(&mut self) {
+        self.visible_at.clear();
+        self.schedule.clear();
+        self.counts.live.store(0, Ordering::Relaxed);
+        self.counts.dead.store(0, Ordering::Relaxed);
+        self.counts.leases().clear();
     }
 
     fn next_visible(&self, now: u64) -> Option<VideoId> {
@@ -83,15 +137,6 @@ impl QueueIndex {
             .first()
             .filter(|(at, _)| *at <= now)
             .map(|(_, id)| *id)
-    }
-
-    fn stats(&self, now: u64) -> QueueStats {
-        let in_flight = self.leases.values().filter(|&&until| until > now).count() as u64;
-        QueueStats {
-            depth: self.visible_at.len() as u64 - in_flight,
-            in_flight,
-            dead: self.dead,
-        }
     }
 }
 
@@ -115,7 +160,8 @@ impl Inner {
     /// process holds one after a restart.
     pub(super) fn recover_queue(&self) -> Result<Recovery, StoreError> {
         let now = now_ms();
-        let mut index = QueueIndex::default();
+        let mut index = self.lock_queue();
+        index.clear();
         let mut recovery = Recovery::default();
         for entry in self.t.jobs.iter() {
             let (key, value) = entry.map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -132,8 +178,7 @@ impl Inner {
             recovery.jobs += 1;
         }
         recovery.dead = self.t.dead.len() as u64;
-        index.dead = recovery.dead;
-        *self.lock_queue() = index;
+        index.counts.add_dead(recovery.dead);
         Ok(recovery)
     }
 
@@ -176,13 +221,14 @@ impl Inner {
             reason: reason.to_string(),
             dead_at_ms: now_ms(),
         });
-        qtx_result((&self.t.jobs, &self.t.dead).transaction(|(jobs, dead)| {
+        let replaced = qtx_result((&self.t.jobs, &self.t.dead).transaction(|(jobs, dead)| {
             jobs.remove(&be(id))?;
-            dead.insert(&be(id), letter.clone())?;
-            Ok(())
+            Ok(dead.insert(&be(id), letter.clone())?.is_some())
         }))?;
         index.remove(id);
-        index.dead += 1;
+        if !replaced {
+            index.counts.add_dead(1);
+        }
         Ok(())
     }
 
@@ -190,7 +236,11 @@ impl Inner {
         let mut index = self.lock_queue();
         let now = now_ms();
         let id = job.video_id;
-        // One job per video: enqueueing a video that has one already changes nothing.
+        // One job per video: enqueueing a video that has one already (live or dead) changes
+        // nothing.
+        if self.t.dead.contains_key(be(id)).map_err(qbackend)? {
+            return Ok(());
+        }
         let swapped = self
             .t
             .jobs
@@ -290,7 +340,7 @@ impl Inner {
             }))?;
         index.remove(id);
         if had_dead {
-            index.dead = index.dead.saturating_sub(1);
+            index.counts.remove_dead();
         }
         Ok(had_job || had_dead)
     }
@@ -309,26 +359,29 @@ impl Inner {
             jobs.insert(&be(id), encode(&QueuedJob::fresh(job, now)))?;
             Ok(())
         }))?;
-        index.dead = index.dead.saturating_sub(1);
+        index.counts.remove_dead();
         index.put(id, now, false);
         Ok(())
     }
 }
 
-fn queue_backend(message: String) -> QueueError {
-    QueueError::Backend(message)
+impl EngineError for QueueError {
+    fn backend(message: String) -> Self {
+        QueueError::Backend(message)
+    }
+    fn unconfirmed(message: String) -> Self {
+        QueueError::Unconfirmed(message)
+    }
 }
 
 #[async_trait]
 impl JobQueue for SledEngine {
     async fn enqueue(&self, job: Job) -> Result<(), QueueError> {
-        self.mutate(queue_backend, move |inner| inner.enqueue(job))
-            .await
+        self.mutate(move |inner| inner.enqueue(job)).await
     }
 
     async fn receive(&self, visibility: Duration) -> Result<Option<Lease>, QueueError> {
-        self.mutate(queue_backend, move |inner| inner.receive(visibility))
-            .await
+        self.mutate(move |inner| inner.receive(visibility)).await
     }
 
     async fn extend(
@@ -338,16 +391,13 @@ impl JobQueue for SledEngine {
         visibility: Duration,
     ) -> Result<u64, QueueError> {
         let token = token.to_string();
-        self.mutate(queue_backend, move |inner| {
-            inner.extend(id, &token, visibility)
-        })
-        .await
+        self.mutate(move |inner| inner.extend(id, &token, visibility))
+            .await
     }
 
     async fn ack(&self, id: VideoId, token: &str) -> Result<(), QueueError> {
         let token = token.to_string();
-        self.mutate(queue_backend, move |inner| inner.ack(id, &token))
-            .await
+        self.mutate(move |inner| inner.ack(id, &token)).await
     }
 
     async fn nack(
@@ -358,23 +408,18 @@ impl JobQueue for SledEngine {
         reason: &str,
     ) -> Result<(), QueueError> {
         let (token, reason) = (token.to_string(), reason.to_string());
-        self.mutate(queue_backend, move |inner| {
-            inner.nack(id, &token, delay, &reason)
-        })
-        .await
+        self.mutate(move |inner| inner.nack(id, &token, delay, &reason))
+            .await
     }
 
     async fn dead_letter(&self, id: VideoId, token: &str, reason: &str) -> Result<(), QueueError> {
         let (token, reason) = (token.to_string(), reason.to_string());
-        self.mutate(queue_backend, move |inner| {
-            inner.dead_letter(id, &token, &reason)
-        })
-        .await
+        self.mutate(move |inner| inner.dead_letter(id, &token, &reason))
+            .await
     }
 
     async fn cancel(&self, id: VideoId) -> Result<bool, QueueError> {
-        self.mutate(queue_backend, move |inner| inner.cancel(id))
-            .await
+        self.mutate(move |inner| inner.cancel(id)).await
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
@@ -390,8 +435,7 @@ impl JobQueue for SledEngine {
     }
 
     async fn redrive(&self, id: VideoId) -> Result<(), QueueError> {
-        self.mutate(queue_backend, move |inner| inner.redrive(id))
-            .await
+        self.mutate(move |inner| inner.redrive(id)).await
     }
 
     async fn redrive_all(&self) -> Result<u64, QueueError> {
@@ -404,7 +448,7 @@ impl JobQueue for SledEngine {
             .map(|k| k.map(|k| read_u64(&k)))
             .collect::<Result<_, _>>()
             .map_err(qbackend)?;
-        self.mutate(queue_backend, move |inner| {
+        self.mutate(move |inner| {
             let mut moved = 0;
             for id in ids {
                 match inner.redrive(id) {
@@ -419,7 +463,7 @@ impl JobQueue for SledEngine {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        Ok(self.inner.lock_queue().stats(now_ms()))
+        Ok(self.inner.queue_counts.stats(now_ms()))
     }
 
     async fn job(&self, id: VideoId) -> Result<Option<Job>, QueueError> {
@@ -448,12 +492,12 @@ mod tests {
         index.put(2, 1_000, true);
         assert_eq!(index.next_visible(60), None);
         assert_eq!(index.next_visible(100), Some(1));
-        let stats = index.stats(500);
+        let stats = index.counts.stats(500);
         assert_eq!((stats.depth, stats.in_flight), (1, 1));
         // An expired lease counts as waiting again.
-        assert_eq!(index.stats(2_000).in_flight, 0);
+        assert_eq!(index.counts.stats(2_000).in_flight, 0);
         assert!(index.remove(2));
         assert!(!index.remove(2));
-        assert_eq!(index.stats(0).depth, 1);
+        assert_eq!(index.counts.stats(0).depth, 1);
     }
 }

@@ -29,6 +29,10 @@ pub enum StoreError {
     UserNotFound,
     #[error("store failure: {0}")]
     Backend(String),
+    /// The change was applied but could not be confirmed on disk (the flush failed or timed
+    /// out): it may yet become durable. Callers must not undo what it refers to.
+    #[error("the write could not be confirmed on disk: {0}")]
+    Unconfirmed(String),
 }
 
 #[async_trait]

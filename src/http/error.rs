@@ -105,6 +105,18 @@ impl ApiError {
     }
 }
 
+/// A write that was applied but not confirmed on disk: the storage is in trouble. The client is
+/// told to retry later; the write itself is kept (it may still become durable).
+fn unconfirmed(cause: &str) -> ApiError {
+    tracing::error!(cause, "a write could not be confirmed on disk");
+    ApiError::unavailable(
+        "No se pudo confirmar el guardado en disco; intente de nuevo en unos segundos.",
+        UNCONFIRMED_RETRY_AFTER_S,
+    )
+}
+
+const UNCONFIRMED_RETRY_AFTER_S: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -120,6 +132,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyVoted => ApiError::bad_request("Ya has votado por este video."),
             StoreError::UserNotFound => ApiError::Unauthorized("Usuario no encontrado.".into()),
             StoreError::Backend(cause) => ApiError::Internal(cause),
+            StoreError::Unconfirmed(cause) => unconfirmed(&cause),
         }
     }
 }
@@ -130,6 +143,7 @@ impl From<QueueError> for ApiError {
             QueueError::NotFound => ApiError::NotFound("Trabajo no encontrado.".into()),
             QueueError::InvalidToken => ApiError::bad_request("Token de arrendamiento inválido."),
             QueueError::Backend(cause) => ApiError::Internal(cause),
+            QueueError::Unconfirmed(cause) => unconfirmed(&cause),
         }
     }
 }
@@ -174,7 +188,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge("El cuerpo de la solicitud es demasiado grande.".into())
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        ApiError::bad_request("Parámetro inválido en la consulta.")
+        ApiError::bad_request("Parámetro inválido en la consulta: cadena de consulta mal formada")
     } else if rejection.find::<warp::reject::MissingHeader>().is_some()
         || rejection.find::<warp::reject::InvalidHeader>().is_some()
     {

@@ -10,6 +10,7 @@ pub mod pagination;
 pub mod server;
 
 mod accounts;
+mod form;
 mod ops;
 mod public;
 mod videos;
@@ -37,10 +38,13 @@ fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
 }
 
-/// A path id: anything but an unsigned integer names no video.
+/// A path id: anything but plain decimal digits (no sign, no spaces) names no video.
 fn video_id(raw: &str) -> Result<VideoId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::NotFound(error::VIDEO_NOT_FOUND.into()))
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| raw.parse().ok())
+        .flatten()
+        .ok_or_else(|| ApiError::NotFound(error::VIDEO_NOT_FOUND.into()))
 }
 
 fn with_state(

@@ -15,8 +15,9 @@ use warp::reply::Response;
 
 use super::body::{content_length, BodyStream};
 use super::error::ApiError;
+use super::form::{FormLimits, FormReader};
 use super::{json, video_id};
-use crate::actors::ingest::{CommitUpload, PreparedUpload, Refusal, RequestSlot};
+use crate::actors::ingest::{CommitError, CommitUpload, PreparedUpload, Refusal, RequestSlot};
 use crate::app::AppState;
 use crate::domain::{format_ts, UserId, Video, VideoStatus};
 use crate::engine::probe::{probe_mp4, ProbeError};
@@ -29,6 +30,8 @@ const MAX_TEXT_FIELD_BYTES: usize = 4 * 1024;
 /// Write buffer between the socket and the temp file.
 const WRITE_BUFFER_BYTES: usize = 512 * 1024;
 const MAX_TITLE_CHARS: usize = 255;
+/// Time a commit may take beyond the store's confirmation timeout.
+const COMMIT_MARGIN: Duration = Duration::from_secs(20);
 
 pub const FILE_FIELD: &str = "video_file";
 pub const TITLE_FIELD: &str = "title";
@@ -45,19 +48,6 @@ fn too_big(max_bytes: u64) -> ApiError {
         "El campo '{FILE_FIELD}' supera el tamaño máximo permitido de {} MiB.",
         max_bytes / (1024 * 1024)
     ))
-}
-
-fn idle_timeout() -> ApiError {
-    ApiError::RequestTimeout("El cliente dejó de enviar el archivo.".into())
-}
-
-fn multipart_error(e: multer::Error) -> ApiError {
-    match e {
-        multer::Error::StreamReadFailed(_) => {
-            ApiError::bad_request("La subida se interrumpió antes de terminar.")
-        }
-        other => ApiError::bad_request(format!("Cuerpo multipart inválido: {other}.")),
-    }
 }
 
 fn probe_error(e: ProbeError) -> ApiError {
@@ -115,20 +105,19 @@ pub async fn upload(
         .await?
         .map_err(|refusal| refused(&refusal))?;
 
-    let idle = Duration::from_secs(state.config.server.body_idle_timeout_s);
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new().whole_stream(policy.max_bytes + MULTIPART_OVERHEAD_BYTES),
+    let mut form = FormReader::new(
+        body,
+        boundary,
+        FormLimits {
+            max_body_bytes: policy.max_bytes + MULTIPART_OVERHEAD_BYTES,
+            idle: Duration::from_secs(state.config.server.body_idle_timeout_s),
+            min_bytes_per_s: policy.min_bytes_per_s,
+            rate_grace: Duration::from_secs(policy.rate_grace_s),
+        },
     );
-    let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
     let mut title = None;
     let mut file: Option<(TempUpload, u64)> = None;
-    loop {
-        let next = tokio::time::timeout(idle, multipart.next_field())
-            .await
-            .map_err(|_| idle_timeout())?;
-        let Some(mut field) = next.map_err(multipart_error)? else {
-            break;
-        };
+    while let Some(mut field) = form.next_field().await? {
         match field.name() {
             Some(FILE_FIELD) => {
                 if file.is_some() {
@@ -137,22 +126,16 @@ pub async fn upload(
                     )));
                 }
                 let temp = TempUpload::new_in(&state.data_dir);
-                let written = stream_to_file(&mut field, &temp, policy.max_bytes, idle).await?;
+                let written =
+                    stream_to_file(&mut form, &mut field, &temp, policy.max_bytes).await?;
                 file = Some((temp, written));
             }
             Some(TITLE_FIELD) => {
-                let raw = read_text_field(&mut field, idle).await?;
+                let raw = read_text_field(&mut form, &mut field).await?;
                 title = Some(validate_title(&raw)?);
             }
-            _ => {
-                // Unknown fields are skipped; the whole-stream limit bounds them.
-                while tokio::time::timeout(idle, field.chunk())
-                    .await
-                    .map_err(|_| idle_timeout())?
-                    .map_err(multipart_error)?
-                    .is_some()
-                {}
-            }
+            // Unknown fields are skipped; the whole-body limit bounds them.
+            _ => while form.next_chunk(&mut field).await?.is_some() {},
         }
     }
     let title = title.ok_or_else(|| {
@@ -178,16 +161,26 @@ pub async fn upload(
         title,
         file: temp,
         media,
+        slot,
     };
+    // Admitted work: it waits for mailbox room, and for as long as a commit may take (the
+    // store's own confirmation timeout plus the file's rename and fsyncs), so that a commit is
+    // never reported failed while it is still going on.
+    let commit_timeout = Duration::from_secs(state.config.storage.commit_timeout_s) + COMMIT_MARGIN;
     let (video, job) = state
         .ingest
-        .call(|reply| CommitUpload {
-            upload: prepared,
-            reply,
-        })
+        .call_admitted(
+            |reply| CommitUpload {
+                upload: prepared,
+                reply,
+            },
+            commit_timeout,
+        )
         .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    drop(slot);
+        .map_err(|e| match e {
+            CommitError::Store(e) => ApiError::from(e),
+            CommitError::Blob(cause) => ApiError::Internal(cause),
+        })?;
     Ok(json(
         StatusCode::CREATED,
         &UploadAccepted {
@@ -209,21 +202,16 @@ fn refused(refusal: &Refusal) -> ApiError {
 
 /// Streams one multipart field into `temp`, fsynced; refuses as soon as it exceeds `max_bytes`.
 async fn stream_to_file(
+    form: &mut FormReader,
     field: &mut multer::Field<'static>,
     temp: &TempUpload,
     max_bytes: u64,
-    idle: Duration,
 ) -> Result<u64, ApiError> {
     let io = |e: std::io::Error| ApiError::Internal(format!("writing the upload: {e}"));
     let file = tokio::fs::File::create(temp.path()).await.map_err(io)?;
     let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
     let mut written = 0u64;
-    loop {
-        let chunk = tokio::time::timeout(idle, field.chunk())
-            .await
-            .map_err(|_| idle_timeout())?
-            .map_err(multipart_error)?;
-        let Some(chunk) = chunk else { break };
+    while let Some(chunk) = form.next_chunk(field).await? {
         written += chunk.len() as u64;
         if written > max_bytes {
             return Err(too_big(max_bytes));
@@ -237,16 +225,11 @@ async fn stream_to_file(
 }
 
 async fn read_text_field(
+    form: &mut FormReader,
     field: &mut multer::Field<'static>,
-    idle: Duration,
 ) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
-    loop {
-        let chunk = tokio::time::timeout(idle, field.chunk())
-            .await
-            .map_err(|_| idle_timeout())?
-            .map_err(multipart_error)?;
-        let Some(chunk) = chunk else { break };
+    while let Some(chunk) = form.next_chunk(field).await? {
         if bytes.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
             return Err(ApiError::bad_request(format!(
                 "El campo '{TITLE_FIELD}' es demasiado largo."

@@ -273,6 +273,8 @@ pub enum Clip {
     Truncated,
     /// A text file named .mp4.
     Text,
+    /// The valid clip with its movie and media timescales set to 0 (crafted: division by zero).
+    ZeroTimescale,
 }
 
 pub fn media_dir() -> PathBuf {
@@ -327,6 +329,25 @@ pub fn clip(kind: Clip) -> PathBuf {
             let path = media_dir().join("truncated.mp4");
             if !path.exists() {
                 write_atomically(&path, &full[..full.len() / 2]);
+            }
+            path
+        }
+        Clip::ZeroTimescale => {
+            let mut bytes = std::fs::read(clip(Clip::Valid)).unwrap();
+            let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
+            let path = media_dir().join("zero-timescale.mp4");
+            if !path.exists() {
+                for tag in [&b"mvhd"[..], b"mdhd"] {
+                    let at = bytes
+                        .windows(4)
+                        .position(|w| w == tag)
+                        .expect("box present");
+                    assert_eq!(bytes[at + 4], 0, "version 0 header");
+                    // tag, version+flags, creation time, modification time, then the timescale.
+                    let timescale = at + 4 + 4 + 4 + 4;
+                    bytes[timescale..timescale + 4].copy_from_slice(&[0, 0, 0, 0]);
+                }
+                write_atomically(&path, &bytes);
             }
             path
         }
