@@ -47,6 +47,104 @@ impl Drop for TempUpload {
     }
 }
 
+/// Chunks queued between the request and the writer thread (each at most about 1 MiB).
+const SINK_QUEUE_CHUNKS: usize = 4;
+/// Writeback of the file is started every this many bytes, so that the final fsync finds
+/// little left to write.
+const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Writes an upload to its temp file on a blocking thread, chunk by chunk as they arrive,
+/// without copying them; [`FileSink::finish`] returns once the file is fsynced.
+///
+/// While the upload streams in, writeback of what was written is started in the background
+/// (`sync_file_range`), overlapping disk writes with the network instead of leaving them all to
+/// the final fsync.
+pub struct FileSink {
+    chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FileSink {
+    pub fn create(path: &Path) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SINK_QUEUE_CHUNKS);
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let path = path.to_path_buf();
+        let abort_seen = aborted.clone();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::fd::AsRawFd;
+            let mut file = std::fs::File::create(&path)?;
+            let (mut written, mut synced) = (0u64, 0u64);
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                if written - synced >= WRITEBACK_EVERY_BYTES {
+                    // SAFETY: a valid open descriptor and a range inside the file.
+                    unsafe {
+                        libc::sync_file_range(
+                            file.as_raw_fd(),
+                            synced as libc::off64_t,
+                            (written - synced) as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        )
+                    };
+                    synced = written;
+                }
+            }
+            if abort_seen.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(());
+            }
+            file.sync_all()
+        });
+        Self {
+            chunks: Some(tx),
+            writer: Some(writer),
+            aborted,
+        }
+    }
+
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped early: its error says why.
+        self.chunks = None;
+        Err(self
+            .join()
+            .await
+            .err()
+            .unwrap_or_else(|| std::io::Error::other("the upload writer stopped")))
+    }
+
+    /// Waits until everything written is on disk.
+    pub async fn finish(mut self) -> std::io::Result<()> {
+        self.chunks = None;
+        self.join().await
+    }
+
+    async fn join(&mut self) -> std::io::Result<()> {
+        match self.writer.take() {
+            Some(writer) => writer.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        // Dropped before `finish`: the upload was abandoned, skip the fsync.
+        if self.writer.is_some() {
+            self.aborted
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
 /// Removes every leftover temp file (uploads cut short by a crash). Returns how many.
 pub fn clear_temp_dir(data_dir: &Path) -> std::io::Result<usize> {
     let dir = data_dir.join(TEMP_DIR);
@@ -119,6 +217,38 @@ mod tests {
             check_policy(&media(30.0, 1280, 720), &p),
             Err(PolicyViolation::Resolution { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_sink_writes_every_chunk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut sink = FileSink::create(&path);
+        let mut expected = Vec::new();
+        for i in 0..40u8 {
+            let chunk = vec![i; 300 * 1024];
+            expected.extend_from_slice(&chunk);
+            sink.write(bytes::Bytes::from(chunk)).await.unwrap();
+        }
+        sink.finish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_cannot_write_reports_the_error() {
+        let mut sink = FileSink::create(Path::new("/nonexistent-dir/f"));
+        let mut failed = None;
+        for _ in 0..10 {
+            if let Err(e) = sink.write(bytes::Bytes::from_static(b"x")).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let error = match failed {
+            Some(e) => e,
+            None => sink.finish().await.unwrap_err(),
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use warp::reply::Response;
 
 use super::body::{content_length, BodyStream};
@@ -21,14 +20,12 @@ use crate::actors::ingest::{CommitError, CommitUpload, PreparedUpload, Refusal, 
 use crate::app::AppState;
 use crate::domain::{format_ts, UserId, Video, VideoStatus};
 use crate::engine::probe::{probe_mp4, ProbeError};
-use crate::upload::{check_policy, TempUpload};
+use crate::upload::{check_policy, FileSink, TempUpload};
 
 /// Room for the multipart framing and the other fields around the file.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
 /// Longest accepted form field other than the file.
 const MAX_TEXT_FIELD_BYTES: usize = 4 * 1024;
-/// Write buffer between the socket and the temp file.
-const WRITE_BUFFER_BYTES: usize = 512 * 1024;
 const MAX_TITLE_CHARS: usize = 255;
 /// Time a commit may take beyond the store's confirmation timeout.
 const COMMIT_MARGIN: Duration = Duration::from_secs(20);
@@ -208,19 +205,24 @@ async fn stream_to_file(
     max_bytes: u64,
 ) -> Result<u64, ApiError> {
     let io = |e: std::io::Error| ApiError::Internal(format!("writing the upload: {e}"));
-    let file = tokio::fs::File::create(temp.path()).await.map_err(io)?;
-    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+    let mut sink = FileSink::create(temp.path());
     let mut written = 0u64;
+    let started = std::time::Instant::now();
     while let Some(chunk) = form.next_chunk(field).await? {
         written += chunk.len() as u64;
         if written > max_bytes {
             return Err(too_big(max_bytes));
         }
-        writer.write_all(&chunk).await.map_err(io)?;
+        sink.write(chunk).await.map_err(io)?;
     }
-    writer.flush().await.map_err(io)?;
-    let file = writer.into_inner();
-    file.sync_all().await.map_err(io)?;
+    let received = started.elapsed();
+    sink.finish().await.map_err(io)?;
+    tracing::debug!(
+        bytes = written,
+        receive_ms = received.as_millis() as u64,
+        fsync_ms = (started.elapsed() - received).as_millis() as u64,
+        "upload file stored"
+    );
     Ok(written)
 }
 
