@@ -28,6 +28,7 @@ pub struct Config {
     pub actors: ActorsConfig,
     pub faults: FaultsConfig,
     pub log: LogConfig,
+    pub transcode: TranscodeConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +197,57 @@ impl Default for ActorsConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TranscodeConfig {
+    /// Transcodes running at once on this node; 0 = this node processes nothing (API only).
+    pub workers: usize,
+    /// The main part of a video is cut to this many seconds.
+    pub main_max_s: f64,
+    /// Length of the intro and of the outro bumper (together at most 5 s).
+    pub bumper_s: f64,
+    /// libx264 preset.
+    pub preset: String,
+    /// libx264 constant rate factor (0-51, lower is better).
+    pub crf: u32,
+    /// Threads of one transcode; 0 = all cores.
+    pub threads: usize,
+    /// Address-space limit of a transcode child, in MiB.
+    pub memory_limit_mb: u64,
+    /// A transcode running longer than this is killed (and retried).
+    pub timeout_s: u64,
+    /// A transcode that reports no progress for this long is killed (and retried).
+    pub stall_s: u64,
+    /// First retry delay after a transient failure; doubles with each attempt.
+    pub retry_base_s: u64,
+    /// Longest retry delay.
+    pub retry_max_s: u64,
+    /// How often an idle consumer asks the queue for work, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// The executable run as `<program> transcode ...`; empty = this executable.
+    pub program: String,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            main_max_s: 30.0,
+            bumper_s: 2.5,
+            preset: "veryfast".into(),
+            crf: 23,
+            threads: 0,
+            memory_limit_mb: 1024,
+            timeout_s: 600,
+            stall_s: 60,
+            retry_base_s: 2,
+            retry_max_s: 60,
+            poll_interval_ms: 500,
+            program: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultsConfig {
@@ -282,6 +334,22 @@ impl Config {
         }
         if self.auth.token_ttl_s == 0 {
             return bad("auth.token_ttl_s must be > 0");
+        }
+        let t = &self.transcode;
+        if t.main_max_s.is_nan() || t.main_max_s <= 0.0 {
+            return bad("transcode.main_max_s must be > 0");
+        }
+        if t.bumper_s.is_nan() || t.bumper_s < 0.0 || t.bumper_s * 2.0 > 5.0 {
+            return bad("transcode.bumper_s must be between 0 and 2.5 (both bumpers at most 5 s)");
+        }
+        if t.crf > 51 {
+            return bad("transcode.crf must be within 0..=51");
+        }
+        if t.stall_s == 0 || t.timeout_s == 0 || t.memory_limit_mb == 0 {
+            return bad("transcode.stall_s, timeout_s and memory_limit_mb must be > 0");
+        }
+        if t.poll_interval_ms == 0 {
+            return bad("transcode.poll_interval_ms must be > 0");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format must be `text` or `json`");

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use showcase::app::{runtime, Application};
 use showcase::config::{Config, LogConfig};
+use showcase::engine::transcode::{run_child, ChildFault, TranscodeSpec};
 
 #[derive(Parser)]
 #[command(
@@ -27,12 +28,59 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Transcodes one video (run by the server in a child process; progress as JSON lines on
+    /// stdout; exit 0 done, 65 the input cannot be decoded, 1 any other failure).
+    Transcode {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        poster: PathBuf,
+        #[arg(long, default_value_t = 30.0)]
+        main_max_s: f64,
+        #[arg(long, default_value_t = 2.5)]
+        bumper_s: f64,
+        #[arg(long, default_value = "veryfast")]
+        preset: String,
+        #[arg(long, default_value_t = 23)]
+        crf: u32,
+        /// Encoder and decoder threads; 0 = all cores.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Fault injection: `crash` or `hang` part-way through.
+        #[arg(long, hide = true)]
+        fault: Option<ChildFault>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Transcode {
+            input,
+            output,
+            poster,
+            main_max_s,
+            bumper_s,
+            preset,
+            crf,
+            threads,
+            fault,
+        } => {
+            let spec = TranscodeSpec {
+                input,
+                output,
+                poster,
+                main_max_s,
+                bumper_s,
+                preset,
+                crf,
+                threads,
+            };
+            ExitCode::from(run_child(&spec, fault) as u8)
+        }
     }
 }
 

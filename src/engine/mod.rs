@@ -9,6 +9,7 @@ pub mod queue;
 pub mod sled_engine;
 mod sled_queue;
 pub mod store;
+pub mod transcode;
 
 use std::sync::Arc;
 
