@@ -285,25 +285,28 @@ pub fn media_dir() -> PathBuf {
 
 /// Generates (once) an H.264 MP4 of the given size and duration from a lavfi test source.
 pub fn generate_mp4(name: &str, width: u32, height: u32, seconds: u32) -> PathBuf {
+    generate_media(name, width, height, seconds, false)
+}
+
+/// Like [`generate_mp4`], with an AAC audio track when `audio`.
+pub fn generate_media(name: &str, width: u32, height: u32, seconds: u32, audio: bool) -> PathBuf {
     let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
     let path = media_dir().join(name);
     if path.exists() {
         return path;
     }
     let tmp = media_dir().join(format!("{name}.{}.tmp.mp4", std::process::id()));
-    let status = Command::new("ffmpeg")
+    let mut command = Command::new("ffmpeg");
+    command
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size={width}x{height}:rate=10"))
-        .args([
-            "-t",
-            &seconds.to_string(),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-crf",
-            "45",
-        ])
+        .arg(format!("testsrc2=size={width}x{height}:rate=10"));
+    if audio {
+        command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
+        command.args(["-c:a", "aac"]);
+    }
+    let seconds = seconds.to_string();
+    let status = command
+        .args(["-t", &seconds, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "45"])
         .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
         .arg(&tmp)
         .status()
