@@ -7,7 +7,9 @@
 //! between the socket and the disk directly.
 
 pub mod ingest;
+pub mod queue_consumer;
 pub mod supervisor;
+pub mod transcoder;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -42,6 +44,11 @@ impl<R> Reply<R> {
     pub fn send(self, value: R) {
         // The caller may have given up (timeout or disconnect); nothing to do then.
         let _ = self.tx.send(value);
+    }
+
+    /// Resolves when the caller has stopped waiting for the answer.
+    pub async fn closed(&mut self) {
+        self.tx.closed().await
     }
 }
 

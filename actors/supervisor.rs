@@ -26,6 +26,35 @@ pub struct ChildSpec {
     pub is_alive: Box<dyn Fn() -> bool + Send>,
 }
 
+impl ChildSpec {
+    /// The spec of an actor reached through `actor`: each (re)start builds a fresh value with
+    /// `make` on the child's arbiter, with the given mailbox capacity, and publishes its address.
+    pub fn for_actor<A>(
+        actor: &super::ActorRef<A>,
+        mailbox_capacity: usize,
+        make: impl Fn() -> A + Send + 'static,
+    ) -> Self
+    where
+        A: Actor<Context = Context<A>> + Send,
+    {
+        let handle = actor.clone();
+        let alive = actor.clone();
+        ChildSpec {
+            name: actor.health.name,
+            health: actor.health.clone(),
+            start: Box::new(move |arbiter| {
+                let fresh = make();
+                let addr = A::start_in_arbiter(arbiter, move |ctx| {
+                    ctx.set_mailbox_capacity(mailbox_capacity);
+                    fresh
+                });
+                handle.set(Some(addr));
+            }),
+            is_alive: Box::new(move || alive.is_alive()),
+        }
+    }
+}
+
 struct Child {
     spec: ChildSpec,
     arbiter: Arbiter,

@@ -19,13 +19,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::actors::ingest::{Admission, Ingest};
+use crate::actors::queue_consumer::{ConsumerSettings, QueueConsumer};
 use crate::actors::supervisor::{ChildSpec, StopChildren, Supervisor};
+use crate::actors::transcoder::{Transcoder, TranscoderChildren, TranscoderSettings};
 use crate::actors::ActorRef;
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::engine::blobs::video_id_of_original;
+use crate::domain::VideoStatus;
+use crate::engine::blobs::video_id_in;
 use crate::engine::sled_engine::SledEngine;
 use crate::engine::{BlobStore, Engine, LocalBlobs, StoreError};
+use crate::faults::Faults;
 use crate::health::HealthRegistry;
 use crate::signed_url::UrlSigner;
 
@@ -38,6 +42,8 @@ const ACTOR_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sub-directories of the data dir.
 pub const DB_DIR: &str = "db";
 pub const MEDIA_DIR: &str = "media";
+/// Work directories of running transcodes, under the temp directory.
+pub const JOBS_DIR: &str = "jobs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -72,7 +78,9 @@ pub struct AppState {
     pub auth: Auth,
     pub signer: UrlSigner,
     pub ingest: ActorRef<Ingest>,
+    pub transcoder: ActorRef<Transcoder>,
     pub registry: Arc<HealthRegistry>,
+    pub faults: Arc<Faults>,
     shutting_down: AtomicBool,
 }
 
@@ -127,6 +135,7 @@ pub struct Application {
     addr: SocketAddr,
     supervisor: Addr<Supervisor>,
     sled: Arc<SledEngine>,
+    transcoder_children: Arc<TranscoderChildren>,
 }
 
 impl Application {
@@ -155,7 +164,7 @@ impl Application {
             queue: sled.clone(),
             blobs,
         };
-        let orphans = remove_orphan_originals(&engine).await?;
+        let orphans = remove_orphan_files(&engine).await?;
         let recovery = sled.recovery();
         tracing::info!(
             temp_files_removed = removed,
@@ -169,6 +178,8 @@ impl Application {
         let registry = Arc::new(HealthRegistry::new());
         let call_timeout = Duration::from_millis(config.actors.call_timeout_ms);
         let mailbox = config.actors.mailbox_capacity;
+        let faults = Arc::new(Faults::new(config.faults.enabled));
+
         let ingest = ActorRef::<Ingest>::new(registry.register("ingest", mailbox), call_timeout);
         let ingest_spec = {
             let engine = engine.clone();
@@ -177,29 +188,72 @@ impl Application {
                 min_free_disk_bytes: config.upload.min_free_disk_mb * 1024 * 1024,
                 max_queue_depth: config.upload.max_queue_depth,
             };
+            // Created once: slots held by live requests survive a restart of the actor.
             let slots = Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent));
-            let handle = ingest.clone();
-            let alive = ingest.clone();
-            ChildSpec {
-                name: "ingest",
-                health: ingest.health.clone(),
-                start: Box::new(move |arbiter| {
-                    let (engine, admission, slots, health) = (
-                        engine.clone(),
-                        admission.clone(),
-                        slots.clone(),
-                        handle.health.clone(),
-                    );
-                    let addr = Ingest::start_in_arbiter(arbiter, move |ctx| {
-                        ctx.set_mailbox_capacity(mailbox);
-                        Ingest::new(engine, admission, slots, health)
-                    });
-                    handle.set(Some(addr));
-                }),
-                is_alive: Box::new(move || alive.is_alive()),
-            }
+            let health = ingest.health.clone();
+            ChildSpec::for_actor(&ingest, mailbox, move || {
+                Ingest::new(
+                    engine.clone(),
+                    admission.clone(),
+                    slots.clone(),
+                    health.clone(),
+                )
+            })
         };
-        let supervisor = Supervisor::new(registry.clone(), vec![ingest_spec]).start();
+
+        let transcoder =
+            ActorRef::<Transcoder>::new(registry.register("transcoder", mailbox), call_timeout);
+        let transcoder_children = Arc::new(TranscoderChildren::default());
+        let transcoder_spec = {
+            let settings = transcoder_settings(&config)?;
+            let (faults, children, health) = (
+                faults.clone(),
+                transcoder_children.clone(),
+                transcoder.health.clone(),
+            );
+            ChildSpec::for_actor(&transcoder, mailbox, move || {
+                Transcoder::new(
+                    settings.clone(),
+                    faults.clone(),
+                    health.clone(),
+                    children.clone(),
+                )
+            })
+        };
+
+        let consumer = ActorRef::<QueueConsumer>::new(
+            registry.register("queue_consumer", mailbox),
+            call_timeout,
+        );
+        let consumer_spec = {
+            let settings = ConsumerSettings {
+                visibility: Duration::from_secs(config.queue.visibility_timeout_s),
+                max_receives: config.queue.max_receives,
+                poll_interval: Duration::from_millis(config.transcode.poll_interval_ms),
+                retry_base: Duration::from_secs(config.transcode.retry_base_s),
+                retry_max: Duration::from_secs(config.transcode.retry_max_s),
+                transcode_timeout: Duration::from_secs(config.transcode.timeout_s),
+                work_root: data_dir.join(crate::upload::TEMP_DIR).join(JOBS_DIR),
+            };
+            // Credits: one per transcoder slot, shared by every incarnation of the consumer.
+            let credits = Arc::new(tokio::sync::Semaphore::new(config.transcode.workers));
+            let (engine, transcoder, health) =
+                (engine.clone(), transcoder.clone(), consumer.health.clone());
+            ChildSpec::for_actor(&consumer, mailbox, move || {
+                QueueConsumer::new(
+                    engine.clone(),
+                    transcoder.clone(),
+                    credits.clone(),
+                    settings.clone(),
+                    health.clone(),
+                )
+            })
+        };
+        let supervisor = Supervisor::new(
+            registry.clone(),
+            vec![ingest_spec, transcoder_spec, consumer_spec],
+        )
+        .start();
         // Serve nothing until every actor runs: a request must never find an actor missing
         // merely because the node is still starting.
         let deadline = tokio::time::Instant::now() + ACTOR_START_TIMEOUT;
@@ -233,7 +287,9 @@ impl Application {
             data_dir,
             engine,
             ingest,
+            transcoder,
             registry,
+            faults,
             shutting_down: AtomicBool::new(false),
         });
         Ok(Self {
@@ -242,6 +298,7 @@ impl Application {
             addr,
             supervisor,
             sled,
+            transcoder_children,
         })
     }
 
@@ -268,6 +325,7 @@ impl Application {
             addr,
             supervisor,
             sled,
+            transcoder_children,
         } = self;
         let server_config = &state.config.server;
         let limits = crate::http::server::ServerLimits {
@@ -292,6 +350,8 @@ impl Application {
             Err(e) => tracing::error!(error = %e, "the server task failed"),
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(StopChildren)).await;
+        // Transcodes in progress are abandoned: their leases expire and they run again later.
+        transcoder_children.kill_all();
         let flushed = tokio::task::spawn_blocking(move || {
             let result = crate::engine::Store::flush_blocking(sled.as_ref());
             drop(sled);
@@ -305,26 +365,57 @@ impl Application {
     }
 }
 
-/// Removes original files that have no video record: a crash between storing the file and
-/// committing its record leaves such a file, and nothing was acknowledged for it.
-async fn remove_orphan_originals(engine: &Engine) -> Result<usize, StartupError> {
-    let keys = engine
-        .blobs
-        .list("originals/")
-        .await
-        .map_err(|e| StartupError::Io {
-            what: "listing originals".into(),
-            source: std::io::Error::other(e),
-        })?;
+/// What the Transcoder needs from the configuration.
+fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupError> {
+    let t = &config.transcode;
+    let program = if t.program.is_empty() {
+        std::env::current_exe().map_err(io_error("locating this executable"))?
+    } else {
+        PathBuf::from(&t.program)
+    };
+    Ok(TranscoderSettings {
+        program,
+        main_max_s: t.main_max_s,
+        bumper_s: t.bumper_s,
+        preset: t.preset.clone(),
+        crf: t.crf,
+        threads: t.threads,
+        memory_limit_bytes: t.memory_limit_mb * 1024 * 1024,
+        timeout: Duration::from_secs(t.timeout_s),
+        stall: Duration::from_secs(t.stall_s),
+    })
+}
+
+/// Removes media files that nothing durable refers to: an original whose record was never
+/// committed (a crash between storing the file and its record), and the outputs of a transcode
+/// whose video was never published (a crash between storing them and publishing) or is gone.
+async fn remove_orphan_files(engine: &Engine) -> Result<usize, StartupError> {
     let mut removed = 0;
-    for key in keys {
-        let orphan = match video_id_of_original(&key) {
-            Some(id) => !engine.store.video_exists(id).await?,
-            None => true,
-        };
-        if orphan {
-            let _ = engine.blobs.delete(&key).await;
-            removed += 1;
+    for (prefix, suffix, needs_publication) in [
+        ("originals/", ".mp4", false),
+        ("processed/", ".mp4", true),
+        ("posters/", ".jpg", true),
+    ] {
+        let keys = engine
+            .blobs
+            .list(prefix)
+            .await
+            .map_err(|e| StartupError::Io {
+                what: format!("listing {prefix}"),
+                source: std::io::Error::other(e),
+            })?;
+        for key in keys {
+            let referenced = match video_id_in(&key, prefix, suffix) {
+                Some(id) => match engine.store.video(id).await? {
+                    Some(video) => !needs_publication || video.status == VideoStatus::Processed,
+                    None => false,
+                },
+                None => false,
+            };
+            if !referenced {
+                let _ = engine.blobs.delete(&key).await;
+                removed += 1;
+            }
         }
     }
     Ok(removed)

@@ -122,6 +122,9 @@ pub struct Video {
     pub poster_key: Option<String>,
     /// Hex content hash of the processed file (the strong ETag).
     pub content_hash: Option<String>,
+    /// Duration of the processed file, in seconds.
+    #[serde(default)]
+    pub processed_duration_s: Option<f64>,
     pub votes: u64,
     /// Why processing failed, when `status` is `failed`.
     pub error: Option<String>,
@@ -143,6 +146,20 @@ pub struct Publication {
     pub processed_key: String,
     pub poster_key: String,
     pub content_hash: String,
+    pub duration_s: f64,
+}
+
+/// Where processing of a video stands, short of publication.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessingState {
+    /// Waiting in the queue (first time or for a retry).
+    Queued,
+    Processing {
+        progress: u8,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// One row of the rankings.

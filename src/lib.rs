@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod faults;
 pub mod health;
 pub mod http;
 pub mod signed_url;

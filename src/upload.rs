@@ -145,17 +145,20 @@ impl Drop for FileSink {
     }
 }
 
-/// Removes every leftover temp file (uploads cut short by a crash). Returns how many.
+/// Removes everything left in the temp directory: uploads cut short and the work directories
+/// of transcodes that never finished. Returns how many entries went.
 pub fn clear_temp_dir(data_dir: &Path) -> std::io::Result<usize> {
     let dir = data_dir.join(TEMP_DIR);
     std::fs::create_dir_all(&dir)?;
     let mut removed = 0;
     for entry in std::fs::read_dir(&dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
             std::fs::remove_file(entry.path())?;
-            removed += 1;
         }
+        removed += 1;
     }
     Ok(removed)
 }

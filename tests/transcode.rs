@@ -33,20 +33,43 @@ fn transcode(input: &Path) -> Transcoded {
         .output()
         .unwrap();
     let stdout = String::from_utf8(run.stdout).unwrap();
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let progress_lines = lines.iter().filter(|l| l["event"] == "progress").count();
     let last_line = lines.last().unwrap().clone();
     // Nothing but the finished outputs is left beside them.
-    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     left.sort();
     assert_eq!(left, vec!["out.mp4", "poster.jpg"]);
-    Transcoded { _dir: dir, output, poster, last_line, progress_lines }
+    Transcoded {
+        _dir: dir,
+        output,
+        poster,
+        last_line,
+        progress_lines,
+    }
 }
 
 fn probe(path: &Path) -> Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
         .arg(path)
         .output()
         .unwrap();
@@ -58,7 +81,9 @@ fn probe(path: &Path) -> Value {
 /// the optional filter.
 fn luma_at(path: &Path, seconds: f64, filter: Option<&str>) -> Vec<u8> {
     let mut command = Command::new("ffmpeg");
-    command.args(["-v", "error", "-ss", &format!("{seconds:.3}"), "-i"]).arg(path);
+    command
+        .args(["-v", "error", "-ss", &format!("{seconds:.3}"), "-i"])
+        .arg(path);
     if let Some(filter) = filter {
         command.args(["-vf", filter]);
     }
@@ -66,39 +91,66 @@ fn luma_at(path: &Path, seconds: f64, filter: Option<&str>) -> Vec<u8> {
         .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), 1280 * 720);
     out.stdout
 }
 
 fn region(luma: &[u8], x: std::ops::Range<usize>, y: std::ops::Range<usize>) -> Vec<u8> {
-    y.flat_map(|row| x.clone().map(move |col| luma[row * 1280 + col])).collect()
+    y.flat_map(|row| x.clone().map(move |col| luma[row * 1280 + col]))
+        .collect()
 }
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 /// Every property the platform requires of a published video.
 fn assert_published_rendition(t: &Transcoded, main_s: f64) {
     let info = probe(&t.output);
     let streams = info["streams"].as_array().unwrap();
-    assert_eq!(streams.len(), 1, "exactly one stream, no audio: {streams:?}");
+    assert_eq!(
+        streams.len(),
+        1,
+        "exactly one stream, no audio: {streams:?}"
+    );
     let video = &streams[0];
     assert_eq!(video["codec_type"], "video");
     assert_eq!(video["codec_name"], "h264");
     assert_eq!(video["pix_fmt"], "yuv420p");
-    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(1280), Some(720)));
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
     assert_eq!(video["r_frame_rate"], "30/1");
     assert_eq!(video["avg_frame_rate"], "30/1");
-    let duration: f64 = info["format"]["duration"].as_str().unwrap().parse().unwrap();
+    let duration: f64 = info["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let expected = main_s + BUMPERS_S;
-    assert!((duration - expected).abs() <= 0.1, "duration {duration}, expected {expected}");
+    assert!(
+        (duration - expected).abs() <= 0.1,
+        "duration {duration}, expected {expected}"
+    );
     assert_eq!(t.last_line["event"], "done");
     let report = &t.last_line["report"];
     assert!((report["duration_s"].as_f64().unwrap() - expected).abs() <= 0.1);
     assert_eq!(report["content_hash"].as_str().unwrap().len(), 64);
-    assert!(t.progress_lines >= 10, "{} progress lines", t.progress_lines);
+    assert!(
+        t.progress_lines >= 10,
+        "{} progress lines",
+        t.progress_lines
+    );
 
     // moov before mdat: the index comes first, so a browser can start playing at once.
     let bytes = std::fs::read(&t.output).unwrap();
@@ -109,7 +161,10 @@ fn assert_published_rendition(t: &Transcoded, main_s: f64) {
     let poster = probe(&t.poster);
     let picture = &poster["streams"][0];
     assert_eq!(picture["codec_name"], "mjpeg");
-    assert_eq!((picture["width"].as_u64(), picture["height"].as_u64()), (Some(1280), Some(720)));
+    assert_eq!(
+        (picture["width"].as_u64(), picture["height"].as_u64()),
+        (Some(1280), Some(720))
+    );
 }
 
 #[test]
@@ -122,14 +177,26 @@ fn landscape_with_audio_is_cut_to_30_s_silenced_and_watermarked() {
     let ours = luma_at(&t.output, 2.5 + 10.0, None);
     let plain = luma_at(&input, 10.0, Some("scale=1280:720"));
     let mark = (1280 - 24 - 128)..(1280 - 24);
-    let under_mark = mean_abs_diff(&region(&ours, mark.clone(), 650..690), &region(&plain, mark.clone(), 650..690));
-    let elsewhere = mean_abs_diff(&region(&ours, mark.clone(), 300..340), &region(&plain, mark, 300..340));
-    assert!(under_mark > 20.0 && under_mark > 3.0 * elsewhere, "under {under_mark}, elsewhere {elsewhere}");
+    let under_mark = mean_abs_diff(
+        &region(&ours, mark.clone(), 650..690),
+        &region(&plain, mark.clone(), 650..690),
+    );
+    let elsewhere = mean_abs_diff(
+        &region(&ours, mark.clone(), 300..340),
+        &region(&plain, mark, 300..340),
+    );
+    assert!(
+        under_mark > 20.0 && under_mark > 3.0 * elsewhere,
+        "under {under_mark}, elsewhere {elsewhere}"
+    );
 
     // The intro is the logo on black.
     let intro = luma_at(&t.output, 1.0, None);
     assert!(region(&intro, 0..200, 0..720).iter().all(|&y| y <= 20));
-    assert!(intro.iter().filter(|&&y| y > 100).count() > 10_000, "the logo is visible");
+    assert!(
+        intro.iter().filter(|&&y| y > 100).count() > 10_000,
+        "the logo is visible"
+    );
 }
 
 #[test]
@@ -141,9 +208,15 @@ fn portrait_is_letterboxed_not_cropped() {
     let frame = luma_at(&t.output, 2.5 + 5.0, None);
     for side in [0..420, 860..1280] {
         let pad = region(&frame, side.clone(), 0..600);
-        assert!(pad.iter().all(|&y| y <= 20), "padding {side:?} is not black");
+        assert!(
+            pad.iter().all(|&y| y <= 20),
+            "padding {side:?} is not black"
+        );
     }
-    assert!(region(&frame, 440..840, 0..720).iter().any(|&y| y > 60), "the picture is there");
+    assert!(
+        region(&frame, 440..840, 0..720).iter().any(|&y| y > 60),
+        "the picture is there"
+    );
 }
 
 #[test]
@@ -154,7 +227,12 @@ fn four_by_three_is_pillarboxed() {
     // 1440x1080 fits as 960x720: 160 px of black on each side.
     let frame = luma_at(&t.output, 2.5 + 5.0, None);
     for side in [0..150, 1130..1280] {
-        assert!(region(&frame, side.clone(), 0..600).iter().all(|&y| y <= 20), "{side:?}");
+        assert!(
+            region(&frame, side.clone(), 0..600)
+                .iter()
+                .all(|&y| y <= 20),
+            "{side:?}"
+        );
     }
 }
 
@@ -172,8 +250,19 @@ fn an_input_that_cannot_be_decoded_is_a_permanent_failure() {
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(65));
-    let last: Value = serde_json::from_str(String::from_utf8(run.stdout).unwrap().lines().last().unwrap()).unwrap();
+    let last: Value = serde_json::from_str(
+        String::from_utf8(run.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(last["event"], "error");
     assert_eq!(last["permanent"], true);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no output is left");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no output is left"
+    );
 }

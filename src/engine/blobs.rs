@@ -134,12 +134,24 @@ pub fn original_key(video_id: u64) -> String {
     format!("originals/{video_id}.mp4")
 }
 
+/// Key of the published rendition of a video.
+pub fn processed_key(video_id: u64) -> String {
+    format!("processed/{video_id}.mp4")
+}
+
+/// Key of the poster of a video.
+pub fn poster_key(video_id: u64) -> String {
+    format!("posters/{video_id}.jpg")
+}
+
 /// The video id in an original's key, if it is one.
 pub fn video_id_of_original(key: &str) -> Option<u64> {
-    key.strip_prefix("originals/")?
-        .strip_suffix(".mp4")?
-        .parse()
-        .ok()
+    video_id_in(key, "originals/", ".mp4")
+}
+
+/// The video id in a key `<prefix><id><suffix>`, if it is one.
+pub fn video_id_in(key: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    key.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -159,5 +171,10 @@ mod tests {
         assert_eq!(video_id_of_original(&original_key(42)), Some(42));
         assert_eq!(video_id_of_original("originals/x.mp4"), None);
         assert_eq!(video_id_of_original("processed/4.mp4"), None);
+        assert_eq!(
+            video_id_in(&processed_key(4), "processed/", ".mp4"),
+            Some(4)
+        );
+        assert_eq!(video_id_in(&poster_key(4), "posters/", ".jpg"), Some(4));
     }
 }

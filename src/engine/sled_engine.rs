@@ -33,8 +33,8 @@ use sled::Transactional;
 
 use super::sled_queue::{QueueIndex, QueuedJob};
 use crate::domain::{
-    fold_name, now_ms, now_ts, NewUser, NewVideo, Page, Publication, RankedPlayer, User, UserId,
-    Video, VideoId, VideoStatus,
+    fold_name, now_ms, now_ts, NewUser, NewVideo, Page, ProcessingState, Publication, RankedPlayer,
+    User, UserId, Video, VideoId, VideoStatus,
 };
 use crate::engine::commit::GroupCommit;
 use crate::engine::queue::Job;
@@ -99,7 +99,9 @@ pub(super) struct Inner {
     pub queue: Mutex<QueueIndex>,
     /// The queue's figures, shared with the index, read without the queue lock.
     pub queue_counts: Arc<super::sled_queue::QueueCounts>,
-    pub ranking_lock: Mutex<()>,
+    /// Serialises every read-modify-write of a video record (votes, publication, processing
+    /// state, deletion) and the rankings that change with them.
+    pub video_lock: Mutex<()>,
 }
 
 pub struct SledEngine {
@@ -207,7 +209,7 @@ impl SledEngine {
             max_receives,
             queue_counts: index.counts.clone(),
             queue: Mutex::new(index),
-            ranking_lock: Mutex::new(()),
+            video_lock: Mutex::new(()),
         };
         let recovery = inner.recover_queue()?;
         inner
@@ -275,8 +277,8 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_ranking(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.ranking_lock.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_videos(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.video_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn next_id(&self, key: &[u8]) -> Result<u64, StoreError> {
@@ -358,6 +360,7 @@ impl Inner {
             processed_key: None,
             poster_key: None,
             content_hash: None,
+            processed_duration_s: None,
             votes: 0,
             error: None,
         };
@@ -390,6 +393,8 @@ impl Inner {
     }
 
     fn delete_video(&self, id: VideoId, owner: UserId) -> Result<Video, StoreError> {
+        // Lock order: videos, then queue.
+        let _videos = self.lock_videos();
         let mut index = self.lock_queue();
         let trees = (
             &self.t.videos,
@@ -427,7 +432,7 @@ impl Inner {
             .load_user(video.owner_id)?
             .ok_or(StoreError::UserNotFound)?;
         let city = city_prefix(&owner.city);
-        let _guard = self.lock_ranking();
+        let _guard = self.lock_videos();
         let trees = (
             &self.t.videos,
             &self.t.published,
@@ -451,6 +456,7 @@ impl Inner {
                 video.processed_key = Some(publication.processed_key.clone());
                 video.poster_key = Some(publication.poster_key.clone());
                 video.content_hash = Some(publication.content_hash.clone());
+                video.processed_duration_s = Some(publication.duration_s);
                 video.error = None;
                 videos.insert(&be(id), encode(&video))?;
                 published.insert(&rev(id), &be(video.owner_id))?;
@@ -466,6 +472,43 @@ impl Inner {
         ))
     }
 
+    fn set_processing_state(
+        &self,
+        id: VideoId,
+        state: ProcessingState,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.lock_videos();
+        let Some(mut video) = self.load_video(id)? else {
+            return Ok(false);
+        };
+        if video.status == VideoStatus::Processed {
+            return Ok(false);
+        }
+        match state {
+            ProcessingState::Queued => {
+                video.status = VideoStatus::Uploaded;
+                video.progress = 0;
+                video.error = None;
+            }
+            ProcessingState::Processing { progress } => {
+                video.status = VideoStatus::Processing;
+                video.progress = progress.min(99);
+                video.error = None;
+            }
+            ProcessingState::Failed { reason } => {
+                video.status = VideoStatus::Failed;
+                video.progress = 0;
+                video.error = Some(reason);
+            }
+        }
+        // One record, one key: no transaction needed (and none of its flush cost).
+        self.t
+            .videos
+            .insert(be(id), encode(&video))
+            .map_err(backend)?;
+        Ok(true)
+    }
+
     fn vote(&self, video_id: VideoId, voter: UserId) -> Result<u64, StoreError> {
         let video = self
             .load_video(video_id)?
@@ -475,7 +518,7 @@ impl Inner {
             .ok_or(StoreError::UserNotFound)?;
         let city = city_prefix(&owner.city);
         let owner_id = owner.id;
-        let _guard = self.lock_ranking();
+        let _guard = self.lock_videos();
         let trees = (
             &self.t.votes,
             &self.t.videos,
@@ -588,6 +631,15 @@ impl Store for SledEngine {
         publication: Publication,
     ) -> Result<Video, StoreError> {
         self.mutate(move |inner| inner.publish_video(id, publication))
+            .await
+    }
+
+    async fn set_processing_state(
+        &self,
+        id: VideoId,
+        state: ProcessingState,
+    ) -> Result<bool, StoreError> {
+        self.mutate(move |inner| inner.set_processing_state(id, state))
             .await
     }
 

@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    NewUser, NewVideo, Page, Publication, RankedPlayer, User, UserId, Video, VideoId,
+    NewUser, NewVideo, Page, ProcessingState, Publication, RankedPlayer, User, UserId, Video,
+    VideoId,
 };
 use crate::engine::queue::Job;
 
@@ -64,6 +65,14 @@ pub trait Store: Send + Sync {
         id: VideoId,
         publication: Publication,
     ) -> Result<Video, StoreError>;
+
+    /// Records where processing of the video stands. Returns false, changing nothing, when the
+    /// video is gone or already published.
+    async fn set_processing_state(
+        &self,
+        id: VideoId,
+        state: ProcessingState,
+    ) -> Result<bool, StoreError>;
 
     /// Records one vote; returns the video's new vote count.
     async fn vote(&self, video: VideoId, voter: UserId) -> Result<u64, StoreError>;

@@ -10,6 +10,7 @@ pub mod pagination;
 pub mod server;
 
 mod accounts;
+mod admin;
 mod form;
 mod ops;
 mod public;
@@ -139,6 +140,38 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(ops::actors)
         .boxed();
 
+    let dead_letters = warp::path!("api" / "admin" / "dead-letters")
+        .and(warp::get())
+        .and(st())
+        .and(headers())
+        .then(|s, h| async move { respond(admin::dead_letters(s, h).await) })
+        .boxed();
+    let redrive_all = warp::path!("api" / "admin" / "dead-letters" / "redrive")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .then(|s, h| async move { respond(admin::redrive_all(s, h).await) })
+        .boxed();
+    let redrive_one = warp::path!("api" / "admin" / "dead-letters" / String / "redrive")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .then(|id: String, s, h| async move { respond(admin::redrive_one(s, h, id).await) })
+        .boxed();
+    let faults = warp::path!("api" / "admin" / "faults")
+        .and(warp::get())
+        .and(st())
+        .and(headers())
+        .then(|s, h| async move { respond(admin::faults(s, h).await) })
+        .boxed();
+    let set_faults = warp::path!("api" / "admin" / "faults")
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .and(body_stream())
+        .then(|s, h, b| async move { respond(admin::set_faults(s, h, b).await) })
+        .boxed();
+
     let index = warp::path::end().and(warp::get()).map(web::index).boxed();
 
     signup
@@ -163,6 +196,16 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(ready)
         .unify()
         .or(actors)
+        .unify()
+        .or(dead_letters)
+        .unify()
+        .or(redrive_all)
+        .unify()
+        .or(redrive_one)
+        .unify()
+        .or(faults)
+        .unify()
+        .or(set_faults)
         .unify()
         .or(index)
         .unify()

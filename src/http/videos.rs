@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::form::{FormLimits, FormReader};
 use super::{json, video_id};
 use crate::actors::ingest::{CommitError, CommitUpload, PreparedUpload, Refusal, RequestSlot};
+use crate::actors::transcoder::CancelTranscode;
 use crate::app::AppState;
 use crate::domain::{format_ts, UserId, Video, VideoStatus};
 use crate::engine::probe::{probe_mp4, ProbeError};
@@ -361,6 +362,15 @@ pub async fn delete(
     // The record and its job go in one durable step; the files follow. A crash in between
     // leaves only files without a record, which startup removes.
     let video = state.engine.store.delete_video(id, user).await?;
+    // Its job is gone with the record; a transcode already running is stopped now rather
+    // than at its next lease heartbeat.
+    let _ = state
+        .transcoder
+        .call(|reply| CancelTranscode {
+            video_id: id,
+            reply,
+        })
+        .await;
     let keys = [
         Some(video.original_key.clone()),
         video.processed_key.clone(),

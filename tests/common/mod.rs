@@ -30,6 +30,11 @@ pub fn test_config(dir: &Path) -> Config {
     config.server.shutdown_grace_s = 5;
     // Test machines may have little free disk; the watermark is tested on its own.
     config.upload.min_free_disk_mb = 0;
+    // The test harness is not the server binary: transcodes run the real one.
+    config.transcode.program = env!("CARGO_BIN_EXE_showcase").into();
+    config.transcode.poll_interval_ms = 100;
+    // API tests keep videos where they put them; pipeline tests turn processing on.
+    config.transcode.workers = 0;
     config
 }
 
@@ -213,6 +218,7 @@ pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {
                 processed_key: format!("processed/{video_id}.mp4"),
                 poster_key: format!("posters/{video_id}.jpg"),
                 content_hash: format!("{video_id:064x}"),
+                duration_s: 35.0,
             },
         )
         .await
@@ -306,7 +312,16 @@ pub fn generate_media(name: &str, width: u32, height: u32, seconds: u32, audio: 
     }
     let seconds = seconds.to_string();
     let status = command
-        .args(["-t", &seconds, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "45"])
+        .args([
+            "-t",
+            &seconds,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "45",
+        ])
         .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
         .arg(&tmp)
         .status()

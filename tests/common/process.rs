@@ -27,6 +27,7 @@ impl ServerProcess {
             .env("SHOWCASE_SERVER__ADDR", "127.0.0.1:0")
             .env("SHOWCASE_STORAGE__DATA_DIR", data_dir)
             .env("SHOWCASE_UPLOAD__MIN_FREE_DISK_MB", "0")
+            .env("SHOWCASE_TRANSCODE__WORKERS", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (key, value) in env {

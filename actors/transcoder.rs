@@ -1,0 +1,495 @@
+//! Transcoder: runs each transcode in a child process of the same binary
+//! (`showcase transcode ...`) and watches it.
+//!
+//! Each child:
+//! - runs in a process group of its own, so a kill takes everything it started;
+//! - dies with the server: a parent-death signal (SIGKILL) is armed before `exec`, and the
+//!   child is started from a thread that lives exactly as long as the child (the signal follows
+//!   the thread that forked, not the process);
+//! - has an address-space limit (`transcode.memory_limit_mb`), a wall-clock timeout and a stall
+//!   watchdog on its progress lines; breaking any of them kills its group.
+//!
+//! A crash, an out-of-memory or a hang inside libav therefore costs one child, never the server.
+//! The number of children is bounded by the slots the queue consumer holds (one permit travels
+//! with each request); this actor never queues work of its own.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::Reply;
+use crate::domain::VideoId;
+use crate::engine::transcode::{ChildEvent, TranscodeReport, TranscodeSpec, EXIT_PERMANENT};
+use crate::faults::Faults;
+use crate::health::{ActorHealth, ActorState};
+
+/// How much of a child's stderr is kept to explain its failure.
+const STDERR_TAIL_BYTES: usize = 2048;
+
+#[derive(Debug, Clone)]
+pub struct TranscoderSettings {
+    /// The executable run as `<program> transcode ...`.
+    pub program: PathBuf,
+    pub main_max_s: f64,
+    pub bumper_s: f64,
+    pub preset: String,
+    pub crf: u32,
+    pub threads: usize,
+    pub memory_limit_bytes: u64,
+    pub timeout: Duration,
+    pub stall: Duration,
+}
+
+/// Why a transcode produced nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranscodeFailure {
+    /// The input cannot be decoded: retrying will not help.
+    #[error("{0}")]
+    Permanent(String),
+    /// A crash, a kill by a watchdog, an I/O error: another attempt may succeed.
+    #[error("{0}")]
+    Transient(String),
+    /// Stopped on request (the video was deleted) or because the caller went away.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Transcodes one video. The slot is released when the child is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunTranscode {
+    pub video_id: VideoId,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub poster: PathBuf,
+    pub slot: OwnedSemaphorePermit,
+    /// Progress percentages, sent best-effort.
+    pub progress: mpsc::Sender<u8>,
+    pub reply: Reply<Result<TranscodeReport, TranscodeFailure>>,
+}
+
+/// Stops the transcode of a video, if one runs. Answers whether one did.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelTranscode {
+    pub video_id: VideoId,
+    pub reply: Reply<bool>,
+}
+
+/// A running child, as the actor and its watchers see it.
+#[derive(Debug)]
+struct RunningChild {
+    pid: i32,
+    cancelled: Arc<AtomicBool>,
+}
+
+type Children = Arc<Mutex<HashMap<VideoId, RunningChild>>>;
+
+pub struct Transcoder {
+    settings: TranscoderSettings,
+    faults: Arc<Faults>,
+    health: Arc<ActorHealth>,
+    /// Shared with the watchers; outlives a restart of the actor.
+    children: Children,
+}
+
+impl Transcoder {
+    pub fn new(
+        settings: TranscoderSettings,
+        faults: Arc<Faults>,
+        health: Arc<ActorHealth>,
+        children: Arc<TranscoderChildren>,
+    ) -> Self {
+        Self {
+            settings,
+            faults,
+            health,
+            children: children.0.clone(),
+        }
+    }
+}
+
+/// The table of running children, created once and handed to every incarnation.
+#[derive(Debug, Default)]
+pub struct TranscoderChildren(Children);
+
+impl TranscoderChildren {
+    /// Kills every running child (orderly shutdown).
+    pub fn kill_all(&self) {
+        for child in lock(&self.0).values() {
+            kill_group(child.pid);
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
+fn lock(children: &Children) -> std::sync::MutexGuard<'_, HashMap<VideoId, RunningChild>> {
+    children.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn kill_group(pid: i32) {
+    // SAFETY: signalling a process group we created; a stale id at worst signals nothing.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+impl Actor for Transcoder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.health.set_state(ActorState::Running);
+        self.health.heartbeat();
+        ctx.run_interval(Duration::from_millis(500), |act, _| act.health.heartbeat());
+    }
+}
+
+impl Handler<CancelTranscode> for Transcoder {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelTranscode, _: &mut Self::Context) {
+        let found = match lock(&self.children).get(&msg.video_id) {
+            Some(child) => {
+                child.cancelled.store(true, Ordering::Release);
+                kill_group(child.pid);
+                true
+            }
+            None => false,
+        };
+        msg.reply.send(found);
+    }
+}
+
+impl Handler<RunTranscode> for Transcoder {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: RunTranscode, _: &mut Self::Context) -> Self::Result {
+        let settings = self.settings.clone();
+        let fault = self.faults.transcode_child();
+        let children = self.children.clone();
+        let in_flight = self.health.start_work();
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            let RunTranscode {
+                video_id,
+                input,
+                output,
+                poster,
+                slot,
+                progress,
+                mut reply,
+            } = msg;
+            let spec = TranscodeSpec {
+                input,
+                output,
+                poster,
+                main_max_s: settings.main_max_s,
+                bumper_s: settings.bumper_s,
+                preset: settings.preset.clone(),
+                crf: settings.crf,
+                threads: settings.threads,
+            };
+            let result = match start_child(&settings, &spec, fault).await {
+                Ok((pid, events)) => {
+                    let cancelled = Arc::new(AtomicBool::new(false));
+                    lock(&children).insert(
+                        video_id,
+                        RunningChild {
+                            pid,
+                            cancelled: cancelled.clone(),
+                        },
+                    );
+                    let result =
+                        watch(pid, events, &settings, &progress, &mut reply, &cancelled).await;
+                    lock(&children).remove(&video_id);
+                    result
+                }
+                Err(e) => Err(TranscodeFailure::Transient(format!(
+                    "the transcoder could not start: {e}"
+                ))),
+            };
+            drop(slot);
+            reply.send(result);
+        })
+    }
+}
+
+/// What the thread that owns a child reports.
+enum ChildMessage {
+    Event(ChildEvent),
+    Exited {
+        status: ExitStatus,
+        stderr_tail: String,
+    },
+}
+
+async fn start_child(
+    settings: &TranscoderSettings,
+    spec: &TranscodeSpec,
+    fault: Option<crate::engine::transcode::ChildFault>,
+) -> std::io::Result<(i32, mpsc::UnboundedReceiver<ChildMessage>)> {
+    let mut command = Command::new(&settings.program);
+    command
+        .arg("transcode")
+        .arg("--input")
+        .arg(&spec.input)
+        .arg("--output")
+        .arg(&spec.output)
+        .arg("--poster")
+        .arg(&spec.poster)
+        .arg("--main-max-s")
+        .arg(spec.main_max_s.to_string())
+        .arg("--bumper-s")
+        .arg(spec.bumper_s.to_string())
+        .arg("--preset")
+        .arg(&spec.preset)
+        .arg("--crf")
+        .arg(spec.crf.to_string())
+        .arg("--threads")
+        .arg(spec.threads.to_string())
+        // Few malloc arenas: each reserves address space, which the limit below counts.
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(fault) = fault {
+        let name = match fault {
+            crate::engine::transcode::ChildFault::Crash => "crash",
+            crate::engine::transcode::ChildFault::Hang => "hang",
+        };
+        command.arg("--fault").arg(name);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    let memory_limit = settings.memory_limit_bytes as libc::rlim_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the signal was armed.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            let limit = libc::rlimit {
+                rlim_cur: memory_limit,
+                rlim_max: memory_limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (spawned_tx, spawned) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("transcode-child".into())
+        .spawn(move || {
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = spawned_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = spawned_tx.send(Ok(child.id() as i32));
+            let stderr = child.stderr.take();
+            let stderr_reader = std::thread::spawn(move || {
+                let mut tail = Vec::new();
+                if let Some(mut stderr) = stderr {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stderr.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        tail.extend_from_slice(&buf[..n]);
+                        if tail.len() > STDERR_TAIL_BYTES {
+                            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&tail).trim().to_string()
+            });
+            if let Some(stdout) = child.stdout.take() {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(event) = serde_json::from_str::<ChildEvent>(&line) {
+                        let _ = events_tx.send(ChildMessage::Event(event));
+                    }
+                }
+            }
+            // Stdout closed: the child is exiting (or was killed). This thread outlives it.
+            let status = child.wait();
+            let stderr_tail = stderr_reader.join().unwrap_or_default();
+            if let Ok(status) = status {
+                let _ = events_tx.send(ChildMessage::Exited {
+                    status,
+                    stderr_tail,
+                });
+            }
+        })?;
+    let pid = spawned
+        .await
+        .map_err(|_| std::io::Error::other("the child thread ended before spawning"))??;
+    Ok((pid, events))
+}
+
+/// Follows a child to its end, enforcing the timeout, the stall watchdog and cancellation.
+async fn watch(
+    pid: i32,
+    mut events: mpsc::UnboundedReceiver<ChildMessage>,
+    settings: &TranscoderSettings,
+    progress: &mpsc::Sender<u8>,
+    reply: &mut Reply<Result<TranscodeReport, TranscodeFailure>>,
+    cancelled: &AtomicBool,
+) -> Result<TranscodeReport, TranscodeFailure> {
+    let deadline = Instant::now() + settings.timeout;
+    let mut last_progress = Instant::now();
+    let mut outcome: Option<ChildEvent> = None;
+    let mut killed_because: Option<String> = None;
+    let (status, stderr_tail) = loop {
+        let stalled_at = last_progress + settings.stall;
+        tokio::select! {
+            message = events.recv() => match message {
+                Some(ChildMessage::Event(ChildEvent::Progress { percent, .. })) => {
+                    last_progress = Instant::now();
+                    let _ = progress.try_send(percent);
+                }
+                Some(ChildMessage::Event(event)) => outcome = Some(event),
+                Some(ChildMessage::Exited { status, stderr_tail }) => break (Some(status), stderr_tail),
+                None => break (None, String::new()),
+            },
+            _ = tokio::time::sleep_until(deadline), if killed_because.is_none() => {
+                kill_group(pid);
+                killed_because = Some(format!("timed out after {} s", settings.timeout.as_secs()));
+            }
+            _ = tokio::time::sleep_until(stalled_at), if killed_because.is_none() => {
+                kill_group(pid);
+                killed_because = Some(format!("stalled: no progress for {} s", settings.stall.as_secs()));
+            }
+            _ = reply.closed(), if killed_because.is_none() => {
+                kill_group(pid);
+                cancelled.store(true, Ordering::Release);
+                killed_because = Some("the caller went away".into());
+            }
+        }
+    };
+    if cancelled.load(Ordering::Acquire) {
+        return Err(TranscodeFailure::Cancelled);
+    }
+    if let Some(reason) = killed_because {
+        return Err(TranscodeFailure::Transient(reason));
+    }
+    classify(status, outcome, &stderr_tail)
+}
+
+fn classify(
+    status: Option<ExitStatus>,
+    outcome: Option<ChildEvent>,
+    stderr_tail: &str,
+) -> Result<TranscodeReport, TranscodeFailure> {
+    let explain = |fallback: String| match &outcome {
+        Some(ChildEvent::Error { message, .. }) => message.clone(),
+        _ if !stderr_tail.is_empty() => format!("{fallback}: {stderr_tail}"),
+        _ => fallback,
+    };
+    let Some(status) = status else {
+        return Err(TranscodeFailure::Transient(
+            "the transcoder vanished".into(),
+        ));
+    };
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            _ => "a signal",
+        };
+        return Err(TranscodeFailure::Transient(explain(format!(
+            "the transcoder crashed ({name}, signal {signal})"
+        ))));
+    }
+    match (status.code(), outcome.clone()) {
+        (Some(0), Some(ChildEvent::Done { report })) => Ok(report),
+        (Some(EXIT_PERMANENT), _)
+        | (
+            _,
+            Some(ChildEvent::Error {
+                permanent: true, ..
+            }),
+        ) => Err(TranscodeFailure::Permanent(explain(
+            "the input cannot be decoded".into(),
+        ))),
+        (code, _) => Err(TranscodeFailure::Transient(explain(format!(
+            "the transcoder failed (exit status {})",
+            code.map_or("unknown".to_string(), |c| c.to_string())
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(code << 8))
+    }
+
+    #[test]
+    fn exits_are_classified_by_what_a_retry_could_change() {
+        let report = TranscodeReport {
+            duration_s: 35.0,
+            frames: 1050,
+            content_hash: "h".into(),
+        };
+        assert_eq!(
+            classify(
+                exit(0),
+                Some(ChildEvent::Done {
+                    report: report.clone()
+                }),
+                ""
+            ),
+            Ok(report)
+        );
+        assert!(matches!(
+            classify(exit(EXIT_PERMANENT), None, ""),
+            Err(TranscodeFailure::Permanent(_))
+        ));
+        let error = ChildEvent::Error {
+            permanent: false,
+            message: "disk full".into(),
+        };
+        assert_eq!(
+            classify(exit(1), Some(error), ""),
+            Err(TranscodeFailure::Transient("disk full".into()))
+        );
+        let crashed = classify(Some(ExitStatus::from_raw(libc::SIGSEGV)), None, "");
+        assert!(
+            matches!(&crashed, Err(TranscodeFailure::Transient(m)) if m.contains("SIGSEGV")),
+            "{crashed:?}"
+        );
+        // Exit 0 without a report is not a success.
+        assert!(matches!(
+            classify(exit(0), None, ""),
+            Err(TranscodeFailure::Transient(_))
+        ));
+    }
+}

@@ -1,0 +1,83 @@
+//! Fault injection: switches that make parts of the node fail on purpose, for tests and drills.
+//!
+//! Compiled in, inert unless `faults.enabled = true`: with it off the switches cannot be set
+//! (and the admin route that sets them does not exist), so production behaviour never depends
+//! on them.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::transcode::ChildFault;
+
+/// The switches as the admin route shows and sets them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSwitches {
+    /// Makes every transcode child crash or hang part-way through.
+    pub transcode_child: Option<ChildFault>,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    enabled: bool,
+    switches: Mutex<FaultSwitches>,
+}
+
+impl Faults {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            switches: Mutex::new(FaultSwitches::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn switches(&self) -> FaultSwitches {
+        self.switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets the switches; refused (false) when fault injection is disabled.
+    pub fn set(&self, switches: FaultSwitches) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        *self.switches.lock().unwrap_or_else(|p| p.into_inner()) = switches;
+        true
+    }
+
+    /// The fault a new transcode child must simulate, if any.
+    pub fn transcode_child(&self) -> Option<ChildFault> {
+        if !self.enabled {
+            return None;
+        }
+        self.switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .transcode_child
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_are_inert_unless_enabled() {
+        let off = Faults::new(false);
+        let crash = FaultSwitches {
+            transcode_child: Some(ChildFault::Crash),
+        };
+        assert!(!off.set(crash.clone()));
+        assert_eq!(off.transcode_child(), None);
+        let on = Faults::new(true);
+        assert!(on.set(crash));
+        assert_eq!(on.transcode_child(), Some(ChildFault::Crash));
+    }
+}
