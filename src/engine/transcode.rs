@@ -641,8 +641,10 @@ pub fn run_child(spec: &TranscodeSpec, fault: Option<ChildFault>) -> i32 {
         if let Some(fault) = fault {
             if p.frames == FAULT_AFTER_FRAMES {
                 match fault {
-                    // SAFETY: raising a signal in our own process.
+                    // SAFETY: restoring the default action (the runtime handles SIGSEGV for stack
+                    // overflows and would otherwise return) and raising it in our own process.
                     ChildFault::Crash => unsafe {
+                        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
                         libc::raise(libc::SIGSEGV);
                     },
                     ChildFault::Hang => loop {
