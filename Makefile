@@ -1,7 +1,8 @@
 # showcase: build, run and test on a fresh Debian/Ubuntu machine.
 #   make run    installs what is missing, builds, starts the server on its embedded defaults
 #   make test   installs what is missing, checks formatting and lints, runs every test
-#   make bench  prints the ingest benchmarks (upload vs fdatasync, durable enqueue rate)
+#   make bench  prints the benchmarks (upload vs fdatasync, durable enqueue rate, transcode
+#               pipeline vs the ffmpeg CLI, processing throughput)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
@@ -56,3 +57,4 @@ test: test-deps lint
 
 bench: test-deps
 	cargo bench --bench ingest
+	cargo bench --bench pipeline
