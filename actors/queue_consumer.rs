@@ -320,6 +320,7 @@ async fn publish(deps: &Deps, lease: &Lease, dir: &std::path::Path, report: Tran
         processed_key: video_key.to_string(),
         poster_key: poster.to_string(),
         content_hash: report.content_hash.clone(),
+        poster_hash: report.poster_hash.clone(),
         duration_s: report.duration_s,
     };
     match engine.store.publish_video(id, publication).await {

@@ -458,6 +458,7 @@ mod tests {
             duration_s: 35.0,
             frames: 1050,
             content_hash: "h".into(),
+            poster_hash: "p".into(),
         };
         assert_eq!(
             classify(

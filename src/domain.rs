@@ -122,6 +122,9 @@ pub struct Video {
     pub poster_key: Option<String>,
     /// Hex content hash of the processed file (the strong ETag).
     pub content_hash: Option<String>,
+    /// Hex content hash of the poster.
+    #[serde(default)]
+    pub poster_hash: Option<String>,
     /// Duration of the processed file, in seconds.
     #[serde(default)]
     pub processed_duration_s: Option<f64>,
@@ -146,6 +149,7 @@ pub struct Publication {
     pub processed_key: String,
     pub poster_key: String,
     pub content_hash: String,
+    pub poster_hash: String,
     pub duration_s: f64,
 }
 

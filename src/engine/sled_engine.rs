@@ -361,6 +361,7 @@ impl Inner {
             poster_key: None,
             content_hash: None,
             processed_duration_s: None,
+            poster_hash: None,
             votes: 0,
             error: None,
         };
@@ -457,6 +458,7 @@ impl Inner {
                 video.poster_key = Some(publication.poster_key.clone());
                 video.content_hash = Some(publication.content_hash.clone());
                 video.processed_duration_s = Some(publication.duration_s);
+                video.poster_hash = Some(publication.poster_hash.clone());
                 video.error = None;
                 videos.insert(&be(id), encode(&video))?;
                 published.insert(&rev(id), &be(video.owner_id))?;

@@ -61,6 +61,9 @@ pub struct TranscodeReport {
     pub frames: u64,
     /// Hex SHA-256 of the output file.
     pub content_hash: String,
+    /// Hex SHA-256 of the poster.
+    #[serde(default)]
+    pub poster_hash: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -586,6 +589,7 @@ pub fn transcode(
         duration_s: frames as f64 / OUTPUT_FPS as f64,
         frames,
         content_hash: sha256_hex(&spec.output)?,
+        poster_hash: sha256_hex(&spec.poster)?,
     })
 }
 

@@ -218,6 +218,7 @@ pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {
                 processed_key: format!("processed/{video_id}.mp4"),
                 poster_key: format!("posters/{video_id}.jpg"),
                 content_hash: format!("{video_id:064x}"),
+                poster_hash: format!("{:064x}", video_id + 1),
                 duration_s: 35.0,
             },
         )
