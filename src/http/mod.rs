@@ -7,6 +7,7 @@
 pub mod body;
 pub mod error;
 pub mod pagination;
+pub mod range;
 pub mod server;
 
 mod accounts;
