@@ -8,6 +8,7 @@
 
 pub mod ingest;
 pub mod queue_consumer;
+pub mod streamer;
 pub mod supervisor;
 pub mod transcoder;
 

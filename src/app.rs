@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::actors::ingest::{Admission, Ingest};
 use crate::actors::queue_consumer::{ConsumerSettings, QueueConsumer};
+use crate::actors::streamer::{StreamCounters, Streamer, StreamerShared};
 use crate::actors::supervisor::{ChildSpec, StopChildren, Supervisor};
 use crate::actors::transcoder::{Transcoder, TranscoderChildren, TranscoderSettings};
 use crate::actors::ActorRef;
@@ -79,6 +80,9 @@ pub struct AppState {
     pub signer: UrlSigner,
     pub ingest: ActorRef<Ingest>,
     pub transcoder: ActorRef<Transcoder>,
+    pub streamer: ActorRef<Streamer>,
+    pub streams: Arc<StreamerShared>,
+    pub stream_counters: Arc<StreamCounters>,
     pub registry: Arc<HealthRegistry>,
     pub faults: Arc<Faults>,
     shutting_down: AtomicBool,
@@ -249,9 +253,24 @@ impl Application {
                 )
             })
         };
+        let streamer =
+            ActorRef::<Streamer>::new(registry.register("streamer", mailbox), call_timeout);
+        let streamer_shared = Arc::new(StreamerShared::new(config.stream.max_concurrent));
+        let streamer_spec = {
+            let (engine, shared, health) = (
+                engine.clone(),
+                streamer_shared.clone(),
+                streamer.health.clone(),
+            );
+            let capacity = config.stream.cache_entries;
+            ChildSpec::for_actor(&streamer, mailbox, move || {
+                Streamer::new(engine.clone(), shared.clone(), capacity, health.clone())
+            })
+        };
+
         let supervisor = Supervisor::new(
             registry.clone(),
-            vec![ingest_spec, transcoder_spec, consumer_spec],
+            vec![ingest_spec, transcoder_spec, consumer_spec, streamer_spec],
         )
         .start();
         // Serve nothing until every actor runs: a request must never find an actor missing
@@ -288,6 +307,9 @@ impl Application {
             engine,
             ingest,
             transcoder,
+            streamer,
+            stream_counters: streamer_shared.counters.clone(),
+            streams: streamer_shared,
             registry,
             faults,
             shutting_down: AtomicBool::new(false),

@@ -29,6 +29,7 @@ pub struct Config {
     pub faults: FaultsConfig,
     pub log: LogConfig,
     pub transcode: TranscodeConfig,
+    pub stream: StreamConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +200,24 @@ impl Default for ActorsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Media responses sending at the same time; more are refused with 503 + Retry-After.
+    pub max_concurrent: usize,
+    /// Published media files whose metadata and mapping are kept open.
+    pub cache_entries: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 1024,
+            cache_entries: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TranscodeConfig {
     /// Transcodes running at once on this node; 0 = this node processes nothing (API only).
     pub workers: usize,
@@ -347,6 +366,9 @@ impl Config {
         }
         if t.stall_s == 0 || t.timeout_s == 0 || t.memory_limit_mb == 0 {
             return bad("transcode.stall_s, timeout_s and memory_limit_mb must be > 0");
+        }
+        if self.stream.max_concurrent == 0 || self.stream.cache_entries == 0 {
+            return bad("stream.max_concurrent and stream.cache_entries must be > 0");
         }
         if t.poll_interval_ms == 0 {
             return bad("transcode.poll_interval_ms must be > 0");

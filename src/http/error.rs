@@ -29,6 +29,8 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("El rango solicitado no es satisfacible.")]
+    RangeNotSatisfiable { len: u64 },
     #[error("{detail}")]
     TooManyRequests { detail: String, retry_after_s: u64 },
     #[error("{detail}")]
@@ -67,6 +69,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,6 +97,13 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if let ApiError::RangeNotSatisfiable { len } = &self {
+            if let Ok(value) = http::HeaderValue::from_str(&format!("bytes */{len}")) {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_RANGE, value);
+            }
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -13,6 +13,7 @@ pub mod server;
 mod accounts;
 mod admin;
 mod form;
+mod media;
 mod ops;
 mod public;
 mod videos;
@@ -173,6 +174,24 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(|s, h, b| async move { respond(admin::set_faults(s, h, b).await) })
         .boxed();
 
+    let media = warp::path("media")
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(st())
+        .and(warp::query::<Query>())
+        .and(headers())
+        .and_then(
+            |tail: warp::path::Tail, method: http::Method, s, q: Query, h| async move {
+                if method != http::Method::GET && method != http::Method::HEAD {
+                    return Err(warp::reject::not_found());
+                }
+                Ok(respond(
+                    media::serve(s, method, tail.as_str().to_string(), q, h).await,
+                ))
+            },
+        )
+        .boxed();
+
     let index = warp::path::end().and(warp::get()).map(web::index).boxed();
 
     signup
@@ -207,6 +226,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(faults)
         .unify()
         .or(set_faults)
+        .unify()
+        .or(media)
         .unify()
         .or(index)
         .unify()

@@ -37,11 +37,20 @@ struct DiskReport {
 }
 
 #[derive(Serialize)]
+struct StreamsReport {
+    active: usize,
+    max_concurrent: usize,
+    bytes_served: u64,
+    refused: u64,
+}
+
+#[derive(Serialize)]
 struct ActorsReport {
     version: &'static str,
     uptime_s: u64,
     actors: Vec<ActorReport>,
     queue: Option<QueueStats>,
+    streams: StreamsReport,
     disk: DiskReport,
 }
 
@@ -51,6 +60,18 @@ pub async fn actors(state: Arc<AppState>) -> Response {
         uptime_s: state.registry.uptime_s(),
         actors: state.registry.reports(),
         queue: state.engine.queue.stats().await.ok(),
+        streams: StreamsReport {
+            active: state.streams.active(),
+            max_concurrent: state.streams.max_concurrent,
+            bytes_served: state
+                .stream_counters
+                .bytes_served
+                .load(std::sync::atomic::Ordering::Relaxed),
+            refused: state
+                .stream_counters
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        },
         disk: DiskReport {
             free_bytes: crate::system::free_disk_bytes(&state.data_dir).ok(),
             min_free_bytes: state.config.upload.min_free_disk_mb * 1024 * 1024,

@@ -43,7 +43,10 @@ pub enum RangeRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spec {
     /// `first-` or `first-last`. `None` first means "beyond any length" (it overflowed).
-    From { first: Option<u64>, last: Option<u64> },
+    From {
+        first: Option<u64>,
+        last: Option<u64>,
+    },
     /// `-suffix`
     Suffix(u64),
 }
@@ -54,7 +57,9 @@ fn digits(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(text.bytes().fold(0u64, |n, b| n.saturating_mul(10).saturating_add(u64::from(b - b'0'))))
+    Some(text.bytes().fold(0u64, |n, b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
 }
 
 fn parse_spec(spec: &str) -> Option<Spec> {
@@ -64,7 +69,11 @@ fn parse_spec(spec: &str) -> Option<Spec> {
         return Some(Spec::Suffix(digits(last)?));
     }
     let first = digits(first)?;
-    let last = if last.is_empty() { None } else { Some(digits(last)?) };
+    let last = if last.is_empty() {
+        None
+    } else {
+        Some(digits(last)?)
+    };
     if let Some(last) = last {
         // `last < first` makes the spec invalid, hence the whole header (RFC 9110 §14.1.1).
         if last < first {
@@ -77,8 +86,12 @@ fn parse_spec(spec: &str) -> Option<Spec> {
 
 /// Reads a `Range` header for a representation of `len` bytes.
 pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
-    let Some(header) = header else { return RangeRequest::Full };
-    let Some((unit, set)) = header.trim().split_once('=') else { return RangeRequest::Full };
+    let Some(header) = header else {
+        return RangeRequest::Full;
+    };
+    let Some((unit, set)) = header.trim().split_once('=') else {
+        return RangeRequest::Full;
+    };
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return RangeRequest::Full;
     }
@@ -103,13 +116,19 @@ pub fn parse_range(header: Option<&str>, len: u64) -> RangeRequest {
     let mut ranges: Vec<ByteRange> = specs
         .into_iter()
         .filter_map(|spec| match spec {
-            Spec::From { first: Some(first), last } if first < len => Some(ByteRange {
+            Spec::From {
+                first: Some(first),
+                last,
+            } if first < len => Some(ByteRange {
                 first,
                 last: last.map_or(len - 1, |l| l.min(len - 1)),
             }),
             Spec::From { .. } => None,
             Spec::Suffix(0) => None,
-            Spec::Suffix(n) if len > 0 => Some(ByteRange { first: len.saturating_sub(n), last: len - 1 }),
+            Spec::Suffix(n) if len > 0 => Some(ByteRange {
+                first: len.saturating_sub(n),
+                last: len - 1,
+            }),
             Spec::Suffix(_) => None,
         })
         .collect();
@@ -182,7 +201,9 @@ pub enum Decision {
 }
 
 fn whole_seconds(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// RFC 9110 §13.2.2, for GET and HEAD: If-None-Match (weak comparison) wins over
@@ -197,7 +218,10 @@ pub fn evaluate(conditions: &Conditions<'_>, ours: &Validators<'_>) -> Decision 
         if matched {
             return Decision::NotModified;
         }
-    } else if let Some(since) = conditions.if_modified_since.and_then(|d| httpdate::parse_http_date(d.trim()).ok()) {
+    } else if let Some(since) = conditions
+        .if_modified_since
+        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+    {
         if whole_seconds(ours.last_modified) <= whole_seconds(since) {
             return Decision::NotModified;
         }
@@ -242,13 +266,34 @@ mod tests {
 
     #[test]
     fn every_single_range_form() {
-        assert_eq!(parts("bytes=0-99", 1000), RangeRequest::Partial(vec![r(0, 99)]));
-        assert_eq!(parts("bytes=500-", 1000), RangeRequest::Partial(vec![r(500, 999)]));
-        assert_eq!(parts("bytes=-100", 1000), RangeRequest::Partial(vec![r(900, 999)]));
-        assert_eq!(parts("bytes=-5000", 1000), RangeRequest::Partial(vec![r(0, 999)]));
-        assert_eq!(parts("bytes=990-5000", 1000), RangeRequest::Partial(vec![r(990, 999)]));
-        assert_eq!(parts("bytes=999-999", 1000), RangeRequest::Partial(vec![r(999, 999)]));
-        assert_eq!(parts("BYTES=0-0", 1000), RangeRequest::Partial(vec![r(0, 0)]));
+        assert_eq!(
+            parts("bytes=0-99", 1000),
+            RangeRequest::Partial(vec![r(0, 99)])
+        );
+        assert_eq!(
+            parts("bytes=500-", 1000),
+            RangeRequest::Partial(vec![r(500, 999)])
+        );
+        assert_eq!(
+            parts("bytes=-100", 1000),
+            RangeRequest::Partial(vec![r(900, 999)])
+        );
+        assert_eq!(
+            parts("bytes=-5000", 1000),
+            RangeRequest::Partial(vec![r(0, 999)])
+        );
+        assert_eq!(
+            parts("bytes=990-5000", 1000),
+            RangeRequest::Partial(vec![r(990, 999)])
+        );
+        assert_eq!(
+            parts("bytes=999-999", 1000),
+            RangeRequest::Partial(vec![r(999, 999)])
+        );
+        assert_eq!(
+            parts("BYTES=0-0", 1000),
+            RangeRequest::Partial(vec![r(0, 0)])
+        );
     }
 
     #[test]
@@ -259,7 +304,10 @@ mod tests {
         assert_eq!(parts("bytes=0-", 0), RangeRequest::Unsatisfiable);
         assert_eq!(parts("bytes=-10", 0), RangeRequest::Unsatisfiable);
         // One satisfiable spec among unsatisfiable ones is enough.
-        assert_eq!(parts("bytes=2000-,-0,5-6", 1000), RangeRequest::Partial(vec![r(5, 6)]));
+        assert_eq!(
+            parts("bytes=2000-,-0,5-6", 1000),
+            RangeRequest::Partial(vec![r(5, 6)])
+        );
     }
 
     #[test]
@@ -287,30 +335,61 @@ mod tests {
 
     #[test]
     fn whitespace_around_specs_is_allowed() {
-        assert_eq!(parts("bytes= 0-1 , 5-6 ", 1000), RangeRequest::Partial(vec![r(0, 1), r(5, 6)]));
-        assert_eq!(parts(" bytes = 0 - 1", 1000), RangeRequest::Partial(vec![r(0, 1)]));
+        assert_eq!(
+            parts("bytes= 0-1 , 5-6 ", 1000),
+            RangeRequest::Partial(vec![r(0, 1), r(5, 6)])
+        );
+        assert_eq!(
+            parts(" bytes = 0 - 1", 1000),
+            RangeRequest::Partial(vec![r(0, 1)])
+        );
     }
 
     #[test]
     fn overflowing_numbers_keep_their_meaning() {
         let huge = "99999999999999999999999999";
-        assert_eq!(parts(&format!("bytes={huge}-"), 1000), RangeRequest::Unsatisfiable);
-        assert_eq!(parts(&format!("bytes=0-{huge}"), 1000), RangeRequest::Partial(vec![r(0, 999)]));
-        assert_eq!(parts(&format!("bytes=-{huge}"), 1000), RangeRequest::Partial(vec![r(0, 999)]));
-        assert_eq!(parts("bytes=18446744073709551615-", u64::MAX), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parts(&format!("bytes={huge}-"), 1000),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parts(&format!("bytes=0-{huge}"), 1000),
+            RangeRequest::Partial(vec![r(0, 999)])
+        );
+        assert_eq!(
+            parts(&format!("bytes=-{huge}"), 1000),
+            RangeRequest::Partial(vec![r(0, 999)])
+        );
+        assert_eq!(
+            parts("bytes=18446744073709551615-", u64::MAX),
+            RangeRequest::Unsatisfiable
+        );
     }
 
     #[test]
     fn overlapping_and_touching_ranges_are_coalesced_in_order() {
-        assert_eq!(parts("bytes=500-600,0-10,5-20,601-700", 1000), RangeRequest::Partial(vec![r(0, 20), r(500, 700)]));
-        assert_eq!(parts("bytes=0-10,-5,990-", 1000), RangeRequest::Partial(vec![r(0, 10), r(990, 999)]));
+        assert_eq!(
+            parts("bytes=500-600,0-10,5-20,601-700", 1000),
+            RangeRequest::Partial(vec![r(0, 20), r(500, 700)])
+        );
+        assert_eq!(
+            parts("bytes=0-10,-5,990-", 1000),
+            RangeRequest::Partial(vec![r(0, 10), r(990, 999)])
+        );
     }
 
     #[test]
     fn hundreds_of_ranges_are_refused_by_ignoring_the_header() {
-        let many: Vec<String> = (0..MAX_RANGES + 1).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect();
-        assert_eq!(parts(&format!("bytes={}", many.join(",")), 100_000), RangeRequest::Full);
-        let allowed: Vec<String> = (0..MAX_RANGES).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect();
+        let many: Vec<String> = (0..MAX_RANGES + 1)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+            .collect();
+        assert_eq!(
+            parts(&format!("bytes={}", many.join(",")), 100_000),
+            RangeRequest::Full
+        );
+        let allowed: Vec<String> = (0..MAX_RANGES)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+            .collect();
         match parts(&format!("bytes={}", allowed.join(",")), 100_000) {
             RangeRequest::Partial(ranges) => assert_eq!(ranges.len(), MAX_RANGES),
             other => panic!("{other:?}"),
@@ -318,7 +397,10 @@ mod tests {
     }
 
     fn validators(last_modified: SystemTime) -> Validators<'static> {
-        Validators { etag: "abc", last_modified }
+        Validators {
+            etag: "abc",
+            last_modified,
+        }
     }
 
     #[test]
@@ -328,26 +410,78 @@ mod tests {
         let date = http_date(t);
         let later = http_date(t + std::time::Duration::from_secs(60));
         let earlier = http_date(t - std::time::Duration::from_secs(60));
-        let c = |inm, ims, ir| Conditions { if_none_match: inm, if_modified_since: ims, if_range: ir };
+        let c = |inm, ims, ir| Conditions {
+            if_none_match: inm,
+            if_modified_since: ims,
+            if_range: ir,
+        };
         assert_eq!(evaluate(&c(None, None, None), &ours), Decision::Ranges);
-        assert_eq!(evaluate(&c(Some("\"abc\""), None, None), &ours), Decision::NotModified);
-        assert_eq!(evaluate(&c(Some("W/\"abc\""), None, None), &ours), Decision::NotModified);
-        assert_eq!(evaluate(&c(Some("\"x\", \"abc\""), None, None), &ours), Decision::NotModified);
-        assert_eq!(evaluate(&c(Some("*"), None, None), &ours), Decision::NotModified);
-        assert_eq!(evaluate(&c(Some("\"other\""), None, None), &ours), Decision::Ranges);
+        assert_eq!(
+            evaluate(&c(Some("\"abc\""), None, None), &ours),
+            Decision::NotModified
+        );
+        assert_eq!(
+            evaluate(&c(Some("W/\"abc\""), None, None), &ours),
+            Decision::NotModified
+        );
+        assert_eq!(
+            evaluate(&c(Some("\"x\", \"abc\""), None, None), &ours),
+            Decision::NotModified
+        );
+        assert_eq!(
+            evaluate(&c(Some("*"), None, None), &ours),
+            Decision::NotModified
+        );
+        assert_eq!(
+            evaluate(&c(Some("\"other\""), None, None), &ours),
+            Decision::Ranges
+        );
         // If-None-Match wins over If-Modified-Since.
-        assert_eq!(evaluate(&c(Some("\"other\""), Some(&later), None), &ours), Decision::Ranges);
-        assert_eq!(evaluate(&c(None, Some(&date), None), &ours), Decision::NotModified);
-        assert_eq!(evaluate(&c(None, Some(&later), None), &ours), Decision::NotModified);
-        assert_eq!(evaluate(&c(None, Some(&earlier), None), &ours), Decision::Ranges);
-        assert_eq!(evaluate(&c(None, Some("not a date"), None), &ours), Decision::Ranges);
+        assert_eq!(
+            evaluate(&c(Some("\"other\""), Some(&later), None), &ours),
+            Decision::Ranges
+        );
+        assert_eq!(
+            evaluate(&c(None, Some(&date), None), &ours),
+            Decision::NotModified
+        );
+        assert_eq!(
+            evaluate(&c(None, Some(&later), None), &ours),
+            Decision::NotModified
+        );
+        assert_eq!(
+            evaluate(&c(None, Some(&earlier), None), &ours),
+            Decision::Ranges
+        );
+        assert_eq!(
+            evaluate(&c(None, Some("not a date"), None), &ours),
+            Decision::Ranges
+        );
         // If-Range: strong tag or exact date to keep the range; anything else sends it all.
-        assert_eq!(evaluate(&c(None, None, Some("\"abc\"")), &ours), Decision::Ranges);
-        assert_eq!(evaluate(&c(None, None, Some("W/\"abc\"")), &ours), Decision::Whole);
-        assert_eq!(evaluate(&c(None, None, Some("\"stale\"")), &ours), Decision::Whole);
-        assert_eq!(evaluate(&c(None, None, Some(&date)), &ours), Decision::Ranges);
-        assert_eq!(evaluate(&c(None, None, Some(&earlier)), &ours), Decision::Whole);
-        assert_eq!(evaluate(&c(None, None, Some("garbage")), &ours), Decision::Whole);
+        assert_eq!(
+            evaluate(&c(None, None, Some("\"abc\"")), &ours),
+            Decision::Ranges
+        );
+        assert_eq!(
+            evaluate(&c(None, None, Some("W/\"abc\"")), &ours),
+            Decision::Whole
+        );
+        assert_eq!(
+            evaluate(&c(None, None, Some("\"stale\"")), &ours),
+            Decision::Whole
+        );
+        assert_eq!(
+            evaluate(&c(None, None, Some(&date)), &ours),
+            Decision::Ranges
+        );
+        assert_eq!(
+            evaluate(&c(None, None, Some(&earlier)), &ours),
+            Decision::Whole
+        );
+        assert_eq!(
+            evaluate(&c(None, None, Some("garbage")), &ours),
+            Decision::Whole
+        );
     }
 
     proptest! {

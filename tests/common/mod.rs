@@ -178,9 +178,77 @@ impl TestApp {
         publish_in(&self.app.engine(), video_id).await;
     }
 
+    /// Publishes a video with `video` and `poster` as its rendition, placed where the pipeline
+    /// puts its outputs, with their real content hashes. Returns the video's bytes.
+    pub async fn publish_with_files(&self, video_id: u64, video: &Path, poster: &Path) -> Vec<u8> {
+        use sha2::Digest;
+        let media = self.dir.path().join("media");
+        std::fs::create_dir_all(media.join("processed")).unwrap();
+        std::fs::create_dir_all(media.join("posters")).unwrap();
+        let bytes = std::fs::read(video).unwrap();
+        std::fs::write(media.join(format!("processed/{video_id}.mp4")), &bytes).unwrap();
+        let poster_bytes = std::fs::read(poster).unwrap();
+        std::fs::write(media.join(format!("posters/{video_id}.jpg")), &poster_bytes).unwrap();
+        self.app
+            .engine()
+            .store
+            .publish_video(
+                video_id,
+                Publication {
+                    processed_key: format!("processed/{video_id}.mp4"),
+                    poster_key: format!("posters/{video_id}.jpg"),
+                    content_hash: hex::encode(sha2::Sha256::digest(&bytes)),
+                    poster_hash: hex::encode(sha2::Sha256::digest(&poster_bytes)),
+                    duration_s: 25.0,
+                },
+            )
+            .await
+            .unwrap();
+        bytes
+    }
+
     pub fn files_under(&self, sub: &str) -> Vec<PathBuf> {
         files_under(&self.dir.path().join(sub))
     }
+}
+
+/// A JPEG picture (a frame of the valid clip).
+pub fn poster_jpeg() -> PathBuf {
+    let path = media_dir().join("poster.jpg");
+    let source = clip(Clip::Valid);
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() {
+        let tmp = media_dir().join(format!("poster.{}.tmp.jpg", std::process::id()));
+        let status = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-ss", "3", "-i"])
+            .arg(&source)
+            .args(["-frames:v", "1", "-s", "1280x720"])
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// A file of `len` pseudo-random bytes (generated once).
+pub fn random_file(len: u64) -> PathBuf {
+    let path = media_dir().join(format!("random-{len}.bin"));
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        write_atomically(&path, &bytes);
+    }
+    path
 }
 
 /// Signs a player up and logs in over plain HTTP against any node (`base` = `http://host:port`);
