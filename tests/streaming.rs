@@ -233,7 +233,7 @@ async fn head_has_the_headers_of_get_and_no_body() {
                 "{name} for {range:?}"
             );
         }
-        if range.map_or(true, |r| !r.contains(',')) {
+        if range.is_none_or(|r| !r.contains(',')) {
             assert_eq!(
                 got.headers().get("content-type"),
                 head.headers().get("content-type")
