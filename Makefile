@@ -10,8 +10,11 @@ SHELL := /bin/bash
 # Libraries the media pipeline links against, and the compiler bindgen needs.
 BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libswscale-dev \
                   libswresample-dev libavdevice-dev clang libclang-dev pkg-config
-# The ffmpeg command line, used by the tests to generate their media.
-TEST_PACKAGES := ffmpeg
+# Test tools: the ffmpeg command line (test media, probing), curl, and Chromium (browser test,
+# driven by playwright-core from the npm registry).
+TEST_PACKAGES := ffmpeg curl chromium
+# Benchmark peers: wrk as the load generator, nginx as the reference file server.
+BENCH_PACKAGES := wrk nginx
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -41,6 +44,8 @@ deps: toolchain
 
 test-deps: deps
 	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
 
 build: deps
 	cargo build --release
@@ -56,5 +61,6 @@ test: test-deps lint
 	cargo test
 
 bench: test-deps
+	$(call install_missing,$(BENCH_PACKAGES))
 	cargo bench --bench ingest
 	cargo bench --bench pipeline
