@@ -64,3 +64,4 @@ bench: test-deps
 	$(call install_missing,$(BENCH_PACKAGES))
 	cargo bench --bench ingest
 	cargo bench --bench pipeline
+	cargo bench --bench streaming
