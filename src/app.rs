@@ -395,18 +395,13 @@ fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupErr
     } else {
         PathBuf::from(&t.program)
     };
-    // Unset, the cores are shared out among the workers: with one thread per transcode and
-    // as many transcodes as cores, nothing is lost to threads waiting on one another
-    // (measured on 2 cores: 5.1 videos/min against 4.7 with every transcode using both).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if t.threads == 0 { (cores / t.workers.max(1)).max(1) } else { t.threads };
     Ok(TranscoderSettings {
         program,
         main_max_s: t.main_max_s,
         bumper_s: t.bumper_s,
         preset: t.preset.clone(),
         crf: t.crf,
-        threads,
+        threads: t.threads,
         memory_limit_bytes: t.memory_limit_mb * 1024 * 1024,
         timeout: Duration::from_secs(t.timeout_s),
         stall: Duration::from_secs(t.stall_s),

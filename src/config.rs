@@ -229,7 +229,7 @@ pub struct TranscodeConfig {
     pub preset: String,
     /// libx264 constant rate factor (0-51, lower is better).
     pub crf: u32,
-    /// Threads of one transcode; 0 = the cores shared out among the workers.
+    /// Threads of one transcode; 0 = chosen by the decoder and encoder (all cores).
     pub threads: usize,
     /// Address-space limit of a transcode child, in MiB.
     pub memory_limit_mb: u64,
