@@ -22,7 +22,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/showcase/target
 BIN := $(CARGO_TARGET_DIR)/release/showcase
 
-.PHONY: run test bench build deps test-deps toolchain lint install-packages
+.PHONY: run test bench build deps test-deps toolchain lint install chaos
 
 # Installs the given Debian packages that are not installed yet (one apt-get update at most).
 define install_missing
@@ -65,3 +65,22 @@ bench: test-deps
 	cargo bench --bench ingest
 	cargo bench --bench pipeline
 	cargo bench --bench streaming
+
+# Installs the binary, the systemd unit and the configuration (kept if already there), then
+# reloads systemd. Start with `systemctl enable --now showcase`.
+PREFIX ?= /usr/local
+install: build
+	$(SUDO) install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/showcase
+	$(SUDO) install -D -m 0644 systemd/showcase.service $(DESTDIR)/etc/systemd/system/showcase.service
+	$(SUDO) install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/showcase/README.md
+	@if [ -e $(DESTDIR)/etc/showcase/config.toml ]; then \
+	  echo "keeping the existing /etc/showcase/config.toml"; \
+	else \
+	  $(SUDO) install -D -m 0644 config.toml $(DESTDIR)/etc/showcase/config.toml; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null; then $(SUDO) systemctl daemon-reload || true; fi
+
+# The crash-recovery drill: CYCLES rounds of load, SIGKILL at a random moment, restart.
+CYCLES ?= 50
+chaos: test-deps
+	CHAOS_CYCLES=$(CYCLES) cargo test --release --test chaos -- --nocapture

@@ -99,6 +99,7 @@ pub struct Ingest {
     /// Shared with earlier incarnations: permits held by live requests survive a restart.
     slots: Arc<Semaphore>,
     health: Arc<ActorHealth>,
+    faults: Arc<crate::faults::Faults>,
 }
 
 impl Ingest {
@@ -107,12 +108,14 @@ impl Ingest {
         admission: Admission,
         slots: Arc<Semaphore>,
         health: Arc<ActorHealth>,
+        faults: Arc<crate::faults::Faults>,
     ) -> Self {
         Self {
             engine,
             admission,
             slots,
             health,
+            faults,
         }
     }
 }
@@ -134,8 +137,9 @@ impl Handler<RequestSlot> for Ingest {
         let engine = self.engine.clone();
         let admission = self.admission.clone();
         let slots = self.slots.clone();
+        let faults = self.faults.clone();
         Box::pin(async move {
-            let free = crate::system::free_disk_bytes(&admission.data_dir).unwrap_or(0);
+            let free = faults.free_disk_bytes(&admission.data_dir).unwrap_or(0);
             if free < admission.min_free_disk_bytes {
                 return msg.reply.send(Err(Refusal::DiskFull { retry_after_s: 60 }));
             }
@@ -203,10 +207,7 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
     let committed = engine.store.commit_upload(new, task_id).await;
     drop(slot);
     match committed {
-        Ok(done) => {
-            tracing::info!(video_id = id, owner_id, "upload committed");
-            Ok(done)
-        }
+        Ok(done) => Ok(done),
         // The record may still reach the disk: its file must stay.
         Err(e @ StoreError::Unconfirmed(_)) => Err(CommitError::Store(e)),
         Err(e) => {

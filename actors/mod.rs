@@ -22,6 +22,48 @@ use tokio::sync::oneshot;
 
 use crate::health::{ActorHealth, MailboxTicket};
 
+/// A failure an actor is told to suffer (fault injection; only reachable when enabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorFault {
+    /// Panic inside a handler: the actor dies.
+    Panic,
+    /// Block the actor's thread: its heartbeat stops.
+    Stall(Duration),
+}
+
+/// Makes the receiving actor suffer a fault, after answering.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct InjectFault {
+    pub fault: ActorFault,
+    pub reply: Reply<()>,
+}
+
+/// Implements [`InjectFault`] for an actor.
+macro_rules! accepts_injected_faults {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::actors::InjectFault> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, msg: $crate::actors::InjectFault, _: &mut Self::Context) {
+                let $crate::actors::InjectFault { fault, reply } = msg;
+                reply.send(());
+                match fault {
+                    $crate::actors::ActorFault::Panic => {
+                        panic!("injected fault: {} panicked", stringify!($actor))
+                    }
+                    $crate::actors::ActorFault::Stall(duration) => std::thread::sleep(duration),
+                }
+            }
+        }
+    };
+}
+
+accepts_injected_faults!(ingest::Ingest);
+accepts_injected_faults!(transcoder::Transcoder);
+accepts_injected_faults!(queue_consumer::QueueConsumer);
+accepts_injected_faults!(streamer::Streamer);
+
 /// Why a call to an actor did not produce a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {

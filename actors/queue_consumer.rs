@@ -31,6 +31,7 @@ use crate::domain::{ProcessingState, Publication, VideoStatus};
 use crate::engine::blobs::{poster_key, processed_key};
 use crate::engine::transcode::TranscodeReport;
 use crate::engine::{Engine, Lease, QueueError, StoreError};
+use crate::events::{self, Event, JobOutcome};
 use crate::health::{ActorHealth, ActorState};
 
 /// How often dead letters are reconciled with the videos' status.
@@ -185,55 +186,57 @@ fn work_dir(settings: &ConsumerSettings, lease: &Lease) -> PathBuf {
 
 async fn run_job(deps: Arc<Deps>, lease: Lease, credit: OwnedSemaphorePermit) {
     let _in_flight = deps.health.start_work();
+    let started = std::time::Instant::now();
+    let id = lease.job.video_id;
+    let (outcome, detail) = process(&deps, &lease, credit).await;
+    events::emit(Event::JobFinished {
+        video_id: id,
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+        detail,
+    });
+}
+
+/// Runs one delivery of a job to its end; says how it ended.
+async fn process(deps: &Deps, lease: &Lease, credit: OwnedSemaphorePermit) -> (JobOutcome, String) {
     let id = lease.job.video_id;
     let engine = &deps.engine;
     match engine.store.video(id).await {
         Ok(None) => {
-            // Deleted: nothing to do but forget the job.
             let _ = engine.queue.ack(id, &lease.token).await;
-            return;
+            return (JobOutcome::Skipped, "the video was deleted".into());
         }
         Ok(Some(video)) if video.status == VideoStatus::Processed => {
             // Delivered again after it was published: one output, one transition.
             let _ = engine.queue.ack(id, &lease.token).await;
-            return;
+            return (JobOutcome::Skipped, "already published".into());
         }
         Ok(Some(_)) => {}
-        Err(e) => {
-            give_back(&deps, &lease, &format!("reading the video failed: {e}")).await;
-            return;
-        }
+        Err(e) => return give_back(deps, lease, &format!("reading the video failed: {e}")).await,
     }
     let _ = engine
         .store
         .set_processing_state(id, ProcessingState::Processing { progress: 0 })
         .await;
 
-    let dir = work_dir(&deps.settings, &lease);
-    let outcome = transcode(&deps, &lease, &dir, credit).await;
-    match outcome {
-        Ok(report) => publish(&deps, &lease, &dir, report).await,
-        Err(TranscodeFailure::Cancelled) => {
-            tracing::info!(video_id = id, "processing cancelled");
+    let dir = work_dir(&deps.settings, lease);
+    let ended = match transcode(deps, lease, &dir, credit).await {
+        Ok(report) => publish(deps, lease, &dir, report).await,
+        Err(TranscodeFailure::Cancelled) => (JobOutcome::Cancelled, "cancelled".into()),
+        Err(TranscodeFailure::Permanent(reason)) => fail(deps, lease, &reason).await,
+        Err(TranscodeFailure::Transient(reason))
+            if lease.job.receive_count >= deps.settings.max_receives =>
+        {
+            let reason = format!(
+                "failed {} times; last error: {reason}",
+                lease.job.receive_count
+            );
+            fail(deps, lease, &reason).await
         }
-        Err(TranscodeFailure::Permanent(reason)) => {
-            tracing::warn!(video_id = id, %reason, "the video cannot be processed");
-            fail(&deps, &lease, &reason).await;
-        }
-        Err(TranscodeFailure::Transient(reason)) => {
-            tracing::warn!(video_id = id, attempt = lease.job.receive_count, %reason, "processing failed");
-            if lease.job.receive_count >= deps.settings.max_receives {
-                let reason = format!(
-                    "failed {} times; last error: {reason}",
-                    lease.job.receive_count
-                );
-                fail(&deps, &lease, &reason).await;
-            } else {
-                give_back(&deps, &lease, &reason).await;
-            }
-        }
-    }
+        Err(TranscodeFailure::Transient(reason)) => give_back(deps, lease, &reason).await,
+    };
     let _ = tokio::fs::remove_dir_all(&dir).await;
+    ended
 }
 
 /// Runs the transcode while keeping the lease alive and the progress current.
@@ -297,7 +300,12 @@ async fn transcode(
 }
 
 /// Stores the outputs, publishes the video and acknowledges the job.
-async fn publish(deps: &Deps, lease: &Lease, dir: &std::path::Path, report: TranscodeReport) {
+async fn publish(
+    deps: &Deps,
+    lease: &Lease,
+    dir: &std::path::Path,
+    report: TranscodeReport,
+) -> (JobOutcome, String) {
     let id = lease.job.video_id;
     let engine = &deps.engine;
     let (video_key, poster) = (processed_key(id), poster_key(id));
@@ -313,39 +321,38 @@ async fn publish(deps: &Deps, lease: &Lease, dir: &std::path::Path, report: Tran
     }
     .await;
     if let Err(e) = stored {
-        give_back(deps, lease, &format!("storing the outputs failed: {e}")).await;
-        return;
+        return give_back(deps, lease, &format!("storing the outputs failed: {e}")).await;
     }
     let publication = Publication {
-        processed_key: video_key.to_string(),
-        poster_key: poster.to_string(),
+        processed_key: video_key.clone(),
+        poster_key: poster.clone(),
         content_hash: report.content_hash.clone(),
         poster_hash: report.poster_hash.clone(),
         duration_s: report.duration_s,
     };
     match engine.store.publish_video(id, publication).await {
         Ok(_) => {
-            tracing::info!(
-                video_id = id,
-                duration_s = report.duration_s,
-                "video published"
-            );
             if let Err(e) = engine.queue.ack(id, &lease.token).await {
                 tracing::warn!(video_id = id, error = %e, "acknowledging a finished job failed");
             }
+            (
+                JobOutcome::Published,
+                format!("{:.1} s rendition", report.duration_s),
+            )
         }
         Err(StoreError::VideoNotFound) => {
             // Deleted while it was processed: its outputs must not outlive it.
             let _ = engine.blobs.delete(&video_key).await;
             let _ = engine.blobs.delete(&poster).await;
             let _ = engine.queue.ack(id, &lease.token).await;
+            (JobOutcome::Skipped, "deleted while processed".into())
         }
         Err(e) => give_back(deps, lease, &format!("publishing failed: {e}")).await,
     }
 }
 
 /// Gives a job back for a later attempt, after an exponential delay.
-async fn give_back(deps: &Deps, lease: &Lease, reason: &str) {
+async fn give_back(deps: &Deps, lease: &Lease, reason: &str) -> (JobOutcome, String) {
     let id = lease.job.video_id;
     let delay = retry_delay(&deps.settings, lease.job.receive_count);
     match deps
@@ -365,10 +372,18 @@ async fn give_back(deps: &Deps, lease: &Lease, reason: &str) {
             tracing::warn!(video_id = id, error = %e, "giving a job back failed; its lease will expire")
         }
     }
+    (
+        JobOutcome::Retried,
+        format!(
+            "attempt {} failed: {reason}; next in {} s",
+            lease.job.receive_count,
+            delay.as_secs()
+        ),
+    )
 }
 
 /// Dead-letters a job for good and marks its video failed with the reason.
-async fn fail(deps: &Deps, lease: &Lease, reason: &str) {
+async fn fail(deps: &Deps, lease: &Lease, reason: &str) -> (JobOutcome, String) {
     let id = lease.job.video_id;
     if let Err(e) = deps
         .engine
@@ -384,6 +399,7 @@ async fn fail(deps: &Deps, lease: &Lease, reason: &str) {
     if let Err(e) = deps.engine.store.set_processing_state(id, state).await {
         tracing::warn!(video_id = id, error = %e, "marking the video failed");
     }
+    (JobOutcome::DeadLettered, reason.to_string())
 }
 
 #[cfg(test)]

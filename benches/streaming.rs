@@ -29,17 +29,38 @@ struct WrkResult {
 
 fn wrk(url: &str, connections: usize, script: &Path) -> WrkResult {
     let out = Command::new("wrk")
-        .args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{SECONDS}s"), "--timeout", "10s"])
+        .args([
+            "-t",
+            "2",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{SECONDS}s"),
+            "--timeout",
+            "10s",
+        ])
         .arg("-s")
         .arg(script)
         .arg(url)
         .output()
         .expect("wrk must be installed (make bench installs it)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = text.lines().find(|l| l.starts_with("RESULT ")).unwrap_or_else(|| panic!("no result from wrk: {text}"));
-    let f: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no result from wrk: {text}"));
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
     let seconds = f[3] / 1e6;
-    WrkResult { requests_per_s: f[0] / seconds, mb_per_s: f[1] / seconds / 1e6, p99_ms: f[2] / 1000.0, errors: f[4] as u64 }
+    WrkResult {
+        requests_per_s: f[0] / seconds,
+        mb_per_s: f[1] / seconds / 1e6,
+        p99_ms: f[2] / 1000.0,
+        errors: f[4] as u64,
+    }
 }
 
 fn write_script(dir: &Path, name: &str, path: &str, ranged: bool) -> std::path::PathBuf {
@@ -62,7 +83,11 @@ fn write_script(dir: &Path, name: &str, path: &str, ranged: bool) -> std::path::
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_nginx(dir: &Path, file: &Path) -> (Child, u16) {
@@ -103,7 +128,11 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
     let mut config = common::test_config(data_dir);
     config.transcode.workers = 0;
     let app = showcase::app::spawn(config).unwrap();
-    let t = common::TestApp { app, http: reqwest::Client::new(), dir: tempfile::tempdir().unwrap() };
+    let t = common::TestApp {
+        app,
+        http: reqwest::Client::new(),
+        dir: tempfile::tempdir().unwrap(),
+    };
     let id = runtime.block_on(async {
         let (_, token) = t.quick_player("Bench", "Mark", "Cali").await;
         let id = t.uploaded_video(&token, "Bench").await;
@@ -112,7 +141,11 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
         std::fs::create_dir_all(media.join("processed")).unwrap();
         std::fs::create_dir_all(media.join("posters")).unwrap();
         std::fs::copy(file, media.join(format!("processed/{id}.mp4"))).unwrap();
-        std::fs::copy(common::poster_jpeg(), media.join(format!("posters/{id}.jpg"))).unwrap();
+        std::fs::copy(
+            common::poster_jpeg(),
+            media.join(format!("posters/{id}.jpg")),
+        )
+        .unwrap();
         common::publish_in(&t.app.engine(), id).await;
         id
     });
@@ -122,13 +155,27 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
 
 fn rss_mb(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     kb / 1024.0
 }
 
 async fn slow_reader(addr: std::net::SocketAddr, path: String, until: Instant) -> u64 {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return 0 };
-    if stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.is_err() {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    if stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
         return 0;
     }
     let mut buf = vec![0u8; 16 * 1024];
@@ -146,7 +193,10 @@ async fn slow_reader(addr: std::net::SocketAddr, path: String, until: Instant) -
 fn main() {
     let work = tempfile::tempdir().unwrap();
     let file = common::random_file(FILE_BYTES);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let data_dir = work.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
     let id = prepare_data_dir(&data_dir, &file, &runtime);
@@ -156,7 +206,10 @@ fn main() {
     let ours_url = ours.url("");
     let nginx_url = format!("http://127.0.0.1:{nginx_port}");
 
-    for (label, ranged, connections) in [("random 1 MiB ranges", true, 64), ("whole-file downloads", false, 16)] {
+    for (label, ranged, connections) in [
+        ("random 1 MiB ranges", true, 64),
+        ("whole-file downloads", false, 16),
+    ] {
         let ours_script = write_script(work.path(), "ours.lua", &ours_path, ranged);
         let nginx_script = write_script(work.path(), "nginx.lua", "/video.mp4", ranged);
         let o = wrk(&ours_url, connections, &ours_script);
@@ -185,8 +238,9 @@ fn main() {
     let pid = ours.pid();
     let addr = ours.addr;
     let peak = runtime.block_on(async move {
-        let readers: Vec<_> =
-            (0..SLOW_READERS).map(|_| tokio::spawn(slow_reader(addr, ours_path.clone(), until))).collect();
+        let readers: Vec<_> = (0..SLOW_READERS)
+            .map(|_| tokio::spawn(slow_reader(addr, ours_path.clone(), until)))
+            .collect();
         let mut peak: f64 = 0.0;
         while Instant::now() < until {
             peak = peak.max(rss_mb(pid));

@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use crate::actors::ingest::{Admission, Ingest};
 use crate::actors::queue_consumer::{ConsumerSettings, QueueConsumer};
 use crate::actors::streamer::{StreamCounters, Streamer, StreamerShared};
-use crate::actors::supervisor::{ChildSpec, StopChildren, Supervisor};
+use crate::actors::supervisor::{
+    ChildSpec, Intensity, StopChildren, Supervisor, SupervisorSettings,
+};
 use crate::actors::transcoder::{Transcoder, TranscoderChildren, TranscoderSettings};
 use crate::actors::ActorRef;
 use crate::auth::Auth;
@@ -81,6 +83,7 @@ pub struct AppState {
     pub ingest: ActorRef<Ingest>,
     pub transcoder: ActorRef<Transcoder>,
     pub streamer: ActorRef<Streamer>,
+    pub consumer: ActorRef<QueueConsumer>,
     pub streams: Arc<StreamerShared>,
     pub stream_counters: Arc<StreamCounters>,
     pub registry: Arc<HealthRegistry>,
@@ -110,7 +113,7 @@ impl AppState {
         }
         problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
         let min_free = self.config.upload.min_free_disk_mb * 1024 * 1024;
-        match crate::system::free_disk_bytes(&self.data_dir) {
+        match self.faults.free_disk_bytes(&self.data_dir) {
             Ok(free) if free < min_free => problems.push(format!(
                 "free disk {} MiB is below the {} MiB watermark",
                 free / (1024 * 1024),
@@ -140,12 +143,24 @@ pub struct Application {
     supervisor: Addr<Supervisor>,
     sled: Arc<SledEngine>,
     transcoder_children: Arc<TranscoderChildren>,
+    escalation: watch::Receiver<Option<String>>,
+}
+
+/// How a node's run ended, when not cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("flushing the store failed: {0}")]
+    Store(#[from] StoreError),
+    /// The Supervisor gave up on an actor; the process must be restarted.
+    #[error("the supervisor escalated: {0}")]
+    Escalated(String),
 }
 
 impl Application {
     /// Opens the state, recovers, starts the actors and binds. Must run inside an actix System
     /// whose runtime is multi-threaded (see `main.rs` and [`spawn`]).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        crate::panics::install();
         let data_dir = config.storage.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(io_error(format!("creating {}", data_dir.display())))?;
@@ -194,13 +209,14 @@ impl Application {
             };
             // Created once: slots held by live requests survive a restart of the actor.
             let slots = Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent));
-            let health = ingest.health.clone();
+            let (health, faults) = (ingest.health.clone(), faults.clone());
             ChildSpec::for_actor(&ingest, mailbox, move || {
                 Ingest::new(
                     engine.clone(),
                     admission.clone(),
                     slots.clone(),
                     health.clone(),
+                    faults.clone(),
                 )
             })
         };
@@ -268,9 +284,28 @@ impl Application {
             })
         };
 
+        let (escalation_tx, escalation) = watch::channel(None);
+        let supervisor_settings = SupervisorSettings {
+            intensity: Intensity {
+                max_restarts: config.actors.max_restarts,
+                period: Duration::from_secs(config.actors.restart_period_s),
+                backoff_base: Duration::from_millis(config.actors.restart_backoff_ms),
+                backoff_max: Duration::from_millis(config.actors.restart_backoff_max_ms),
+            },
+            heartbeat_timeout: Duration::from_millis(config.actors.heartbeat_timeout_ms),
+        };
+        // Order matters: the consumer, last, holds a handle to the transcoder, whose restart
+        // takes the consumer along (rest-for-one).
         let supervisor = Supervisor::new(
             registry.clone(),
-            vec![ingest_spec, transcoder_spec, consumer_spec, streamer_spec],
+            supervisor_settings,
+            vec![
+                ingest_spec,
+                streamer_spec,
+                transcoder_spec.restarting_later_children(),
+                consumer_spec,
+            ],
+            escalation_tx,
         )
         .start();
         // Serve nothing until every actor runs: a request must never find an actor missing
@@ -308,6 +343,7 @@ impl Application {
             ingest,
             transcoder,
             streamer,
+            consumer,
             stream_counters: streamer_shared.counters.clone(),
             streams: streamer_shared,
             registry,
@@ -321,6 +357,7 @@ impl Application {
             supervisor,
             sled,
             transcoder_children,
+            escalation,
         })
     }
 
@@ -340,7 +377,7 @@ impl Application {
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RunError> {
         let Self {
             state,
             listener,
@@ -348,6 +385,7 @@ impl Application {
             supervisor,
             sled,
             transcoder_children,
+            mut escalation,
         } = self;
         let server_config = &state.config.server;
         let limits = crate::http::server::ServerLimits {
@@ -361,9 +399,20 @@ impl Application {
             listener, routes, limits, stop_rx, grace,
         ));
         tracing::info!("listening on {addr}");
+        crate::notify::ready(&state).await;
+        let watchdog = tokio::spawn(crate::notify::keep_alive(state.clone()));
 
-        shutdown.await;
+        let escalated = tokio::select! {
+            _ = shutdown => None,
+            reason = escalation.wait_for(|r| r.is_some()) => reason.ok().and_then(|r| r.clone()),
+        };
+        if let Some(reason) = &escalated {
+            // Readiness already says 503: give load balancers the grace period to drain us.
+            tracing::error!(%reason, grace_s = grace.as_secs(), "escalated: draining, then exiting");
+            tokio::time::sleep(grace).await;
+        }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
+        crate::notify::stopping();
         state.shutting_down.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
         match server.await {
@@ -371,6 +420,7 @@ impl Application {
             Ok(open) => tracing::warn!(open, "connections cut at the grace deadline"),
             Err(e) => tracing::error!(error = %e, "the server task failed"),
         }
+        watchdog.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(StopChildren)).await;
         // Transcodes in progress are abandoned: their leases expire and they run again later.
         transcoder_children.kill_all();
@@ -383,7 +433,11 @@ impl Application {
         .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
         drop(state);
         tracing::info!("stopped");
-        flushed
+        flushed?;
+        match escalated {
+            Some(reason) => Err(RunError::Escalated(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -448,7 +502,7 @@ pub struct RunningApp {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), RunError>>>,
 }
 
 impl RunningApp {
@@ -465,18 +519,28 @@ impl RunningApp {
     }
 
     /// Stops the node as SIGTERM would and waits for it.
-    pub fn stop(mut self) -> Result<(), StoreError> {
+    pub fn stop(mut self) -> Result<(), RunError> {
         self.stop_inner()
     }
 
-    fn stop_inner(&mut self) -> Result<(), StoreError> {
+    /// Waits until the node stops by itself (it escalated) and returns how it ended.
+    pub fn wait(mut self) -> Result<(), RunError> {
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(RunError::Store(StoreError::Backend("panicked".into())))),
+            None => Ok(()),
+        }
+    }
+
+    fn stop_inner(&mut self) -> Result<(), RunError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         match self.thread.take() {
             Some(thread) => thread
                 .join()
-                .unwrap_or_else(|_| Err(StoreError::Backend("panicked".into()))),
+                .unwrap_or_else(|_| Err(RunError::Store(StoreError::Backend("panicked".into())))),
             None => Ok(()),
         }
     }

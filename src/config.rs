@@ -187,6 +187,15 @@ pub struct ActorsConfig {
     pub mailbox_capacity: usize,
     /// Longest wait for an actor's reply before the request is answered 503.
     pub call_timeout_ms: u64,
+    /// Restart intensity: more than this many restarts of one actor within `restart_period_s`
+    /// makes the Supervisor escalate (the node turns unready, drains and exits non-zero).
+    pub max_restarts: u32,
+    pub restart_period_s: u64,
+    /// Delay before the first restart in a period; doubles with each further one, up to the max.
+    pub restart_backoff_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// An actor whose heartbeat is older than this is stuck and restarted.
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl Default for ActorsConfig {
@@ -194,6 +203,11 @@ impl Default for ActorsConfig {
         Self {
             mailbox_capacity: 256,
             call_timeout_ms: 5000,
+            max_restarts: 5,
+            restart_period_s: 30,
+            restart_backoff_ms: 100,
+            restart_backoff_max_ms: 5000,
+            heartbeat_timeout_ms: 3000,
         }
     }
 }
@@ -344,6 +358,11 @@ impl Config {
         }
         if self.queue.visibility_timeout_s == 0 {
             return bad("queue.visibility_timeout_s must be > 0");
+        }
+        if self.actors.heartbeat_timeout_ms < 1000 || self.actors.restart_period_s == 0 {
+            return bad(
+                "actors.heartbeat_timeout_ms must be >= 1000 and actors.restart_period_s > 0",
+            );
         }
         if self.actors.mailbox_capacity == 0 {
             return bad("actors.mailbox_capacity must be > 0");

@@ -16,6 +16,8 @@ use crate::engine::transcode::ChildFault;
 pub struct FaultSwitches {
     /// Makes every transcode child crash or hang part-way through.
     pub transcode_child: Option<ChildFault>,
+    /// Makes the data disk look full (0 bytes free) to admission and readiness.
+    pub disk_full: bool,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,24 @@ impl Faults {
         true
     }
 
+    /// Whether the disk must be reported full.
+    pub fn disk_full(&self) -> bool {
+        self.enabled
+            && self
+                .switches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .disk_full
+    }
+
+    /// Free bytes on the disk holding `path`, as admission and readiness must see them.
+    pub fn free_disk_bytes(&self, path: &std::path::Path) -> std::io::Result<u64> {
+        if self.disk_full() {
+            return Ok(0);
+        }
+        crate::system::free_disk_bytes(path)
+    }
+
     /// The fault a new transcode child must simulate, if any.
     pub fn transcode_child(&self) -> Option<ChildFault> {
         if !self.enabled {
@@ -73,11 +93,15 @@ mod tests {
         let off = Faults::new(false);
         let crash = FaultSwitches {
             transcode_child: Some(ChildFault::Crash),
+            disk_full: true,
         };
         assert!(!off.set(crash.clone()));
         assert_eq!(off.transcode_child(), None);
+        assert!(!off.disk_full());
         let on = Faults::new(true);
         assert!(on.set(crash));
         assert_eq!(on.transcode_child(), Some(ChildFault::Crash));
+        assert!(on.disk_full());
+        assert_eq!(on.free_disk_bytes(std::path::Path::new("/")).unwrap(), 0);
     }
 }

@@ -167,6 +167,8 @@ pub struct ActorReport {
 pub struct HealthRegistry {
     actors: RwLock<BTreeMap<&'static str, Arc<ActorHealth>>>,
     started_at_ms: u64,
+    /// Why the Supervisor gave up, once it has.
+    escalated: Mutex<Option<String>>,
 }
 
 impl HealthRegistry {
@@ -174,6 +176,7 @@ impl HealthRegistry {
         Self {
             actors: RwLock::new(BTreeMap::new()),
             started_at_ms: now_ms(),
+            escalated: Mutex::new(None),
         }
     }
 
@@ -207,6 +210,18 @@ impl HealthRegistry {
         now_ms().saturating_sub(self.started_at_ms) / 1000
     }
 
+    pub fn set_escalated(&self, reason: String) {
+        *self.escalated.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// Why the Supervisor escalated, if it did.
+    pub fn escalated(&self) -> Option<String> {
+        self.escalated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Names of the actors whose state is not `running`.
     pub fn not_running(&self) -> Vec<&'static str> {
         self.reports()
@@ -220,6 +235,9 @@ impl HealthRegistry {
     /// `stale_after_ms` counts as unhealthy.
     pub fn problems(&self, stale_after_ms: u64) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(reason) = self.escalated() {
+            out.push(format!("the supervisor escalated: {reason}"));
+        }
         for report in self.reports() {
             if report.state != ActorState::Running {
                 out.push(format!("actor {} is {:?}", report.name, report.state).to_lowercase());

@@ -33,17 +33,29 @@ async fn chromium_plays_a_served_video_and_seeks_to_ten_seconds() {
     let t = TestApp::start();
     let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
     let id = t.uploaded_video(&token, "En el navegador").await;
-    t.publish_with_files(id, &clip(Clip::Valid), &poster_jpeg()).await;
+    t.publish_with_files(id, &clip(Clip::Valid), &poster_jpeg())
+        .await;
 
     let base = t.url("");
     let media = format!("/media/{id}.mp4");
-    let out = tokio::task::spawn_blocking(move || Command::new("node").arg(&script).arg(&base).arg(&media).output())
-        .await
-        .unwrap()
-        .expect("node must be installed");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(&script)
+            .arg(&base)
+            .arg(&media)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node must be installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     let duration = seen["duration"].as_f64().unwrap();
     assert!((duration - 25.0).abs() < 0.5, "{seen}");
     assert!(seen["currentTime"].as_f64().unwrap() >= 10.0, "{seen}");

@@ -145,3 +145,67 @@ pub async fn set_faults(
     tracing::warn!(switches = ?state.faults.switches(), "fault injection switches changed");
     Ok(json(StatusCode::OK, &state.faults.switches()))
 }
+
+/// `POST /api/admin/faults/actors/{actor}/{panic|stall}` (`stall` takes `?seconds=N`):
+/// makes one actor panic or block its thread, to drill the Supervisor.
+pub async fn actor_fault(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    actor: String,
+    kind: String,
+    query: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
+    use crate::actors::{ActorFault, InjectFault};
+    authorize(&state, &headers)?;
+    if !state.faults.enabled() {
+        return Err(not_found());
+    }
+    let fault = match kind.as_str() {
+        "panic" => ActorFault::Panic,
+        "stall" => {
+            let seconds: u64 = query
+                .iter()
+                .find(|(k, _)| k == "seconds")
+                .and_then(|(_, v)| v.parse().ok())
+                .filter(|s| (1..=600).contains(s))
+                .ok_or_else(|| {
+                    ApiError::bad_request("Parámetro inválido en la consulta: seconds (1..600)")
+                })?;
+            ActorFault::Stall(std::time::Duration::from_secs(seconds))
+        }
+        _ => return Err(not_found()),
+    };
+    let injected = match actor.as_str() {
+        "ingest" => {
+            state
+                .ingest
+                .call(|reply| InjectFault { fault, reply })
+                .await
+        }
+        "transcoder" => {
+            state
+                .transcoder
+                .call(|reply| InjectFault { fault, reply })
+                .await
+        }
+        "queue_consumer" => {
+            state
+                .consumer
+                .call(|reply| InjectFault { fault, reply })
+                .await
+        }
+        "streamer" => {
+            state
+                .streamer
+                .call(|reply| InjectFault { fault, reply })
+                .await
+        }
+        _ => return Err(not_found()),
+    };
+    injected?;
+    tracing::warn!(actor, fault = ?fault, "fault injected");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"actor": actor, "fault": kind}),
+    ))
+}

@@ -34,7 +34,12 @@ pub enum ApiError {
     #[error("{detail}")]
     TooManyRequests { detail: String, retry_after_s: u64 },
     #[error("{detail}")]
-    Unavailable { detail: String, retry_after_s: u64 },
+    Unavailable {
+        detail: String,
+        retry_after_s: u64,
+        /// What ran out, as a metric label (`upload_slots`, `disk_full`, ...).
+        cause: &'static str,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -55,9 +60,34 @@ impl ApiError {
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after_s: u64) -> Self {
+        Self::unavailable_because(detail, retry_after_s, "unavailable")
+    }
+
+    pub fn unavailable_because(
+        detail: impl Into<String>,
+        retry_after_s: u64,
+        cause: &'static str,
+    ) -> Self {
         ApiError::Unavailable {
             detail: detail.into(),
             retry_after_s,
+            cause,
+        }
+    }
+
+    /// A short label for metrics: why a request was refused.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::RequestTimeout(_) => "timeout",
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::RangeNotSatisfiable { .. } => "unsatisfiable",
+            ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::Unavailable { cause, .. } => cause,
+            ApiError::Internal(_) => "error",
         }
     }
 

@@ -192,6 +192,21 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         )
         .boxed();
 
+    let actor_fault = warp::path!("api" / "admin" / "faults" / "actors" / String / String)
+        .and(warp::post())
+        .and(st())
+        .and(headers())
+        .and(warp::query::<Query>())
+        .then(|actor: String, kind: String, s, h, q: Query| async move {
+            respond(admin::actor_fault(s, h, actor, kind, q).await)
+        })
+        .boxed();
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(st())
+        .then(ops::metrics)
+        .boxed();
+
     let index = warp::path::end().and(warp::get()).map(web::index).boxed();
 
     signup
@@ -227,7 +242,11 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(set_faults)
         .unify()
+        .or(actor_fault)
+        .unify()
         .or(media)
+        .unify()
+        .or(metrics)
         .unify()
         .or(index)
         .unify()

@@ -79,3 +79,32 @@ pub async fn actors(state: Arc<AppState>) -> Response {
     };
     json(StatusCode::OK, &report)
 }
+
+/// Prometheus text exposition: event metrics, plus the states read now.
+pub async fn metrics(state: Arc<AppState>) -> Response {
+    use std::sync::atomic::Ordering;
+    let m = crate::events::metrics();
+    if let Ok(stats) = state.engine.queue.stats().await {
+        m.queue_depth.set(stats.depth as i64);
+        m.queue_in_flight.set(stats.in_flight as i64);
+        m.queue_dead_letters.set(stats.dead as i64);
+    }
+    m.streams_active.set(state.streams.active() as i64);
+    m.stream_bytes
+        .set(state.stream_counters.bytes_served.load(Ordering::Relaxed) as i64);
+    m.streams_refused
+        .set(state.stream_counters.refused.load(Ordering::Relaxed) as i64);
+    if let Some(rss) = crate::system::resident_memory_bytes() {
+        m.resident_memory.set(rss as i64);
+    }
+    if let Ok(free) = crate::system::free_disk_bytes(&state.data_dir) {
+        m.disk_free.set(free as i64);
+    }
+    m.uptime.set(state.registry.uptime_s() as f64);
+    let mut response = warp::reply::Response::new(m.render().into());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

@@ -58,6 +58,9 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         normalize_path(&mut request);
+        let started = std::time::Instant::now();
+        let route = route_label(request.uri().path());
+        let method = method_label(request.method());
         let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream()));
         let request = request.map(|inner| TrackedBody {
             inner,
@@ -77,6 +80,12 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
                     http::HeaderValue::from_static("close"),
                 );
             }
+            crate::events::emit(crate::events::Event::HttpRequest {
+                route,
+                method,
+                status: response.status().as_u16(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
             Ok(response)
         })
     }
@@ -109,6 +118,47 @@ impl http_body::Body for TrackedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The route a path belongs to, as a metric label (ids replaced, so labels stay few).
+pub fn route_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match segments.as_slice() {
+        [""] => "/",
+        ["metrics"] => "/metrics",
+        ["api", "auth", "signup"] => "/api/auth/signup",
+        ["api", "auth", "login"] => "/api/auth/login",
+        ["api", "videos"] => "/api/videos",
+        ["api", "videos", "upload"] => "/api/videos/upload",
+        ["api", "videos", _] => "/api/videos/{id}",
+        ["api", "public", "videos"] => "/api/public/videos",
+        ["api", "public", "videos", _, "vote"] => "/api/public/videos/{id}/vote",
+        ["api", "public", "rankings"] => "/api/public/rankings",
+        ["api", "health"] => "/api/health",
+        ["api", "health", "ready"] => "/api/health/ready",
+        ["api", "health", "actors"] => "/api/health/actors",
+        ["api", "admin", ..] => "/api/admin",
+        ["media", "originals", _] => "/media/originals/{id}.mp4",
+        ["media", file] if file.ends_with(".mp4") && is_id(&file[..file.len() - 4]) => {
+            "/media/{id}.mp4"
+        }
+        ["media", file] if file.ends_with(".jpg") && is_id(&file[..file.len() - 4]) => {
+            "/media/{id}.jpg"
+        }
+        _ => "other",
+    }
+}
+
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        _ => "OTHER",
     }
 }
 
@@ -249,6 +299,25 @@ mod tests {
         let mut request = http::Request::builder().uri(uri).body(()).unwrap();
         normalize_path(&mut request);
         request.uri().to_string()
+    }
+
+    #[test]
+    fn routes_are_labelled_without_ids() {
+        use super::route_label;
+        assert_eq!(route_label("/api/videos/42"), "/api/videos/{id}");
+        assert_eq!(
+            route_label("/api/public/videos/7/vote"),
+            "/api/public/videos/{id}/vote"
+        );
+        assert_eq!(route_label("/media/3.mp4"), "/media/{id}.mp4");
+        assert_eq!(route_label("/media/3.jpg"), "/media/{id}.jpg");
+        assert_eq!(
+            route_label("/media/originals/3.mp4"),
+            "/media/originals/{id}.mp4"
+        );
+        assert_eq!(route_label("/"), "/");
+        assert_eq!(route_label("/anything/else"), "other");
+        assert_eq!(route_label("/media/../etc"), "other");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::actors::transcoder::CancelTranscode;
 use crate::app::AppState;
 use crate::domain::{format_ts, UserId, Video, VideoStatus};
 use crate::engine::probe::{probe_mp4, ProbeError};
+use crate::events::{self, Event};
 use crate::upload::{check_policy, FileSink, TempUpload};
 
 /// Room for the multipart framing and the other fields around the file.
@@ -81,6 +82,30 @@ pub async fn upload(
     headers: HeaderMap,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
+    let result = receive_upload(state, headers, body).await;
+    match &result {
+        Ok((_, accepted)) => events::emit(Event::UploadAccepted {
+            video_id: accepted.video_id,
+            owner_id: accepted.owner_id,
+            bytes: accepted.bytes,
+        }),
+        Err(e) => events::emit(Event::UploadRefused { reason: e.cause() }),
+    }
+    result.map(|(response, _)| response)
+}
+
+/// What an accepted upload was.
+struct Accepted {
+    video_id: u64,
+    owner_id: u64,
+    bytes: u64,
+}
+
+async fn receive_upload(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: BodyStream,
+) -> Result<(Response, Accepted), ApiError> {
     // Everything up to the slot is decided without reading the body.
     let owner_id = user_of(&state, &headers)?;
     let policy = &state.config.upload;
@@ -179,14 +204,20 @@ pub async fn upload(
             CommitError::Store(e) => ApiError::from(e),
             CommitError::Blob(cause) => ApiError::Internal(cause),
         })?;
-    Ok(json(
+    let accepted = Accepted {
+        video_id: video.id,
+        owner_id,
+        bytes: written,
+    };
+    let response = json(
         StatusCode::CREATED,
         &UploadAccepted {
             message: "Video subido exitosamente. Procesamiento en curso.",
             task_id: job.task_id,
             video_id: video.id,
         },
-    ))
+    );
+    Ok((response, accepted))
 }
 
 fn refused(refusal: &Refusal) -> ApiError {
@@ -195,7 +226,7 @@ fn refused(refusal: &Refusal) -> ApiError {
         Refusal::DiskFull { .. } => "Espacio de almacenamiento insuficiente; intente más tarde.",
         Refusal::QueueFull { .. } => "La cola de procesamiento está llena; intente más tarde.",
     };
-    ApiError::unavailable(detail, refusal.retry_after_s())
+    ApiError::unavailable_because(detail, refusal.retry_after_s(), refusal.reason())
 }
 
 /// Streams one multipart field into `temp`, fsynced; refuses as soon as it exceeds `max_bytes`.

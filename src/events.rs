@@ -1,0 +1,368 @@
+//! Observability: one typed [`Event`] per observable thing, emitted once, which feeds both its
+//! log line and its metric, so the two never disagree.
+//!
+//! Metrics live in one process-wide Prometheus registry and are rendered by `GET /metrics` in
+//! the Prometheus text format (`showcase_` prefix, `_total` counters, seconds and bytes as
+//! units). Figures that are states rather than events (queue depth, active streams, resident
+//! memory, free disk) are read at scrape time.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Everything worth a log line and a metric.
+#[derive(Debug, Clone)]
+pub enum Event {
+    HttpRequest {
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        seconds: f64,
+    },
+    UploadAccepted {
+        video_id: u64,
+        owner_id: u64,
+        bytes: u64,
+    },
+    UploadRefused {
+        reason: &'static str,
+    },
+    JobFinished {
+        video_id: u64,
+        outcome: JobOutcome,
+        seconds: f64,
+        detail: String,
+    },
+    ActorStarted {
+        actor: &'static str,
+        restarts: u32,
+    },
+    ActorEnded {
+        actor: &'static str,
+        reason: String,
+        restarting: bool,
+    },
+    SupervisorEscalated {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Published,
+    /// Given back for another attempt.
+    Retried,
+    DeadLettered,
+    Cancelled,
+    /// Delivered again after its video was published or deleted: nothing to do.
+    Skipped,
+}
+
+impl JobOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Published => "published",
+            JobOutcome::Retried => "retried",
+            JobOutcome::DeadLettered => "dead_lettered",
+            JobOutcome::Cancelled => "cancelled",
+            JobOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// The metrics fed by events, plus the gauges filled at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    uploads_accepted: IntCounter,
+    upload_bytes: IntCounter,
+    uploads_refused: IntCounterVec,
+    jobs: IntCounterVec,
+    job_duration: HistogramVec,
+    actor_restarts: IntCounterVec,
+    escalations: IntCounter,
+    pub queue_depth: IntGauge,
+    pub queue_in_flight: IntGauge,
+    pub queue_dead_letters: IntGauge,
+    pub streams_active: IntGauge,
+    pub stream_bytes: IntGauge,
+    pub streams_refused: IntGauge,
+    pub resident_memory: IntGauge,
+    pub disk_free: IntGauge,
+    pub uptime: Gauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let latency = exponential_buckets(0.001, 2.5, 12).expect("valid buckets");
+        let jobs = exponential_buckets(1.0, 2.0, 11).expect("valid buckets");
+        let uptime = Gauge::new(
+            "showcase_uptime_seconds",
+            "Seconds since the process started.",
+        )
+        .expect("valid");
+        r.register(Box::new(uptime.clone())).expect("unique metric");
+        Self {
+            http_requests: counter_vec(
+                &r,
+                "showcase_http_requests_total",
+                "HTTP requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                &r,
+                "showcase_http_request_duration_seconds",
+                "Time to answer an HTTP request (until the response head), by route.",
+                &["route"],
+                latency,
+            ),
+            uploads_accepted: counter(
+                &r,
+                "showcase_uploads_accepted_total",
+                "Uploads stored and queued (answered 201).",
+            ),
+            upload_bytes: counter(
+                &r,
+                "showcase_upload_bytes_total",
+                "Bytes of accepted uploads.",
+            ),
+            uploads_refused: counter_vec(
+                &r,
+                "showcase_uploads_refused_total",
+                "Uploads refused before or while being read, by reason.",
+                &["reason"],
+            ),
+            jobs: counter_vec(
+                &r,
+                "showcase_jobs_total",
+                "Processing jobs ended, by outcome.",
+                &["outcome"],
+            ),
+            job_duration: histogram(
+                &r,
+                "showcase_job_duration_seconds",
+                "Time a processing job ran, by outcome.",
+                &["outcome"],
+                jobs,
+            ),
+            actor_restarts: counter_vec(
+                &r,
+                "showcase_actor_restarts_total",
+                "Actor restarts by the Supervisor, by actor.",
+                &["actor"],
+            ),
+            escalations: counter(
+                &r,
+                "showcase_supervisor_escalations_total",
+                "Times the Supervisor gave up and escalated.",
+            ),
+            queue_depth: gauge(
+                &r,
+                "showcase_queue_depth",
+                "Jobs waiting in the processing queue.",
+            ),
+            queue_in_flight: gauge(
+                &r,
+                "showcase_queue_in_flight",
+                "Jobs received and not yet finished.",
+            ),
+            queue_dead_letters: gauge(
+                &r,
+                "showcase_queue_dead_letters",
+                "Jobs in the dead letters.",
+            ),
+            streams_active: gauge(
+                &r,
+                "showcase_streams_active",
+                "Media responses sending now.",
+            ),
+            stream_bytes: gauge(
+                &r,
+                "showcase_stream_bytes_served",
+                "Media bytes handed to sockets since start.",
+            ),
+            streams_refused: gauge(
+                &r,
+                "showcase_streams_refused",
+                "Media requests refused for lack of a stream permit since start.",
+            ),
+            resident_memory: gauge(
+                &r,
+                "showcase_process_resident_memory_bytes",
+                "Resident memory of the server process.",
+            ),
+            disk_free: gauge(
+                &r,
+                "showcase_disk_free_bytes",
+                "Free bytes on the data disk.",
+            ),
+            uptime,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Records an event: its metric, then its log line.
+pub fn emit(event: Event) {
+    let m = metrics();
+    match event {
+        Event::HttpRequest {
+            route,
+            method,
+            status,
+            seconds,
+        } => {
+            m.http_requests
+                .with_label_values(&[route, method, &status.to_string()])
+                .inc();
+            m.http_duration.with_label_values(&[route]).observe(seconds);
+            tracing::debug!(
+                route,
+                method,
+                status,
+                ms = (seconds * 1000.0) as u64,
+                "request"
+            );
+        }
+        Event::UploadAccepted {
+            video_id,
+            owner_id,
+            bytes,
+        } => {
+            m.uploads_accepted.inc();
+            m.upload_bytes.inc_by(bytes);
+            tracing::info!(video_id, owner_id, bytes, "upload accepted");
+        }
+        Event::UploadRefused { reason } => {
+            m.uploads_refused.with_label_values(&[reason]).inc();
+            tracing::info!(reason, "upload refused");
+        }
+        Event::JobFinished {
+            video_id,
+            outcome,
+            seconds,
+            detail,
+        } => {
+            m.jobs.with_label_values(&[outcome.as_str()]).inc();
+            m.job_duration
+                .with_label_values(&[outcome.as_str()])
+                .observe(seconds);
+            match outcome {
+                JobOutcome::Published | JobOutcome::Skipped | JobOutcome::Cancelled => {
+                    tracing::info!(video_id, outcome = outcome.as_str(), seconds, %detail, "job finished")
+                }
+                JobOutcome::Retried | JobOutcome::DeadLettered => {
+                    tracing::warn!(video_id, outcome = outcome.as_str(), seconds, %detail, "job finished")
+                }
+            }
+        }
+        Event::ActorStarted { actor, restarts } => {
+            tracing::info!(actor, restarts, "actor started");
+        }
+        Event::ActorEnded {
+            actor,
+            reason,
+            restarting,
+        } => {
+            if restarting {
+                m.actor_restarts.with_label_values(&[actor]).inc();
+            }
+            tracing::warn!(actor, %reason, restarting, "actor ended");
+        }
+        Event::SupervisorEscalated { reason } => {
+            m.escalations.inc();
+            tracing::error!(%reason, "the supervisor escalated: the node will restart");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_move_their_metrics() {
+        let before = metrics()
+            .uploads_refused
+            .with_label_values(&["test_reason"])
+            .get();
+        emit(Event::UploadRefused {
+            reason: "test_reason",
+        });
+        assert_eq!(
+            metrics()
+                .uploads_refused
+                .with_label_values(&["test_reason"])
+                .get(),
+            before + 1
+        );
+        emit(Event::HttpRequest {
+            route: "/test",
+            method: "GET",
+            status: 200,
+            seconds: 0.01,
+        });
+        let text = metrics().render();
+        assert!(text.contains("showcase_uploads_refused_total{reason=\"test_reason\"}"));
+        assert!(text.contains("showcase_http_request_duration_seconds_bucket{route=\"/test\""));
+    }
+}
