@@ -394,7 +394,10 @@ impl Actor for Supervisor {
                 retired: false,
             };
             child.start();
-            tracing::info!(actor = child.spec.name, "actor started");
+            events::emit(Event::ActorStarted {
+                actor: child.spec.name,
+                restarts: 0,
+            });
             self.children.push(child);
         }
         ctx.run_interval(WATCH_INTERVAL, |act, _| act.watch());

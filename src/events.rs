@@ -62,6 +62,14 @@ pub enum JobOutcome {
 }
 
 impl JobOutcome {
+    pub const ALL: [JobOutcome; 5] = [
+        JobOutcome::Published,
+        JobOutcome::Retried,
+        JobOutcome::DeadLettered,
+        JobOutcome::Cancelled,
+        JobOutcome::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobOutcome::Published => "published",
@@ -245,6 +253,14 @@ impl Metrics {
         }
     }
 
+    /// Outcomes are a closed set: their series are created at 0 so that rates are defined.
+    fn with_known_series(self) -> Self {
+        for outcome in JobOutcome::ALL {
+            self.jobs.with_label_values(&[outcome.as_str()]);
+        }
+        self
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -258,7 +274,7 @@ impl Metrics {
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+    METRICS.get_or_init(|| Metrics::new().with_known_series())
 }
 
 /// Records an event: its metric, then its log line.
@@ -316,6 +332,8 @@ pub fn emit(event: Event) {
             }
         }
         Event::ActorStarted { actor, restarts } => {
+            // The series exists from the first start, so a dashboard sees 0 rather than nothing.
+            m.actor_restarts.with_label_values(&[actor]);
             tracing::info!(actor, restarts, "actor started");
         }
         Event::ActorEnded {

@@ -121,7 +121,8 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The route a path belongs to, as a metric label (ids replaced, so labels stay few).
+/// The route a path belongs to, as a metric label (ids replaced, so labels stay few). Ids are
+/// written `:id`, not `{id}`: braces inside label values trip many line-based scrapers.
 pub fn route_label(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -132,20 +133,20 @@ pub fn route_label(path: &str) -> &'static str {
         ["api", "auth", "login"] => "/api/auth/login",
         ["api", "videos"] => "/api/videos",
         ["api", "videos", "upload"] => "/api/videos/upload",
-        ["api", "videos", _] => "/api/videos/{id}",
+        ["api", "videos", _] => "/api/videos/:id",
         ["api", "public", "videos"] => "/api/public/videos",
-        ["api", "public", "videos", _, "vote"] => "/api/public/videos/{id}/vote",
+        ["api", "public", "videos", _, "vote"] => "/api/public/videos/:id/vote",
         ["api", "public", "rankings"] => "/api/public/rankings",
         ["api", "health"] => "/api/health",
         ["api", "health", "ready"] => "/api/health/ready",
         ["api", "health", "actors"] => "/api/health/actors",
         ["api", "admin", ..] => "/api/admin",
-        ["media", "originals", _] => "/media/originals/{id}.mp4",
+        ["media", "originals", _] => "/media/originals/:id.mp4",
         ["media", file] if file.ends_with(".mp4") && is_id(&file[..file.len() - 4]) => {
-            "/media/{id}.mp4"
+            "/media/:id.mp4"
         }
         ["media", file] if file.ends_with(".jpg") && is_id(&file[..file.len() - 4]) => {
-            "/media/{id}.jpg"
+            "/media/:id.jpg"
         }
         _ => "other",
     }
@@ -304,16 +305,16 @@ mod tests {
     #[test]
     fn routes_are_labelled_without_ids() {
         use super::route_label;
-        assert_eq!(route_label("/api/videos/42"), "/api/videos/{id}");
+        assert_eq!(route_label("/api/videos/42"), "/api/videos/:id");
         assert_eq!(
             route_label("/api/public/videos/7/vote"),
-            "/api/public/videos/{id}/vote"
+            "/api/public/videos/:id/vote"
         );
-        assert_eq!(route_label("/media/3.mp4"), "/media/{id}.mp4");
-        assert_eq!(route_label("/media/3.jpg"), "/media/{id}.jpg");
+        assert_eq!(route_label("/media/3.mp4"), "/media/:id.mp4");
+        assert_eq!(route_label("/media/3.jpg"), "/media/:id.jpg");
         assert_eq!(
             route_label("/media/originals/3.mp4"),
-            "/media/originals/{id}.mp4"
+            "/media/originals/:id.mp4"
         );
         assert_eq!(route_label("/"), "/");
         assert_eq!(route_label("/anything/else"), "other");
