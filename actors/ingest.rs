@@ -19,6 +19,7 @@ use crate::domain::{MediaInfo, NewVideo, UserId, Video};
 use crate::engine::blobs::original_key;
 use crate::engine::{Engine, Job, StoreError};
 use crate::health::{ActorHealth, ActorState};
+use crate::load::{Load, MAX_RETRY_S};
 use crate::upload::TempUpload;
 
 /// Limits that decide admission.
@@ -27,6 +28,9 @@ pub struct Admission {
     pub data_dir: PathBuf,
     pub min_free_disk_bytes: u64,
     pub max_queue_depth: u64,
+    pub max_slots: usize,
+    /// Drain rates, for the `Retry-After` of refusals.
+    pub load: Arc<Load>,
 }
 
 /// Why an upload was refused before its body was read.
@@ -59,6 +63,13 @@ impl Refusal {
 #[derive(Debug)]
 pub struct UploadSlot {
     _permit: OwnedSemaphorePermit,
+    load: Arc<Load>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.load.slots_freed.record();
+    }
 }
 
 /// A finished, fsynced and probed upload waiting to be committed. It carries its slot, so the
@@ -141,19 +152,28 @@ impl Handler<RequestSlot> for Ingest {
         Box::pin(async move {
             let free = faults.free_disk_bytes(&admission.data_dir).unwrap_or(0);
             if free < admission.min_free_disk_bytes {
-                return msg.reply.send(Err(Refusal::DiskFull { retry_after_s: 60 }));
+                // Nothing on this node frees disk by itself: an operator must act.
+                return msg.reply.send(Err(Refusal::DiskFull {
+                    retry_after_s: MAX_RETRY_S,
+                }));
             }
             match engine.queue.stats().await {
                 Ok(stats) if stats.depth >= admission.max_queue_depth => {
-                    return msg
-                        .reply
-                        .send(Err(Refusal::QueueFull { retry_after_s: 30 }));
+                    let retry_after_s = admission
+                        .load
+                        .queue_retry_after_s(stats.depth, admission.max_queue_depth);
+                    return msg.reply.send(Err(Refusal::QueueFull { retry_after_s }));
                 }
                 _ => {}
             }
             match slots.try_acquire_owned() {
-                Ok(permit) => msg.reply.send(Ok(UploadSlot { _permit: permit })),
-                Err(_) => msg.reply.send(Err(Refusal::NoSlot { retry_after_s: 2 })),
+                Ok(permit) => msg.reply.send(Ok(UploadSlot {
+                    _permit: permit,
+                    load: admission.load.clone(),
+                })),
+                Err(_) => msg.reply.send(Err(Refusal::NoSlot {
+                    retry_after_s: admission.load.refuse_for_slots(admission.max_slots),
+                })),
             }
         })
     }

@@ -51,6 +51,8 @@ pub struct ConsumerSettings {
     pub transcode_timeout: Duration,
     /// Where job work directories are made (under the data dir's temp directory).
     pub work_root: PathBuf,
+    /// Where finished jobs are counted, for the queue's drain rate.
+    pub load: Arc<crate::load::Load>,
 }
 
 /// The delay before attempt `receive_count + 1` of a job that failed transiently.
@@ -189,6 +191,9 @@ async fn run_job(deps: Arc<Deps>, lease: Lease, credit: OwnedSemaphorePermit) {
     let started = std::time::Instant::now();
     let id = lease.job.video_id;
     let (outcome, detail) = process(&deps, &lease, credit).await;
+    if matches!(outcome, JobOutcome::Published | JobOutcome::DeadLettered) {
+        deps.settings.load.jobs_done.record();
+    }
     events::emit(Event::JobFinished {
         video_id: id,
         outcome,
@@ -416,6 +421,7 @@ mod tests {
             retry_max: Duration::from_secs(60),
             transcode_timeout: Duration::from_secs(600),
             work_root: PathBuf::from("/tmp"),
+            load: Arc::default(),
         };
         let delays: Vec<u64> = (1..=7)
             .map(|n| retry_delay(&settings, n).as_secs())

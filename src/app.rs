@@ -34,6 +34,8 @@ use crate::engine::sled_engine::SledEngine;
 use crate::engine::{BlobStore, Engine, LocalBlobs, StoreError};
 use crate::faults::Faults;
 use crate::health::HealthRegistry;
+use crate::load::Load;
+use crate::rate_limit::{ClientAddressing, RateLimits};
 use crate::signed_url::UrlSigner;
 
 /// A heartbeat older than this makes an actor count as unhealthy.
@@ -62,6 +64,8 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("actors did not start in time: {0}")]
     ActorsNotRunning(String),
     #[error("the server thread failed: {0}")]
@@ -88,6 +92,10 @@ pub struct AppState {
     pub stream_counters: Arc<StreamCounters>,
     pub registry: Arc<HealthRegistry>,
     pub faults: Arc<Faults>,
+    /// Drain rates and shedding, shared with the actors that see the events.
+    pub load: Arc<Load>,
+    pub rate_limits: Arc<RateLimits>,
+    pub addressing: ClientAddressing,
     shutting_down: AtomicBool,
 }
 
@@ -112,6 +120,12 @@ impl AppState {
             problems.push("the node is shutting down".to_string());
         }
         problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
+        if self.load.is_shedding() {
+            problems.push(format!(
+                "shedding load: uploads refused for want of a slot within the last {} s",
+                crate::load::SHEDDING_FOR.as_secs()
+            ));
+        }
         let min_free = self.config.upload.min_free_disk_mb * 1024 * 1024;
         match self.faults.free_disk_bytes(&self.data_dir) {
             Ok(free) if free < min_free => problems.push(format!(
@@ -169,10 +183,11 @@ impl Application {
 
         let removed =
             crate::upload::clear_temp_dir(&data_dir).map_err(io_error("clearing temp files"))?;
-        let sled = SledEngine::open(
+        let sled = SledEngine::open_with_cache(
             &data_dir.join(DB_DIR),
             config.queue.max_receives,
             Duration::from_secs(config.storage.commit_timeout_s),
+            config.storage.cache_mb * 1024 * 1024,
         )?;
         let blobs: Arc<dyn BlobStore> = Arc::new(
             LocalBlobs::open(data_dir.join(MEDIA_DIR))
@@ -195,6 +210,12 @@ impl Application {
         );
 
         let registry = Arc::new(HealthRegistry::new());
+        let load = Arc::new(Load::default());
+        let addressing = ClientAddressing::parse(
+            &config.server.client_ip_header,
+            &config.server.trusted_proxies,
+        )
+        .map_err(|e| StartupError::Config(format!("server.trusted_proxies: {e}")))?;
         let call_timeout = Duration::from_millis(config.actors.call_timeout_ms);
         let mailbox = config.actors.mailbox_capacity;
         let faults = Arc::new(Faults::new(config.faults.enabled));
@@ -206,6 +227,8 @@ impl Application {
                 data_dir: data_dir.clone(),
                 min_free_disk_bytes: config.upload.min_free_disk_mb * 1024 * 1024,
                 max_queue_depth: config.upload.max_queue_depth,
+                max_slots: config.upload.max_concurrent,
+                load: load.clone(),
             };
             // Created once: slots held by live requests survive a restart of the actor.
             let slots = Arc::new(tokio::sync::Semaphore::new(config.upload.max_concurrent));
@@ -254,6 +277,7 @@ impl Application {
                 retry_max: Duration::from_secs(config.transcode.retry_max_s),
                 transcode_timeout: Duration::from_secs(config.transcode.timeout_s),
                 work_root: data_dir.join(crate::upload::TEMP_DIR).join(JOBS_DIR),
+                load: load.clone(),
             };
             // Credits: one per transcoder slot, shared by every incarnation of the consumer.
             let credits = Arc::new(tokio::sync::Semaphore::new(config.transcode.workers));
@@ -330,6 +354,7 @@ impl Application {
             .local_addr()
             .map_err(io_error("reading the bound address"))?;
 
+        let config_rate_limit = config.rate_limit.clone();
         let state = Arc::new(AppState {
             auth: Auth::new(
                 &secret,
@@ -348,6 +373,9 @@ impl Application {
             streams: streamer_shared,
             registry,
             faults,
+            load,
+            rate_limits: Arc::new(RateLimits::new(&config_rate_limit)),
+            addressing,
             shutting_down: AtomicBool::new(false),
         });
         Ok(Self {
@@ -401,6 +429,10 @@ impl Application {
         tracing::info!("listening on {addr}");
         crate::notify::ready(&state).await;
         let watchdog = tokio::spawn(crate::notify::keep_alive(state.clone()));
+        let eviction = tokio::spawn(evict_idle_clients(
+            state.rate_limits.clone(),
+            Duration::from_secs(state.config.rate_limit.evict_every_s.max(1)),
+        ));
 
         let escalated = tokio::select! {
             _ = shutdown => None,
@@ -421,6 +453,7 @@ impl Application {
             Err(e) => tracing::error!(error = %e, "the server task failed"),
         }
         watchdog.abort();
+        eviction.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(StopChildren)).await;
         // Transcodes in progress are abandoned: their leases expire and they run again later.
         transcoder_children.kill_all();
@@ -460,6 +493,16 @@ fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupErr
         timeout: Duration::from_secs(t.timeout_s),
         stall: Duration::from_secs(t.stall_s),
     })
+}
+
+/// Drops the rate-limit buckets of idle clients, forever (aborted at shutdown).
+async fn evict_idle_clients(limits: Arc<RateLimits>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        limits.evict_idle();
+    }
 }
 
 /// Removes media files that nothing durable refers to: an original whose record was never

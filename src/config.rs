@@ -30,6 +30,35 @@ pub struct Config {
     pub log: LogConfig,
     pub transcode: TranscodeConfig,
     pub stream: StreamConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Per-client token buckets (see `rate_limit`); a rate of 0 leaves the route unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub signup_per_minute: u32,
+    pub signup_burst: u32,
+    pub login_per_minute: u32,
+    pub login_burst: u32,
+    pub vote_per_minute: u32,
+    pub vote_burst: u32,
+    /// How often buckets of idle clients are dropped.
+    pub evict_every_s: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            signup_per_minute: 10,
+            signup_burst: 5,
+            login_per_minute: 30,
+            login_burst: 10,
+            vote_per_minute: 120,
+            vote_burst: 30,
+            evict_every_s: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +78,11 @@ pub struct ServerConfig {
     pub body_idle_timeout_s: u64,
     /// Largest JSON body accepted on the JSON routes.
     pub max_json_bytes: u64,
+    /// Header in which trusted proxies pass the client's address (`X-Forwarded-For` style).
+    pub client_ip_header: String,
+    /// Comma-separated addresses or networks of the proxies whose `client_ip_header` is
+    /// believed (e.g. the load balancer's subnet); empty = the peer address is the client.
+    pub trusted_proxies: String,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +95,8 @@ impl Default for ServerConfig {
             header_read_timeout_s: 10,
             body_idle_timeout_s: 30,
             max_json_bytes: 16 * 1024,
+            client_ip_header: "x-forwarded-for".into(),
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -72,6 +108,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Longest wait for a group commit (fsync of the store) before the write is reported failed.
     pub commit_timeout_s: u64,
+    /// Page cache of the database, in MiB.
+    pub cache_mb: u64,
 }
 
 impl Default for StorageConfig {
@@ -79,6 +117,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("./data"),
             commit_timeout_s: 10,
+            cache_mb: 64,
         }
     }
 }

@@ -186,16 +186,31 @@ fn ranking_keys(city: &[u8], votes: u64, user: UserId) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// The page cache of [`SledEngine::open`] (the configured default).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledEngine {
-    /// Opens (or creates) the database under `dir` and runs queue recovery.
+    /// Opens (or creates) the database under `dir` with the default page cache.
     pub fn open(
         dir: &Path,
         max_receives: u32,
         commit_timeout: Duration,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_cache(dir, max_receives, commit_timeout, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database under `dir` and runs queue recovery. sled's own
+    /// default cache is 1 GiB, half of a small instance; the cache is bounded here instead.
+    pub fn open_with_cache(
+        dir: &Path,
+        max_receives: u32,
+        commit_timeout: Duration,
+        cache_bytes: u64,
+    ) -> Result<Arc<Self>, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(backend)?;

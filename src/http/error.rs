@@ -203,6 +203,18 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::rate_limit::OverBudget> for ApiError {
+    fn from(e: crate::rate_limit::OverBudget) -> Self {
+        let retry_after_s = e.wait.as_secs_f64().ceil().max(1.0) as u64;
+        ApiError::TooManyRequests {
+            detail: format!(
+                "Demasiadas solicitudes desde esta dirección; intente de nuevo en {retry_after_s} s."
+            ),
+            retry_after_s,
+        }
+    }
+}
+
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         let retry_after_s = match e {

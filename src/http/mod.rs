@@ -27,8 +27,11 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use crate::app::AppState;
 use crate::domain::VideoId;
+use crate::rate_limit::{Limited, PeerAddr};
 use body::BodyStream;
 use error::ApiError;
 
@@ -62,6 +65,23 @@ fn body_stream() -> BoxedFilter<(BodyStream,)> {
 
 type Query = Vec<(String, String)>;
 
+/// The connection's peer address (set by the server loop for every request).
+fn peer() -> impl Filter<Extract = (IpAddr,), Error = std::convert::Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>()
+        .map(|peer: Option<PeerAddr>| peer.map_or(IpAddr::from(Ipv4Addr::UNSPECIFIED), |p| p.0))
+}
+
+/// Takes a token from the client's budget for `route` (before anything else is done).
+fn within_budget(
+    state: &AppState,
+    route: Limited,
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+) -> Result<(), ApiError> {
+    let client = state.addressing.client(peer, headers);
+    Ok(state.rate_limits.check(route, client)?)
+}
+
 /// Every route of the node.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let st = || with_state(state.clone());
@@ -70,16 +90,30 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let signup = warp::path!("api" / "auth" / "signup")
         .and(warp::post())
         .and(st())
+        .and(peer())
         .and(headers())
         .and(body_stream())
-        .then(|s, h, b| async move { respond(accounts::signup(s, h, b).await) })
+        .then(|s: Arc<AppState>, p, h, b| async move {
+            let result = match within_budget(&s, Limited::Signup, p, &h) {
+                Ok(()) => accounts::signup(s, h, b).await,
+                Err(e) => Err(e),
+            };
+            respond(result)
+        })
         .boxed();
     let login = warp::path!("api" / "auth" / "login")
         .and(warp::post())
         .and(st())
+        .and(peer())
         .and(headers())
         .and(body_stream())
-        .then(|s, h, b| async move { respond(accounts::login(s, h, b).await) })
+        .then(|s: Arc<AppState>, p, h, b| async move {
+            let result = match within_budget(&s, Limited::Login, p, &h) {
+                Ok(()) => accounts::login(s, h, b).await,
+                Err(e) => Err(e),
+            };
+            respond(result)
+        })
         .boxed();
 
     let upload = warp::path!("api" / "videos" / "upload")
@@ -117,8 +151,15 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let vote = warp::path!("api" / "public" / "videos" / String / "vote")
         .and(warp::post())
         .and(st())
+        .and(peer())
         .and(headers())
-        .then(|id: String, s, h| async move { respond(public::vote(s, h, id).await) })
+        .then(|id: String, s: Arc<AppState>, p, h| async move {
+            let result = match within_budget(&s, Limited::Vote, p, &h) {
+                Ok(()) => public::vote(s, h, id).await,
+                Err(e) => Err(e),
+            };
+            respond(result)
+        })
         .boxed();
     let rankings = warp::path!("api" / "public" / "rankings")
         .and(warp::get())

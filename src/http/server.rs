@@ -49,6 +49,8 @@ type Routes = BoxedFilter<(Response,)>;
 #[derive(Clone)]
 struct RouteService {
     routes: Routes,
+    /// The connection's peer, handed to handlers as a request extension.
+    peer: std::net::IpAddr,
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for RouteService {
@@ -58,6 +60,9 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         normalize_path(&mut request);
+        request
+            .extensions_mut()
+            .insert(crate::rate_limit::PeerAddr(self.peer));
         let started = std::time::Instant::now();
         let route = route_label(request.uri().path());
         let method = method_label(request.method());
@@ -193,7 +198,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> usize {
-    let service = RouteService { routes };
+    let service = RouteService {
+        routes,
+        peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -224,7 +232,10 @@ pub async fn serve(
             _ = stopping(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let service = RouteService {
+            peer: peer.ip(),
+            ..service.clone()
+        };
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
