@@ -12,7 +12,7 @@ BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev l
                   libswresample-dev libavdevice-dev clang libclang-dev pkg-config
 # Test tools: the ffmpeg command line (test media, probing), curl, and Chromium (browser test,
 # driven by playwright-core from the npm registry).
-TEST_PACKAGES := ffmpeg curl chromium
+TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
 BENCH_PACKAGES := wrk nginx
 
@@ -22,7 +22,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/showcase/target
 BIN := $(CARGO_TARGET_DIR)/release/showcase
 
-.PHONY: run test bench build deps test-deps toolchain lint install chaos
+.PHONY: run test bench bench-quick capacity build deps test-deps toolchain lint install chaos
+
+# The capacity benchmark (showcase-bench): the replaced system's capacity plan against a node
+# it starts in a 2 GiB memory cgroup. `capacity` is the full run (about an hour); `bench-quick`
+# scales every duration down (a few minutes). Results: bench-results/ (report.md, PNG plots).
+bench-quick: test-deps
+	cargo build --release --bin showcase --bin showcase-bench
+	$(CARGO_TARGET_DIR)/release/showcase-bench --quick
+
+capacity: test-deps
+	cargo build --release --bin showcase --bin showcase-bench
+	$(CARGO_TARGET_DIR)/release/showcase-bench
 
 # Installs the given Debian packages that are not installed yet (one apt-get update at most).
 define install_missing

@@ -1,0 +1,799 @@
+//! `showcase-bench`: the replaced system's capacity plan, replayed against a node this tool
+//! starts itself (the release `showcase` next to it), inside a 2 GiB memory cgroup when possible.
+//!
+//! - Scenario 1, web layer (transcoding paused): a smoke run, then ramps to 100, 200, 300 users
+//!   (and on by 100 while every goal holds and throughput does not drop), then 80 % of the best
+//!   level; a naive-client run at the largest level shows raw refusals; a mixed run with
+//!   transcoding on shows both layers sharing the cores.
+//! - Scenario 2, worker layer: bursts of jobs with 50 MB and 100 MB inputs at 1, 2 and 4
+//!   workers give the capacity in videos/min; a steady injection below capacity shows whether
+//!   the backlog stays flat.
+//!
+//! Figures, verdicts (PASS/FAIL per goal, printed, never asserted), plots and a markdown report
+//! go to `bench-results/`. `--quick` scales every duration down for a smoke run.
+
+mod load;
+mod node;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use load::{Client, Mode, Phase};
+use node::Node;
+use report::{MixedRun, PacedRun, PhaseResult, QueuePoint, Report, Verdict, Window, WorkerRun};
+
+#[derive(Parser, Debug)]
+#[command(about = "Capacity benchmark of the showcase server")]
+struct Args {
+    /// Scale every duration down (whole run of a few minutes) for smoke runs.
+    #[arg(long)]
+    quick: bool,
+    /// Where results go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Highest number of users tried when every figure keeps holding.
+    #[arg(long, default_value_t = 600)]
+    max_users: usize,
+}
+
+struct Plan {
+    smoke: (usize, f64),
+    ramp_s: f64,
+    hold_s: f64,
+    levels: Vec<usize>,
+    go_beyond: bool,
+    mixed_users: usize,
+    mixed_queue_depth: u64,
+    input_sizes: Vec<u64>,
+    worker_counts: Vec<usize>,
+    jobs_per_run: u64,
+    paced_s: f64,
+    dd_mebibytes: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                smoke: (5, 8.0),
+                ramp_s: 5.0,
+                hold_s: 10.0,
+                levels: vec![100, 200, 300],
+                go_beyond: false,
+                mixed_users: 10,
+                mixed_queue_depth: 2,
+                input_sizes: vec![18_000_000],
+                worker_counts: vec![1, 2],
+                jobs_per_run: 2,
+                paced_s: 0.0,
+                dd_mebibytes: 256,
+            }
+        } else {
+            Plan {
+                smoke: (5, 60.0),
+                ramp_s: 180.0,
+                hold_s: 300.0,
+                levels: vec![100, 200, 300],
+                go_beyond: true,
+                mixed_users: 50,
+                mixed_queue_depth: 8,
+                input_sizes: vec![50_000_000, 95_000_000],
+                worker_counts: vec![1, 2, 4],
+                jobs_per_run: 6,
+                paced_s: 300.0,
+                dd_mebibytes: 2048,
+            }
+        }
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>14} [{elapsed_precise}] {wide_bar} {pos}/{len} s {msg}",
+        )
+        .expect("template"),
+    );
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+struct Bench {
+    plan: Plan,
+    video: Bytes,
+    disk_bytes_per_s: f64,
+    data_dir: PathBuf,
+    signed_up: usize,
+    cap_applied: bool,
+}
+
+impl Bench {
+    async fn ensure_users(&mut self, client: &Client, users: usize) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(4));
+        let mut tasks = tokio::task::JoinSet::new();
+        for user in self.signed_up..users {
+            let (client, limit) = (client.clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await.expect("open");
+                client.sign_up(user).await.expect("bench user signs up");
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("signup task");
+        }
+        self.signed_up = self.signed_up.max(users);
+    }
+
+    /// One phase of virtual users against `node`; with `janitor`, accepted uploads are checked
+    /// and deleted as they come (transcoding paused), else they are left for the pipeline.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_phase(
+        &mut self,
+        node: &mut Node,
+        name: &str,
+        users: usize,
+        ramp_s: f64,
+        hold_s: f64,
+        mode: Mode,
+        janitor: bool,
+    ) -> (PhaseResult, Arc<Phase>, Vec<QueuePoint>) {
+        let client = Client::new(node.url(""));
+        self.ensure_users(&client, users).await;
+        let phase = Phase::new();
+        let t0 = Instant::now();
+        let stop_at = t0 + Duration::from_secs_f64(ramp_s + hold_s);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cleaner = janitor.then(|| tokio::spawn(load::janitor(client.clone(), rx)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for user in 0..users {
+            let start_at = t0 + Duration::from_secs_f64(ramp_s * user as f64 / users as f64);
+            tasks.spawn(load::virtual_user(
+                client.clone(),
+                user,
+                self.video.clone(),
+                mode,
+                phase.clone(),
+                start_at,
+                stop_at,
+                janitor.then(|| tx.clone()),
+            ));
+        }
+        drop(tx);
+        let progress = bar((ramp_s + hold_s) as u64, name);
+        let mut peak_rss = 0;
+        let mut queue = Vec::new();
+        while !tasks.is_empty() {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    peak_rss = peak_rss.max(node.anon_bytes());
+                    if let Some((depth, in_flight, _)) = load::queue_state(&client).await {
+                        queue.push(QueuePoint { t_s: t0.elapsed().as_secs_f64(), depth, in_flight });
+                    }
+                    let samples = phase.samples.lock().unwrap();
+                    let accepted = samples.iter().filter(|s| s.outcome == load::Outcome::Accepted).count();
+                    progress.set_position((t0.elapsed().as_secs() ).min(progress.length().unwrap_or(0)));
+                    progress.set_message(format!("{} requests, {accepted} accepted", samples.len()));
+                }
+            }
+        }
+        progress.finish_and_clear();
+        let (verified, problems) = match cleaner {
+            Some(cleaner) => {
+                let (checked, _deleted, problems) = cleaner.await.expect("janitor");
+                (checked, problems)
+            }
+            None => (phase.accepted.lock().unwrap().len() as u64, Vec::new()),
+        };
+        let samples = phase.samples.lock().unwrap().clone();
+        let hold = Window {
+            from_s: ramp_s,
+            to_s: ramp_s + hold_s,
+        };
+        let (counts, accepted_per_s, goodput, acc, refusal) = report::summarize(&samples, &hold);
+        let alive = node.is_alive();
+        let cgroup_peak = node.cgroup_peak_bytes();
+        let intents = &phase.intents;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut result = PhaseResult {
+            name: name.to_owned(),
+            users,
+            mode,
+            transcoding: !janitor,
+            ramp_s,
+            hold_s,
+            accepted_per_s,
+            goodput_bytes_per_s: goodput,
+            accepted_p50_s: acc[0],
+            accepted_p95_s: acc[1],
+            accepted_p99_s: acc[2],
+            refusal_p50_s: refusal[0],
+            refusal_p99_s: refusal[1],
+            intents_started: intents.started.load(Relaxed),
+            intents_succeeded: intents.succeeded.load(Relaxed),
+            intents_given_up: intents.given_up.load(Relaxed),
+            intents_cut_by_the_end: intents.cut_by_the_end.load(Relaxed),
+            verified_stored: verified,
+            peak_rss_bytes: peak_rss,
+            cgroup_peak_bytes: cgroup_peak,
+            alive,
+            verdicts: Vec::new(),
+            counts,
+        };
+        result.verdicts = self.verdicts(&result, node, &problems);
+        (result, phase, queue)
+    }
+
+    fn verdicts(&self, p: &PhaseResult, node: &Node, problems: &[String]) -> Vec<Verdict> {
+        let c = &p.counts;
+        let peak = p.peak_rss_bytes;
+        let oom = node.cgroup_oom_kills().unwrap_or(0);
+        let mut v = vec![
+            Verdict::new(
+                "process alive, under the memory cap",
+                p.alive && peak < node::MEMORY_CAP_BYTES && oom == 0,
+                format!(
+                    "alive {}, peak {} MB resident (with page cache {} MB), OOM kills {oom}",
+                    p.alive,
+                    peak / 1_000_000,
+                    p.cgroup_peak_bytes.unwrap_or(0) / 1_000_000
+                ),
+            ),
+            Verdict::new(
+                "every request answered, no 5xx but 503",
+                c.unanswered == 0 && c.server_errors == 0,
+                format!("{} unanswered, {} 5xx", c.unanswered, c.server_errors),
+            ),
+            Verdict::new(
+                "p95 of accepted uploads <= 1 s",
+                p.accepted_p95_s <= 1.0,
+                format!("{:.3} s", p.accepted_p95_s),
+            ),
+            Verdict::new(
+                "p99 of refusals <= 50 ms",
+                p.refusal_p99_s <= 0.050,
+                format!(
+                    "{:.1} ms over {} refusals",
+                    p.refusal_p99_s * 1000.0,
+                    c.refused + c.limited
+                ),
+            ),
+        ];
+        if !p.transcoding && p.users >= 100 {
+            let share = p.goodput_bytes_per_s / self.disk_bytes_per_s;
+            v.push(Verdict::new(
+                "goodput >= 70 % of disk fsync bandwidth",
+                share >= 0.70,
+                format!(
+                    "{:.0} MB/s of {:.0} MB/s ({:.0} %)",
+                    p.goodput_bytes_per_s / 1e6,
+                    self.disk_bytes_per_s / 1e6,
+                    share * 100.0
+                ),
+            ));
+        }
+        if p.mode == Mode::Honouring {
+            v.push(Verdict::new(
+                "with Retry-After, every upload eventually succeeds",
+                p.intents_given_up == 0,
+                format!(
+                    "{} started, {} succeeded, {} given up, {} still waiting at the end",
+                    p.intents_started,
+                    p.intents_succeeded,
+                    p.intents_given_up,
+                    p.intents_cut_by_the_end
+                ),
+            ));
+        }
+        v.push(Verdict::new(
+            "nothing lost: every 201 stored with its job queued",
+            p.verified_stored == c.accepted && problems.is_empty(),
+            format!(
+                "{} of {} verified{}",
+                p.verified_stored,
+                c.accepted,
+                problems
+                    .first()
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
+            ),
+        ));
+        v
+    }
+
+    fn node_env(&self, workers: usize, extra: &[(&str, String)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![("SHOWCASE_TRANSCODE__WORKERS", workers.to_string())];
+        for (k, v) in extra {
+            let key: &'static str = Box::leak(k.to_string().into_boxed_str());
+            env.push((key, v.clone()));
+        }
+        env
+    }
+
+    async fn web_layer(&mut self, report: &mut Report) {
+        let env = self.node_env(0, &[]);
+        let mut node = Node::start(&self.data_dir, &env);
+        report.machine.memory_cap_applied = node.in_cgroup;
+        self.cap_applied = node.in_cgroup;
+        let (users, seconds) = self.plan.smoke;
+        let (smoke, _, _) = self
+            .run_phase(
+                &mut node,
+                "smoke",
+                users,
+                0.0,
+                seconds,
+                Mode::Honouring,
+                true,
+            )
+            .await;
+        print_verdicts(&smoke);
+        report.web_layer.push(smoke);
+
+        let mut levels = self.plan.levels.clone();
+        let mut index = 0;
+        let mut best: Option<(usize, f64)> = None;
+        while index < levels.len() {
+            let users = levels[index];
+            let (ramp, hold) = (self.plan.ramp_s, self.plan.hold_s);
+            let (result, _, _) = self
+                .run_phase(
+                    &mut node,
+                    &format!("{users} users"),
+                    users,
+                    ramp,
+                    hold,
+                    Mode::Honouring,
+                    true,
+                )
+                .await;
+            print_verdicts(&result);
+            let all_pass = result.verdicts.iter().all(|v| v.pass);
+            let degraded = best.is_some_and(|(_, rate)| result.accepted_per_s < rate * 0.9);
+            if all_pass && !degraded && best.is_none_or(|(_, rate)| result.accepted_per_s >= rate) {
+                best = Some((users, result.accepted_per_s));
+            }
+            let alive = result.alive;
+            report.web_layer.push(result);
+            if !alive {
+                println!("the node died; restarting it for the next phases");
+                node = Node::start(&self.data_dir, &env);
+            }
+            let last = index + 1 == levels.len();
+            if last
+                && self.plan.go_beyond
+                && all_pass
+                && !degraded
+                && users + 100 <= self.max_users()
+            {
+                levels.push(users + 100);
+            }
+            index += 1;
+        }
+        let best_users = best.map_or(self.plan.levels[0], |(u, _)| u);
+        let eighty = (best_users * 8 / 10).max(1);
+        let (result, _, _) = self
+            .run_phase(
+                &mut node,
+                &format!("80 % of best ({eighty})"),
+                eighty,
+                self.plan.ramp_s.min(60.0),
+                self.plan.hold_s,
+                Mode::Honouring,
+                true,
+            )
+            .await;
+        print_verdicts(&result);
+        report.web_layer.push(result);
+
+        let largest = *levels.last().expect("levels");
+        let (result, _, _) = self
+            .run_phase(
+                &mut node,
+                &format!("naive {largest}"),
+                largest,
+                self.plan.ramp_s,
+                self.plan.hold_s,
+                Mode::Naive,
+                true,
+            )
+            .await;
+        print_verdicts(&result);
+        report.web_layer.push(result);
+        let _ = node.stop();
+    }
+
+    fn max_users(&self) -> usize {
+        MAX_USERS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn mixed(&mut self, report: &mut Report) {
+        let env = self.node_env(
+            1,
+            &[(
+                "SHOWCASE_UPLOAD__MAX_QUEUE_DEPTH",
+                self.plan.mixed_queue_depth.to_string(),
+            )],
+        );
+        let mut node = Node::start(&self.data_dir, &env);
+        let users = self.plan.mixed_users;
+        let (mut phase_result, phase, mut queue) = self
+            .run_phase(
+                &mut node,
+                "mixed",
+                users,
+                self.plan.ramp_s.min(60.0),
+                self.plan.hold_s.min(180.0),
+                Mode::Honouring,
+                false,
+            )
+            .await;
+        let client = Client::new(node.url(""));
+        let load_ended = Instant::now();
+        let t0 = phase.started;
+        let deadline = Instant::now() + Duration::from_secs(60 + 120 * self.plan.mixed_queue_depth);
+        let progress = bar(0, "mixed drain");
+        loop {
+            match load::queue_state(&client).await {
+                Some((depth, in_flight, _)) => {
+                    queue.push(QueuePoint {
+                        t_s: t0.elapsed().as_secs_f64(),
+                        depth,
+                        in_flight,
+                    });
+                    progress.set_message(format!("{depth} waiting, {in_flight} running"));
+                    if depth + in_flight == 0 {
+                        break;
+                    }
+                }
+                None => break,
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        progress.finish_and_clear();
+        let drained_after_s = load_ended.elapsed().as_secs_f64();
+        let accepted = phase.accepted.lock().unwrap().clone();
+        let mut processed = 0;
+        let mut not_processed = Vec::new();
+        for (id, token) in &accepted {
+            let body: serde_json::Value = match client
+                .http
+                .get(format!("{}/api/videos/{id}", client.base))
+                .bearer_auth(token)
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            if body["status"] == "processed" {
+                processed += 1;
+            } else {
+                not_processed.push(format!("{id}: {}", body["status"]));
+            }
+        }
+        phase_result.alive = node.is_alive();
+        let verdict = Verdict::new(
+            "mixed: every 201 processed once the backlog drains",
+            not_processed.is_empty() && !accepted.is_empty(),
+            format!(
+                "{processed} of {} processed, drained {drained_after_s:.0} s after the load",
+                accepted.len()
+            ),
+        );
+        println!(
+            "{} mixed: {}",
+            if verdict.pass { "PASS" } else { "FAIL" },
+            verdict.detail
+        );
+        print_verdicts(&phase_result);
+        report.mixed = Some(MixedRun {
+            phase: phase_result,
+            drained_after_s,
+            processed,
+            not_processed,
+            queue,
+            verdict,
+        });
+        let _ = node.stop();
+    }
+
+    async fn worker_layer(&mut self, report: &mut Report, media_dir: &std::path::Path) {
+        let mut best: Option<(usize, f64, PathBuf)> = None;
+        for &size in &self.plan.input_sizes.clone() {
+            let input = node::generate_input(media_dir, size, 30);
+            let video = Bytes::from(std::fs::read(&input).expect("input"));
+            for &workers in &self.plan.worker_counts.clone() {
+                let run = self.burst(workers, &video, input.as_path()).await;
+                println!(
+                    "scenario 2: {} MB input, {workers} workers: {:.2} videos/min ({} published, {} failed)",
+                    video.len() / 1_000_000,
+                    run.videos_per_min,
+                    run.published,
+                    run.failed
+                );
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, rate, _)| run.videos_per_min > *rate)
+                {
+                    best = Some((workers, run.videos_per_min, input.clone()));
+                }
+                report.worker_layer.push(run);
+            }
+        }
+        if self.plan.paced_s > 0.0 {
+            if let Some((workers, capacity, input)) = best {
+                report.paced = Some(self.paced(workers, capacity, &input).await);
+            }
+        }
+    }
+
+    /// `jobs` uploads at once, then the time until the queue is empty.
+    async fn burst(&mut self, workers: usize, video: &Bytes, input: &std::path::Path) -> WorkerRun {
+        let env = self.node_env(workers, &[]);
+        let mut node = Node::start(&self.data_dir, &env);
+        let client = Client::new(node.url(""));
+        self.signed_up = 0;
+        self.ensure_users(&client, 1).await;
+        let token = client
+            .login_patiently(0, Instant::now() + Duration::from_secs(60))
+            .await
+            .expect("login");
+        let phase = Phase::new();
+        let t0 = Instant::now();
+        let mut ids = Vec::new();
+        for _ in 0..self.plan.jobs_per_run {
+            let (sample, id, _) = client.upload(0, &token, video, &phase).await;
+            match id {
+                Some(id) => ids.push(id),
+                None => eprintln!("an injected upload was refused: {}", sample.status),
+            }
+        }
+        let name = format!("{} MB x{}", video.len() / 1_000_000, workers);
+        let progress = bar(0, &name);
+        let mut queue = Vec::new();
+        let mut peak_rss = 0;
+        let deadline = Instant::now() + Duration::from_secs(600 * self.plan.jobs_per_run);
+        loop {
+            peak_rss = peak_rss.max(node.anon_bytes());
+            if let Some((depth, in_flight, _)) = load::queue_state(&client).await {
+                queue.push(QueuePoint {
+                    t_s: t0.elapsed().as_secs_f64(),
+                    depth,
+                    in_flight,
+                });
+                progress.set_message(format!("{depth} waiting, {in_flight} running"));
+                if depth + in_flight == 0 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline || !node.is_alive() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        progress.finish_and_clear();
+        let seconds = t0.elapsed().as_secs_f64();
+        let (mut published, mut failed) = (0, 0);
+        for id in &ids {
+            let body: serde_json::Value = client
+                .http
+                .get(format!("{}/api/videos/{id}", client.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("detail")
+                .json()
+                .await
+                .unwrap_or_default();
+            match body["status"].as_str() {
+                Some("processed") => published += 1,
+                _ => failed += 1,
+            }
+        }
+        let run = WorkerRun {
+            name,
+            input_bytes: std::fs::metadata(input).map(|m| m.len()).unwrap_or(0),
+            workers,
+            jobs: ids.len() as u64,
+            seconds,
+            videos_per_min: published as f64 * 60.0 / seconds,
+            published,
+            failed,
+            queue,
+            cgroup_peak_bytes: node.cgroup_peak_bytes(),
+            peak_rss_bytes: peak_rss,
+            alive: node.is_alive(),
+        };
+        let _ = node.stop();
+        run
+    }
+
+    /// Steady injection at 80 % of `capacity` (videos/min): the backlog must stay flat.
+    async fn paced(&mut self, workers: usize, capacity: f64, input: &std::path::Path) -> PacedRun {
+        let env = self.node_env(workers, &[]);
+        let mut node = Node::start(&self.data_dir, &env);
+        let client = Client::new(node.url(""));
+        self.signed_up = 0;
+        self.ensure_users(&client, 1).await;
+        let token = client
+            .login_patiently(0, Instant::now() + Duration::from_secs(60))
+            .await
+            .expect("login");
+        let video = Bytes::from(std::fs::read(input).expect("input"));
+        let rate = capacity * 0.8;
+        let every = Duration::from_secs_f64(60.0 / rate.max(0.01));
+        let phase = Phase::new();
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs_f64(self.plan.paced_s);
+        let mut next = t0;
+        let mut queue = Vec::new();
+        let progress = bar(self.plan.paced_s as u64, "steady inject");
+        while Instant::now() < end {
+            if Instant::now() >= next {
+                let _ = client.upload(0, &token, &video, &phase).await;
+                next += every;
+            }
+            if let Some((depth, in_flight, _)) = load::queue_state(&client).await {
+                queue.push(QueuePoint {
+                    t_s: t0.elapsed().as_secs_f64(),
+                    depth,
+                    in_flight,
+                });
+                progress.set_message(format!("{depth} waiting, {in_flight} running"));
+            }
+            progress.set_position(t0.elapsed().as_secs());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        progress.finish_and_clear();
+        let points: Vec<(f64, f64)> = queue
+            .iter()
+            .map(|p| (p.t_s, (p.depth + p.in_flight) as f64))
+            .collect();
+        let slope_per_min = report::slope(&points) * 60.0;
+        let max_backlog = queue
+            .iter()
+            .map(|p| p.depth + p.in_flight)
+            .max()
+            .unwrap_or(0);
+        let verdict = Verdict::new(
+            "backlog flat below capacity",
+            slope_per_min.abs() < 0.5 && max_backlog <= (workers as u64) * 2 + 2 && node.is_alive(),
+            format!("slope {slope_per_min:+.2} jobs/min, at most {max_backlog} in the system at {rate:.2}/min injected"),
+        );
+        println!(
+            "{} paced: {}",
+            if verdict.pass { "PASS" } else { "FAIL" },
+            verdict.detail
+        );
+        let _ = node.stop();
+        PacedRun {
+            name: format!("steady x{workers}"),
+            workers,
+            capacity_per_min: capacity,
+            injected_per_min: rate,
+            seconds: self.plan.paced_s,
+            backlog_slope_per_min: slope_per_min,
+            max_backlog,
+            queue,
+            verdict,
+        }
+    }
+}
+
+static MAX_USERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(600);
+
+fn print_verdicts(p: &PhaseResult) {
+    println!(
+        "{}: {} requests, {} accepted ({:.2}/s, {:.0} MB/s), {} refused, {} limited; p95 accepted {:.3} s, p99 refusal {:.1} ms",
+        p.name,
+        p.counts.requests,
+        p.counts.accepted,
+        p.accepted_per_s,
+        p.goodput_bytes_per_s / 1e6,
+        p.counts.refused,
+        p.counts.limited,
+        p.accepted_p95_s,
+        p.refusal_p99_s * 1000.0
+    );
+    for v in &p.verdicts {
+        println!(
+            "  {} {}: {}",
+            if v.pass { "PASS" } else { "FAIL" },
+            v.goal,
+            v.detail
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    MAX_USERS.store(args.max_users, std::sync::atomic::Ordering::Relaxed);
+    let plan = Plan::new(args.quick);
+    std::fs::create_dir_all(&args.out).expect("output dir");
+    let out = std::fs::canonicalize(&args.out).expect("output dir");
+    let media_dir = out.join("media");
+    let data_dir = out.join("node-data");
+
+    println!(
+        "measuring the disk ({} MiB with dd conv=fdatasync)...",
+        plan.dd_mebibytes
+    );
+    let disk = node::disk_fsync_bandwidth(&out, plan.dd_mebibytes);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("{cores} cores, disk {:.0} MB/s", disk / 1e6);
+    println!("generating the 18 MB 1920x1080 30 s input...");
+    let input = node::generate_input(&media_dir, 18_000_000, 30);
+    let video = Bytes::from(std::fs::read(&input).expect("input"));
+
+    let mut report = Report {
+        quick: args.quick,
+        started_at: showcase::domain::format_ts(showcase::domain::now_ts()),
+        machine: report::Machine {
+            cores,
+            disk_fsync_bytes_per_s: disk,
+            memory_cap_bytes: node::MEMORY_CAP_BYTES,
+            memory_cap_applied: false,
+        },
+        web_layer: Vec::new(),
+        mixed: None,
+        worker_layer: Vec::new(),
+        paced: None,
+    };
+    let mut bench = Bench {
+        plan,
+        video,
+        disk_bytes_per_s: disk,
+        data_dir,
+        signed_up: 0,
+        cap_applied: false,
+    };
+    bench.web_layer(&mut report).await;
+    bench.signed_up = 0;
+    bench.mixed(&mut report).await;
+    bench.worker_layer(&mut report, &media_dir).await;
+    report.machine.memory_cap_applied = bench.cap_applied;
+
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("report.json");
+    std::fs::write(out.join("report.md"), report::markdown(&report)).expect("report.md");
+    match report::load_font() {
+        Ok(()) => {
+            for (name, plot) in [
+                (
+                    "latency.png",
+                    report::plot_latency as fn(&Report, &std::path::Path) -> _,
+                ),
+                ("throughput.png", report::plot_throughput),
+                ("queue.png", report::plot_queue),
+            ] {
+                if let Err(e) = plot(&report, &out.join(name)) {
+                    eprintln!("plot {name}: {e}");
+                }
+            }
+        }
+        Err(e) => eprintln!("no plots: {e}"),
+    }
+    let verdicts = report.all_verdicts();
+    let failed = verdicts.iter().filter(|(_, v)| !v.pass).count();
+    println!(
+        "\n{} of {} goals PASS; report in {}",
+        verdicts.len() - failed,
+        verdicts.len(),
+        out.join("report.md").display()
+    );
+}

@@ -1,0 +1,664 @@
+//! Figures of a run: per-phase statistics, goal verdicts, and the report (JSON, markdown, PNG).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::load::{Mode, Outcome, Sample};
+
+/// The replaced system's figures from its capacity test, per number of users.
+pub const REPLACED: [(usize, &str, &str, &str); 4] = [
+    (5, "38.5 %", "0.12", "79 s"),
+    (100, "73.7 %", "0.30", "332 s"),
+    (200, "crash", "-", "-"),
+    (300, "crash", "-", "-"),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub goal: String,
+    pub pass: bool,
+    pub detail: String,
+}
+
+impl Verdict {
+    pub fn new(goal: &str, pass: bool, detail: String) -> Self {
+        Self {
+            goal: goal.to_owned(),
+            pass,
+            detail,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub requests: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub limited: u64,
+    pub rejected: u64,
+    pub server_errors: u64,
+    pub unanswered: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseResult {
+    pub name: String,
+    pub users: usize,
+    pub mode: Mode,
+    pub transcoding: bool,
+    pub ramp_s: f64,
+    pub hold_s: f64,
+    pub counts: Counts,
+    /// Accepted uploads per second and goodput (bytes/s) over the hold.
+    pub accepted_per_s: f64,
+    pub goodput_bytes_per_s: f64,
+    pub accepted_p50_s: f64,
+    pub accepted_p95_s: f64,
+    pub accepted_p99_s: f64,
+    pub refusal_p50_s: f64,
+    pub refusal_p99_s: f64,
+    pub intents_started: u64,
+    pub intents_succeeded: u64,
+    pub intents_given_up: u64,
+    pub intents_cut_by_the_end: u64,
+    pub verified_stored: u64,
+    pub peak_rss_bytes: u64,
+    pub cgroup_peak_bytes: Option<u64>,
+    pub alive: bool,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub struct Window {
+    pub from_s: f64,
+    pub to_s: f64,
+}
+
+/// Counts and latencies of `samples`; rates over the samples sent within `hold`.
+pub fn summarize(samples: &[Sample], hold: &Window) -> (Counts, f64, f64, [f64; 3], [f64; 2]) {
+    let mut counts = Counts::default();
+    let mut accepted = Vec::new();
+    let mut refusals = Vec::new();
+    let (mut hold_accepted, mut hold_bytes) = (0u64, 0u64);
+    for s in samples {
+        counts.requests += 1;
+        match s.outcome {
+            Outcome::Accepted => {
+                counts.accepted += 1;
+                accepted.push(s.latency_s);
+                if s.at_s >= hold.from_s && s.at_s < hold.to_s {
+                    hold_accepted += 1;
+                    hold_bytes += s.bytes;
+                }
+            }
+            Outcome::Refused => {
+                counts.refused += 1;
+                refusals.push(s.latency_s);
+            }
+            Outcome::Limited => {
+                counts.limited += 1;
+                refusals.push(s.latency_s);
+            }
+            Outcome::Rejected => counts.rejected += 1,
+            Outcome::ServerError => counts.server_errors += 1,
+            Outcome::Unanswered => counts.unanswered += 1,
+        }
+    }
+    accepted.sort_by(f64::total_cmp);
+    refusals.sort_by(f64::total_cmp);
+    let span = (hold.to_s - hold.from_s).max(1e-9);
+    (
+        counts,
+        hold_accepted as f64 / span,
+        hold_bytes as f64 / span,
+        [
+            percentile(&accepted, 50.0),
+            percentile(&accepted, 95.0),
+            percentile(&accepted, 99.0),
+        ],
+        [percentile(&refusals, 50.0), percentile(&refusals, 99.0)],
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuePoint {
+    pub t_s: f64,
+    pub depth: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRun {
+    pub name: String,
+    pub input_bytes: u64,
+    pub workers: usize,
+    pub jobs: u64,
+    pub seconds: f64,
+    pub videos_per_min: f64,
+    pub published: u64,
+    pub failed: u64,
+    pub queue: Vec<QueuePoint>,
+    pub cgroup_peak_bytes: Option<u64>,
+    pub peak_rss_bytes: u64,
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PacedRun {
+    pub name: String,
+    pub workers: usize,
+    pub capacity_per_min: f64,
+    pub injected_per_min: f64,
+    pub seconds: f64,
+    /// Least-squares slope of the backlog (depth + in flight), jobs per minute.
+    pub backlog_slope_per_min: f64,
+    pub max_backlog: u64,
+    pub queue: Vec<QueuePoint>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MixedRun {
+    pub phase: PhaseResult,
+    pub drained_after_s: f64,
+    pub processed: u64,
+    pub not_processed: Vec<String>,
+    pub queue: Vec<QueuePoint>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub disk_fsync_bytes_per_s: f64,
+    pub memory_cap_bytes: u64,
+    pub memory_cap_applied: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    pub started_at: String,
+    pub machine: Machine,
+    pub web_layer: Vec<PhaseResult>,
+    pub mixed: Option<MixedRun>,
+    pub worker_layer: Vec<WorkerRun>,
+    pub paced: Option<PacedRun>,
+}
+
+impl Report {
+    pub fn all_verdicts(&self) -> Vec<(String, Verdict)> {
+        let mut out = Vec::new();
+        for phase in &self.web_layer {
+            for v in &phase.verdicts {
+                out.push((phase.name.clone(), v.clone()));
+            }
+        }
+        if let Some(mixed) = &self.mixed {
+            for v in &mixed.phase.verdicts {
+                out.push(("mixed".to_owned(), v.clone()));
+            }
+            out.push(("mixed".to_owned(), mixed.verdict.clone()));
+        }
+        if let Some(paced) = &self.paced {
+            out.push((paced.name.clone(), paced.verdict.clone()));
+        }
+        out
+    }
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.0}", bytes / 1e6)
+}
+
+fn ms(seconds: f64) -> String {
+    if seconds >= 10.0 {
+        format!("{seconds:.0} s")
+    } else if seconds >= 1.0 {
+        format!("{seconds:.2} s")
+    } else {
+        format!("{:.1} ms", seconds * 1000.0)
+    }
+}
+
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let m = &report.machine;
+    let _ = writeln!(
+        md,
+        "# Capacity benchmark{}\n",
+        if report.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "Run at {}. Machine: {} cores; disk write bandwidth with `dd conv=fdatasync`: {} MB/s. \
+         Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
+         generator runs on the same cores as the node.\n",
+        report.started_at,
+        m.cores,
+        mb(m.disk_fsync_bytes_per_s),
+        m.memory_cap_bytes >> 30,
+        if m.memory_cap_applied {
+            "applied (cgroup v1)"
+        } else {
+            "not applied (no cgroup could be created)"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "## Against the replaced system (web layer, uploads of 18 MB)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| users | replaced: errors | replaced: req/s | replaced: p95 | ours: failed | ours: refused (503/429) | ours: accepted/s | ours: p95 accepted | ours: p99 refusal |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for (users, errors, rps, p95) in REPLACED {
+        let ours = report
+            .web_layer
+            .iter()
+            .find(|p| p.users == users && p.mode == Mode::Honouring);
+        match ours {
+            Some(p) => {
+                let c = &p.counts;
+                let failed = c.server_errors + c.unanswered + c.rejected;
+                let _ = writeln!(
+                    md,
+                    "| {users} | {errors} | {rps} | {p95} | {:.1} % ({failed}) | {:.1} % | {:.2} | {} | {} |",
+                    100.0 * failed as f64 / c.requests.max(1) as f64,
+                    100.0 * (c.refused + c.limited) as f64 / c.requests.max(1) as f64,
+                    p.accepted_per_s,
+                    ms(p.accepted_p95_s),
+                    ms(p.refusal_p99_s),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| {users} | {errors} | {rps} | {p95} | not run | | | | |"
+                );
+            }
+        }
+    }
+    let _ = writeln!(md, "\n## Scenario 1: web layer, every phase\n");
+    let _ = writeln!(
+        md,
+        "| phase | users | clients | ramp + hold | requests | 201 | 503 | 429 | other 4xx | 5xx | unanswered | accepted/s | goodput MB/s | p50 / p95 / p99 accepted | p99 refusal | stored and queued = 201s | peak resident memory |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let phases = report
+        .web_layer
+        .iter()
+        .chain(report.mixed.as_ref().map(|m| &m.phase));
+    for p in phases {
+        let c = &p.counts;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:?} | {:.0} + {:.0} s | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} / {} / {} | {} | {} of {} | {} MB |",
+            p.name,
+            p.users,
+            p.mode,
+            p.ramp_s,
+            p.hold_s,
+            c.requests,
+            c.accepted,
+            c.refused,
+            c.limited,
+            c.rejected,
+            c.server_errors,
+            c.unanswered,
+            p.accepted_per_s,
+            mb(p.goodput_bytes_per_s),
+            ms(p.accepted_p50_s),
+            ms(p.accepted_p95_s),
+            ms(p.accepted_p99_s),
+            ms(p.refusal_p99_s),
+            p.verified_stored,
+            c.accepted,
+            mb(p.peak_rss_bytes as f64),
+        );
+    }
+    if let Some(mixed) = &report.mixed {
+        let _ = writeln!(
+            md,
+            "\nMixed run (transcoding on): {} uploads accepted, {} processed once the backlog drained ({:.0} s after the load stopped).",
+            mixed.phase.counts.accepted, mixed.processed, mixed.drained_after_s
+        );
+    }
+    let _ = writeln!(md, "\n## Scenario 2: worker layer\n");
+    let _ = writeln!(md, "| run | input | workers | jobs | seconds | videos/min | published | failed | peak resident memory |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for w in &report.worker_layer {
+        let _ = writeln!(
+            md,
+            "| {} | {} MB | {} | {} | {:.0} | **{:.2}** | {} | {} | {} MB |",
+            w.name,
+            mb(w.input_bytes as f64),
+            w.workers,
+            w.jobs,
+            w.seconds,
+            w.videos_per_min,
+            w.published,
+            w.failed,
+            mb(w.peak_rss_bytes as f64),
+        );
+    }
+    if let Some(p) = &report.paced {
+        let _ = writeln!(
+            md,
+            "\nBacklog under a steady injection of {:.2} videos/min (capacity {:.2} with {} workers) for {:.0} s: slope {:+.2} jobs/min, at most {} waiting or running.",
+            p.injected_per_min, p.capacity_per_min, p.workers, p.seconds, p.backlog_slope_per_min, p.max_backlog
+        );
+    }
+    let _ = writeln!(md, "\n## Goals\n");
+    let _ = writeln!(md, "| phase | goal | verdict | measured |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for (phase, v) in report.all_verdicts() {
+        let _ = writeln!(
+            md,
+            "| {phase} | {} | {} | {} |",
+            v.goal,
+            if v.pass { "PASS" } else { "**FAIL**" },
+            v.detail
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nPlots: `latency.png` (percentiles against users), `throughput.png` (accepted uploads and goodput against users), `queue.png` (queue over time)."
+    );
+    md
+}
+
+/// Registers a TrueType font for the plots' text (plotters has no font of its own).
+pub fn load_font() -> Result<(), String> {
+    const CANDIDATES: [&str; 2] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ];
+    for path in CANDIDATES {
+        if let Ok(bytes) = std::fs::read(path) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{path} is not a usable font"));
+        }
+    }
+    Err("no TrueType font found (install fonts-dejavu-core)".into())
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+fn levels(report: &Report) -> Vec<&PhaseResult> {
+    let mut levels: Vec<&PhaseResult> = report
+        .web_layer
+        .iter()
+        .filter(|p| p.mode == Mode::Honouring)
+        .collect();
+    levels.sort_by_key(|p| p.users);
+    levels
+}
+
+pub fn plot_latency(report: &Report, path: &Path) -> PlotResult {
+    let levels = levels(report);
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_users = levels.iter().map(|p| p.users).max().unwrap_or(1) as f64 * 1.05;
+    let all_ms = levels.iter().flat_map(|p| {
+        [
+            p.accepted_p50_s,
+            p.accepted_p95_s,
+            p.accepted_p99_s,
+            p.refusal_p99_s,
+        ]
+        .map(|s| s * 1000.0)
+    });
+    let max_ms = all_ms.fold(10.0f64, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Upload latency against users (18 MB uploads)",
+            ("sans-serif", 24),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_users, (0.1f64..max_ms).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent users")
+        .y_desc("milliseconds (log)")
+        .draw()?;
+    type Figure = fn(&PhaseResult) -> f64;
+    let series: [(&str, RGBColor, Figure); 4] = [
+        ("p50 accepted", BLUE, |p| p.accepted_p50_s),
+        ("p95 accepted", GREEN, |p| p.accepted_p95_s),
+        ("p99 accepted", RED, |p| p.accepted_p99_s),
+        ("p99 refusal", MAGENTA, |p| p.refusal_p99_s),
+    ];
+    for (label, color, value) in series {
+        // A phase with no refusal has no refusal latency to draw.
+        let points: Vec<(f64, f64)> = levels
+            .iter()
+            .filter(|p| value(p) > 0.0)
+            .map(|p| (p.users as f64, (value(p) * 1000.0).max(0.1)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
+    }
+    // The goals.
+    for (limit_ms, color) in [(1000.0, GREEN), (50.0, MAGENTA)] {
+        chart.draw_series(LineSeries::new(
+            [(0.0, limit_ms), (max_users, limit_ms)],
+            color.mix(0.4),
+        ))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+pub fn plot_throughput(report: &Report, path: &Path) -> PlotResult {
+    let levels = levels(report);
+    let root = BitMapBackend::new(path, (1000, 800)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(400);
+    let max_users = levels.iter().map(|p| p.users).max().unwrap_or(1) as f64 * 1.05;
+    let max_rate = levels.iter().map(|p| p.accepted_per_s).fold(1.0, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            "Accepted uploads per second against users",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_users, 0f64..max_rate)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent users")
+        .y_desc("uploads/s")
+        .draw()?;
+    let points: Vec<(f64, f64)> = levels
+        .iter()
+        .map(|p| (p.users as f64, p.accepted_per_s))
+        .collect();
+    chart.draw_series(LineSeries::new(points.clone(), BLUE.stroke_width(2)))?;
+    chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, BLUE.filled())))?;
+
+    let disk = report.machine.disk_fsync_bytes_per_s / 1e6;
+    let max_mb = levels
+        .iter()
+        .map(|p| p.goodput_bytes_per_s / 1e6)
+        .fold(disk, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            "Upload goodput against users (line: disk fsync bandwidth, dashed: 70 %)",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_users, 0f64..max_mb)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent users")
+        .y_desc("MB/s")
+        .draw()?;
+    let points: Vec<(f64, f64)> = levels
+        .iter()
+        .map(|p| (p.users as f64, p.goodput_bytes_per_s / 1e6))
+        .collect();
+    chart.draw_series(LineSeries::new(points.clone(), GREEN.stroke_width(2)))?;
+    chart.draw_series(
+        points
+            .into_iter()
+            .map(|p| Circle::new(p, 3, GREEN.filled())),
+    )?;
+    chart.draw_series(LineSeries::new(
+        [(0.0, disk), (max_users, disk)],
+        BLACK.mix(0.5),
+    ))?;
+    chart.draw_series(DashedLineSeries::new(
+        [(0.0, disk * 0.7), (max_users, disk * 0.7)],
+        6,
+        4,
+        RED.mix(0.6).into(),
+    ))?;
+    root.present()?;
+    Ok(())
+}
+
+pub fn plot_queue(report: &Report, path: &Path) -> PlotResult {
+    let mut runs: Vec<(String, &[QueuePoint])> = report
+        .worker_layer
+        .iter()
+        .map(|w| {
+            (
+                format!("{} MB, {} workers", mb(w.input_bytes as f64), w.workers),
+                w.queue.as_slice(),
+            )
+        })
+        .collect();
+    if let Some(p) = &report.paced {
+        runs.push((
+            format!(
+                "steady {:.1}/min, {} workers",
+                p.injected_per_min, p.workers
+            ),
+            p.queue.as_slice(),
+        ));
+    }
+    if let Some(m) = &report.mixed {
+        runs.push(("mixed run".to_owned(), m.queue.as_slice()));
+    }
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_t = runs
+        .iter()
+        .flat_map(|(_, q)| q.iter().map(|p| p.t_s))
+        .fold(10.0, f64::max);
+    let max_depth = runs
+        .iter()
+        .flat_map(|(_, q)| q.iter().map(|p| (p.depth + p.in_flight) as f64))
+        .fold(2.0, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Processing backlog over time (waiting + running)",
+            ("sans-serif", 24),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_t, 0f64..max_depth)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("jobs")
+        .draw()?;
+    for (i, (label, queue)) in runs.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                queue
+                    .iter()
+                    .map(|p| (p.t_s, (p.depth + p.in_flight) as f64)),
+                color.stroke_width(2),
+            ))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Least-squares slope of y over t (per second).
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean_t = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let cov: f64 = points.iter().map(|p| (p.0 - mean_t) * (p.1 - mean_y)).sum();
+    let var: f64 = points.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+    if var == 0.0 {
+        0.0
+    } else {
+        cov / var
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 50.0);
+        assert_eq!(percentile(&values, 95.0), 95.0);
+        assert_eq!(percentile(&values, 100.0), 100.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+        assert_eq!(percentile(&[7.0], 1.0), 7.0);
+    }
+
+    #[test]
+    fn slope_of_a_line() {
+        let points: Vec<(f64, f64)> = (0..10).map(|t| (t as f64, 3.0 + 0.5 * t as f64)).collect();
+        assert!((slope(&points) - 0.5).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
+    }
+}
