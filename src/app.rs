@@ -354,7 +354,7 @@ impl Application {
             .local_addr()
             .map_err(io_error("reading the bound address"))?;
 
-        let config_rate_limit = config.rate_limit.clone();
+        let rate_limits = Arc::new(RateLimits::new(&config.rate_limit));
         let state = Arc::new(AppState {
             auth: Auth::new(
                 &secret,
@@ -374,7 +374,7 @@ impl Application {
             registry,
             faults,
             load,
-            rate_limits: Arc::new(RateLimits::new(&config_rate_limit)),
+            rate_limits,
             addressing,
             shutting_down: AtomicBool::new(false),
         });

@@ -23,13 +23,22 @@ async fn scrape(http: &reqwest::Client, server: &ServerProcess) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
 }
 
-/// The value of one sample (counter, gauge or untyped), 0 when the series does not exist yet.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The samples of metric `name` that carry all of `labels`.
+fn series<'a>(
+    scrape: &'a Scrape,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
     scrape
         .samples
         .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter(move |s| s.metric == name)
+        .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+/// The value of one sample (counter, gauge or untyped), 0 when the series does not exist yet.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(scrape, name, labels)
         .map(|s| match &s.value {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
             other => panic!("{name} is not a plain value: {other:?}"),
@@ -39,11 +48,7 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// How many observations a histogram series holds (its +Inf bucket).
 fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    series(scrape, name, labels)
         .map(|s| match &s.value {
             Value::Histogram(buckets) => buckets
                 .iter()

@@ -65,8 +65,8 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Starts a 50 MiB upload, sends its first 64 KiB and waits for the answer without sending more.
-async fn upload_refused_before_the_body(t: &TestApp, token: &str) -> (u16, String, Value) {
+/// Opens a connection and sends the head of a 50 MiB upload, up to where the file's bytes go.
+async fn start_upload(t: &TestApp, token: &str) -> TcpStream {
     let mut stream = TcpStream::connect(t.app.addr).await.unwrap();
     let head = format!(
         "POST /api/videos/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
@@ -74,6 +74,12 @@ async fn upload_refused_before_the_body(t: &TestApp, token: &str) -> (u16, Strin
          Content-Disposition: form-data; name=\"video_file\"; filename=\"a.mp4\"\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Starts a 50 MiB upload, sends its first 64 KiB and waits for the answer without sending more.
+async fn upload_refused_before_the_body(t: &TestApp, token: &str) -> (u16, String, Value) {
+    let mut stream = start_upload(t, token).await;
     // The first bytes may already be on their way; the rest stays with the client.
     let _ = stream.write_all(&vec![0u8; SENT]).await;
     read_response(&mut stream, Duration::from_secs(5)).await
@@ -110,13 +116,7 @@ async fn every_upload_refusal_comes_before_the_body_with_retry_after() {
     // No slot: one upload holds the only one.
     let t = TestApp::start_with(|c| c.upload.max_concurrent = 1);
     let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
-    let mut holder = TcpStream::connect(t.app.addr).await.unwrap();
-    let head = format!(
-        "POST /api/videos/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {DECLARED}\r\n\r\n--b\r\n\
-         Content-Disposition: form-data; name=\"video_file\"; filename=\"a.mp4\"\r\n\r\n"
-    );
-    holder.write_all(head.as_bytes()).await.unwrap();
+    let mut holder = start_upload(&t, &token).await;
     holder.write_all(&[0u8; 4096]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while t.files_under("tmp").is_empty() {
@@ -197,13 +197,7 @@ async fn a_stalled_upload_body_is_aborted_and_frees_its_slot() {
         c.server.body_idle_timeout_s = 1;
     });
     let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
-    let mut stream = TcpStream::connect(t.app.addr).await.unwrap();
-    let head = format!(
-        "POST /api/videos/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {DECLARED}\r\n\r\n--b\r\n\
-         Content-Disposition: form-data; name=\"video_file\"; filename=\"a.mp4\"\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = start_upload(&t, &token).await;
     stream.write_all(&[0u8; 4096]).await.unwrap();
     // Then nothing: the body goes idle.
     let (status, _, body) = read_response(&mut stream, Duration::from_secs(5)).await;

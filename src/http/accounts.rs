@@ -1,5 +1,6 @@
 //! Signup and login.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +10,10 @@ use warp::reply::Response;
 
 use super::body::{content_length, read_limited, BodyStream, JsonObject};
 use super::error::ApiError;
-use super::json;
+use super::{json, within_budget};
 use crate::app::AppState;
 use crate::domain::NewUser;
+use crate::rate_limit::Limited;
 
 const MIN_PASSWORD_CHARS: usize = 8;
 /// argon2 hashes any length, but a bound keeps hashing cost predictable.
@@ -58,9 +60,11 @@ struct SignupResponse {
 
 pub async fn signup(
     state: Arc<AppState>,
+    peer: IpAddr,
     headers: HeaderMap,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
+    within_budget(&state, Limited::Signup, peer, &headers)?;
     let obj = json_body(&state, &headers, body).await?;
     let first_name = short_text(&obj, "first_name")?;
     let last_name = short_text(&obj, "last_name")?;
@@ -129,9 +133,11 @@ struct LoginResponse {
 
 pub async fn login(
     state: Arc<AppState>,
+    peer: IpAddr,
     headers: HeaderMap,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
+    within_budget(&state, Limited::Login, peer, &headers)?;
     let obj = json_body(&state, &headers, body).await?;
     let email = obj.string("email")?;
     let password = obj.string("password")?;

@@ -32,6 +32,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::app::AppState;
 use crate::domain::VideoId;
 use crate::rate_limit::{Limited, PeerAddr};
+
 use body::BodyStream;
 use error::ApiError;
 
@@ -71,7 +72,7 @@ fn peer() -> impl Filter<Extract = (IpAddr,), Error = std::convert::Infallible> 
         .map(|peer: Option<PeerAddr>| peer.map_or(IpAddr::from(Ipv4Addr::UNSPECIFIED), |p| p.0))
 }
 
-/// Takes a token from the client's budget for `route` (before anything else is done).
+/// Takes a token from the client's budget for `route`; rate-limited handlers call it first.
 fn within_budget(
     state: &AppState,
     route: Limited,
@@ -93,13 +94,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(peer())
         .and(headers())
         .and(body_stream())
-        .then(|s: Arc<AppState>, p, h, b| async move {
-            let result = match within_budget(&s, Limited::Signup, p, &h) {
-                Ok(()) => accounts::signup(s, h, b).await,
-                Err(e) => Err(e),
-            };
-            respond(result)
-        })
+        .then(|s, p, h, b| async move { respond(accounts::signup(s, p, h, b).await) })
         .boxed();
     let login = warp::path!("api" / "auth" / "login")
         .and(warp::post())
@@ -107,13 +102,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(peer())
         .and(headers())
         .and(body_stream())
-        .then(|s: Arc<AppState>, p, h, b| async move {
-            let result = match within_budget(&s, Limited::Login, p, &h) {
-                Ok(()) => accounts::login(s, h, b).await,
-                Err(e) => Err(e),
-            };
-            respond(result)
-        })
+        .then(|s, p, h, b| async move { respond(accounts::login(s, p, h, b).await) })
         .boxed();
 
     let upload = warp::path!("api" / "videos" / "upload")
@@ -153,13 +142,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(st())
         .and(peer())
         .and(headers())
-        .then(|id: String, s: Arc<AppState>, p, h| async move {
-            let result = match within_budget(&s, Limited::Vote, p, &h) {
-                Ok(()) => public::vote(s, h, id).await,
-                Err(e) => Err(e),
-            };
-            respond(result)
-        })
+        .then(|id: String, s, p, h| async move { respond(public::vote(s, p, h, id).await) })
         .boxed();
     let rankings = warp::path!("api" / "public" / "rankings")
         .and(warp::get())

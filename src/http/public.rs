@@ -1,5 +1,6 @@
 //! Public routes: published videos, votes, rankings.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
@@ -9,9 +10,10 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::pagination::parse_list_query;
 use super::videos::{poster_path, processed_path};
-use super::{json, video_id};
+use super::{json, video_id, within_budget};
 use crate::app::AppState;
 use crate::domain::format_ts;
+use crate::rate_limit::Limited;
 
 const VIDEOS_DEFAULT_LIMIT: u64 = 20;
 const RANKINGS_DEFAULT_LIMIT: u64 = 10;
@@ -62,9 +64,11 @@ struct Voted {
 
 pub async fn vote(
     state: Arc<AppState>,
+    peer: IpAddr,
     headers: HeaderMap,
     raw_id: String,
 ) -> Result<Response, ApiError> {
+    within_budget(&state, Limited::Vote, peer, &headers)?;
     let header = headers
         .get(http::header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));

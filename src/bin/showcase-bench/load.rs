@@ -82,6 +82,15 @@ impl Phase {
     }
 }
 
+/// The `Retry-After` of a response, in seconds.
+fn retry_after(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 #[derive(Clone)]
 pub struct Client {
     pub http: reqwest::Client,
@@ -168,12 +177,7 @@ impl Client {
             .await
             .map_err(|e| (None, e.to_string()))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|_| status == 503 || status == 429);
+        let retry_after = retry_after(&response).filter(|_| status == 503 || status == 429);
         let body: Value = response.json().await.map_err(|e| (None, e.to_string()))?;
         match (status, body["access_token"].as_str()) {
             (200, Some(token)) => Ok(token.to_owned()),
@@ -213,11 +217,7 @@ impl Client {
             Err(_) => (0, None, None),
             Ok(response) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
+                let retry_after = retry_after(&response);
                 match response.json::<Value>().await {
                     Ok(body) => (status, retry_after, body["video_id"].as_u64()),
                     Err(_) => (0, None, None),

@@ -110,8 +110,12 @@ struct Bench {
     video: Bytes,
     disk_bytes_per_s: f64,
     data_dir: PathBuf,
+    /// Bench users signed up on the current node.
     signed_up: usize,
+    /// Whether every node so far ran inside the memory cgroup.
     cap_applied: bool,
+    /// Highest number of users tried when every figure keeps holding.
+    max_users: usize,
 }
 
 impl Bench {
@@ -308,20 +312,31 @@ impl Bench {
         v
     }
 
-    fn node_env(&self, workers: usize, extra: &[(&str, String)]) -> Vec<(&'static str, String)> {
+    /// A fresh node (its data dir wiped, so no bench user exists on it yet) with `workers`
+    /// transcode workers and `extra` settings.
+    fn start_node(&mut self, workers: usize, extra: &[(&str, String)]) -> Node {
         let mut env = vec![("SHOWCASE_TRANSCODE__WORKERS", workers.to_string())];
-        for (k, v) in extra {
-            let key: &'static str = Box::leak(k.to_string().into_boxed_str());
-            env.push((key, v.clone()));
-        }
-        env
+        env.extend_from_slice(extra);
+        let node = Node::start(&self.data_dir, &env);
+        self.signed_up = 0;
+        self.cap_applied &= node.in_cgroup;
+        node
+    }
+
+    /// A fresh node with `workers` for the worker layer, with one bench user logged in.
+    async fn start_worker_node(&mut self, workers: usize) -> (Node, Client, String) {
+        let node = self.start_node(workers, &[]);
+        let client = Client::new(node.url(""));
+        self.ensure_users(&client, 1).await;
+        let token = client
+            .login_patiently(0, Instant::now() + Duration::from_secs(60))
+            .await
+            .expect("login");
+        (node, client, token)
     }
 
     async fn web_layer(&mut self, report: &mut Report) {
-        let env = self.node_env(0, &[]);
-        let mut node = Node::start(&self.data_dir, &env);
-        report.machine.memory_cap_applied = node.in_cgroup;
-        self.cap_applied = node.in_cgroup;
+        let mut node = self.start_node(0, &[]);
         let (users, seconds) = self.plan.smoke;
         let (smoke, _, _) = self
             .run_phase(
@@ -364,14 +379,10 @@ impl Bench {
             report.web_layer.push(result);
             if !alive {
                 println!("the node died; restarting it for the next phases");
-                node = Node::start(&self.data_dir, &env);
+                node = self.start_node(0, &[]);
             }
             let last = index + 1 == levels.len();
-            if last
-                && self.plan.go_beyond
-                && all_pass
-                && !degraded
-                && users + 100 <= self.max_users()
+            if last && self.plan.go_beyond && all_pass && !degraded && users + 100 <= self.max_users
             {
                 levels.push(users + 100);
             }
@@ -410,19 +421,9 @@ impl Bench {
         let _ = node.stop();
     }
 
-    fn max_users(&self) -> usize {
-        MAX_USERS.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     async fn mixed(&mut self, report: &mut Report) {
-        let env = self.node_env(
-            1,
-            &[(
-                "SHOWCASE_UPLOAD__MAX_QUEUE_DEPTH",
-                self.plan.mixed_queue_depth.to_string(),
-            )],
-        );
-        let mut node = Node::start(&self.data_dir, &env);
+        let queue_depth = self.plan.mixed_queue_depth.to_string();
+        let mut node = self.start_node(1, &[("SHOWCASE_UPLOAD__MAX_QUEUE_DEPTH", queue_depth)]);
         let users = self.plan.mixed_users;
         let (mut phase_result, phase, mut queue) = self
             .run_phase(
@@ -540,15 +541,7 @@ impl Bench {
 
     /// `jobs` uploads at once, then the time until the queue is empty.
     async fn burst(&mut self, workers: usize, video: &Bytes, input: &std::path::Path) -> WorkerRun {
-        let env = self.node_env(workers, &[]);
-        let mut node = Node::start(&self.data_dir, &env);
-        let client = Client::new(node.url(""));
-        self.signed_up = 0;
-        self.ensure_users(&client, 1).await;
-        let token = client
-            .login_patiently(0, Instant::now() + Duration::from_secs(60))
-            .await
-            .expect("login");
+        let (mut node, client, token) = self.start_worker_node(workers).await;
         let phase = Phase::new();
         let t0 = Instant::now();
         let mut ids = Vec::new();
@@ -621,15 +614,7 @@ impl Bench {
 
     /// Steady injection at 80 % of `capacity` (videos/min): the backlog must stay flat.
     async fn paced(&mut self, workers: usize, capacity: f64, input: &std::path::Path) -> PacedRun {
-        let env = self.node_env(workers, &[]);
-        let mut node = Node::start(&self.data_dir, &env);
-        let client = Client::new(node.url(""));
-        self.signed_up = 0;
-        self.ensure_users(&client, 1).await;
-        let token = client
-            .login_patiently(0, Instant::now() + Duration::from_secs(60))
-            .await
-            .expect("login");
+        let (mut node, client, token) = self.start_worker_node(workers).await;
         let video = Bytes::from(std::fs::read(input).expect("input"));
         let rate = capacity * 0.8;
         let every = Duration::from_secs_f64(60.0 / rate.max(0.01));
@@ -691,8 +676,6 @@ impl Bench {
     }
 }
 
-static MAX_USERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(600);
-
 fn print_verdicts(p: &PhaseResult) {
     println!(
         "{}: {} requests, {} accepted ({:.2}/s, {:.0} MB/s), {} refused, {} limited; p95 accepted {:.3} s, p99 refusal {:.1} ms",
@@ -719,7 +702,6 @@ fn print_verdicts(p: &PhaseResult) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    MAX_USERS.store(args.max_users, std::sync::atomic::Ordering::Relaxed);
     let plan = Plan::new(args.quick);
     std::fs::create_dir_all(&args.out).expect("output dir");
     let out = std::fs::canonicalize(&args.out).expect("output dir");
@@ -757,10 +739,10 @@ async fn main() {
         disk_bytes_per_s: disk,
         data_dir,
         signed_up: 0,
-        cap_applied: false,
+        cap_applied: true,
+        max_users: args.max_users,
     };
     bench.web_layer(&mut report).await;
-    bench.signed_up = 0;
     bench.mixed(&mut report).await;
     bench.worker_layer(&mut report, &media_dir).await;
     report.machine.memory_cap_applied = bench.cap_applied;
