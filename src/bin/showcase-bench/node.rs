@@ -16,6 +16,8 @@ pub struct Node {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub in_cgroup: bool,
+    /// The cgroup's OOM-kill count when this node started (the cgroup outlives runs).
+    oom_kills_before: u64,
 }
 
 /// Creates (or reuses) the bench's memory cgroup with the cap; false when that is not possible.
@@ -31,6 +33,14 @@ fn prepare_cgroup() -> bool {
     // The peak is measured per run.
     let _ = std::fs::write(dir.join("memory.max_usage_in_bytes"), "0");
     limit.is_ok()
+}
+
+/// The cgroup's OOM-kill count since it was created.
+fn cgroup_oom_kill_count() -> Option<u64> {
+    let text = std::fs::read_to_string(Path::new(CGROUP).join("memory.oom_control")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn cgroup_read(file: &str) -> Option<u64> {
@@ -96,6 +106,7 @@ impl Node {
             addr,
             data_dir: data_dir.to_path_buf(),
             in_cgroup,
+            oom_kills_before: cgroup_oom_kill_count().unwrap_or(0),
         }
     }
 
@@ -144,12 +155,13 @@ impl Node {
         self.rss_bytes()
     }
 
-    /// Whether the kernel had to reclaim at the cap (failcnt) or killed for it.
+    /// Processes the kernel killed at the cap since this node started.
     pub fn cgroup_oom_kills(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(Path::new(CGROUP).join("memory.oom_control")).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|v| v.trim().parse().ok())
+        self.in_cgroup.then(|| {
+            cgroup_oom_kill_count()
+                .unwrap_or(0)
+                .saturating_sub(self.oom_kills_before)
+        })
     }
 
     /// SIGTERM and wait; returns whether it exited 0.
