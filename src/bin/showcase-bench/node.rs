@@ -193,22 +193,30 @@ impl Drop for Node {
 
 /// Sequential write bandwidth with the data made durable, as `dd conv=fdatasync` measures it,
 /// on the disk of `dir`: bytes per second.
-pub fn disk_fsync_bandwidth(dir: &Path, mebibytes: u64) -> f64 {
+pub fn disk_fsync_bandwidth(dir: &Path, mebibytes: u64) -> Vec<f64> {
     std::fs::create_dir_all(dir).expect("bench dir");
     let target = dir.join("dd-bandwidth.bin");
-    let started = Instant::now();
-    let status = Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", target.display()))
-        .args(["bs=1M", &format!("count={mebibytes}"), "conv=fdatasync"])
-        .stderr(Stdio::null())
-        .status()
-        .expect("dd runs");
-    let seconds = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&target);
-    assert!(status.success(), "dd failed");
-    (mebibytes * 1024 * 1024) as f64 / seconds
+    (0..DD_RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("dd")
+                .arg("if=/dev/zero")
+                .arg(format!("of={}", target.display()))
+                .args(["bs=1M", &format!("count={mebibytes}"), "conv=fdatasync"])
+                .stderr(Stdio::null())
+                .status()
+                .expect("dd runs");
+            let seconds = started.elapsed().as_secs_f64();
+            let _ = std::fs::remove_file(&target);
+            assert!(status.success(), "dd failed");
+            (mebibytes * 1024 * 1024) as f64 / seconds
+        })
+        .collect()
 }
+
+/// The disk is measured this many times; the median is the baseline (a virtual disk's figure
+/// varies several-fold from one run to the next).
+pub const DD_RUNS: usize = 3;
 
 /// An H.264 MP4 of about `bytes`, 1920x1080, 30 fps, `seconds` long (cached under `dir`).
 pub fn generate_input(dir: &Path, bytes: u64, seconds: u32) -> PathBuf {

@@ -182,7 +182,9 @@ pub struct MixedRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cores: usize,
+    /// The median of the dd runs.
     pub disk_fsync_bytes_per_s: f64,
+    pub disk_fsync_runs_bytes_per_s: Vec<f64>,
     pub memory_cap_bytes: u64,
     pub memory_cap_applied: bool,
 }
@@ -243,12 +245,17 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "Run at {}. Machine: {} cores; disk write bandwidth with `dd conv=fdatasync`: {} MB/s. \
-         Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
+        "Run at {}. Machine: {} cores; disk write bandwidth with `dd conv=fdatasync`: {} MB/s \
+         (median of {} MB/s). Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
          generator runs on the same cores as the node.\n",
         report.started_at,
         m.cores,
         mb(m.disk_fsync_bytes_per_s),
+        m.disk_fsync_runs_bytes_per_s
+            .iter()
+            .map(|b| mb(*b))
+            .collect::<Vec<_>>()
+            .join(", "),
         m.memory_cap_bytes >> 30,
         if m.memory_cap_applied {
             "applied (cgroup v1)"
