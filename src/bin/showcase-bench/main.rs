@@ -699,6 +699,34 @@ fn print_verdicts(p: &PhaseResult) {
     }
 }
 
+/// Writes report.json, report.md and the plots under `out`.
+fn write_report(report: &Report, out: &std::path::Path) {
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(report).expect("json"),
+    )
+    .expect("report.json");
+    std::fs::write(out.join("report.md"), report::markdown(report)).expect("report.md");
+    static FONT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    match FONT.get_or_init(report::load_font) {
+        Ok(()) => {
+            for (name, plot) in [
+                (
+                    "latency.png",
+                    report::plot_latency as fn(&Report, &std::path::Path) -> _,
+                ),
+                ("throughput.png", report::plot_throughput),
+                ("queue.png", report::plot_queue),
+            ] {
+                if let Err(e) = plot(report, &out.join(name)) {
+                    eprintln!("plot {name}: {e}");
+                }
+            }
+        }
+        Err(e) => eprintln!("no plots: {e}"),
+    }
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -766,34 +794,15 @@ async fn run() {
         cap_applied: true,
         max_users: args.max_users,
     };
+    // The report is written after each part, so a long run that is cut short keeps its figures.
     bench.web_layer(&mut report).await;
+    report.machine.memory_cap_applied = bench.cap_applied;
+    write_report(&report, &out);
     bench.mixed(&mut report).await;
+    write_report(&report, &out);
     bench.worker_layer(&mut report, &media_dir).await;
     report.machine.memory_cap_applied = bench.cap_applied;
-
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("report.json");
-    std::fs::write(out.join("report.md"), report::markdown(&report)).expect("report.md");
-    match report::load_font() {
-        Ok(()) => {
-            for (name, plot) in [
-                (
-                    "latency.png",
-                    report::plot_latency as fn(&Report, &std::path::Path) -> _,
-                ),
-                ("throughput.png", report::plot_throughput),
-                ("queue.png", report::plot_queue),
-            ] {
-                if let Err(e) = plot(&report, &out.join(name)) {
-                    eprintln!("plot {name}: {e}");
-                }
-            }
-        }
-        Err(e) => eprintln!("no plots: {e}"),
-    }
+    write_report(&report, &out);
     let verdicts = report.all_verdicts();
     let failed = verdicts.iter().filter(|(_, v)| !v.pass).count();
     println!(
