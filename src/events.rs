@@ -30,6 +30,10 @@ pub enum Event {
     UploadRefused {
         reason: &'static str,
     },
+    /// A connection answered before its request body was read ended with a lingering close.
+    LingeringClose {
+        discarded_bytes: u64,
+    },
     JobFinished {
         video_id: u64,
         outcome: JobOutcome,
@@ -89,6 +93,8 @@ pub struct Metrics {
     uploads_accepted: IntCounter,
     upload_bytes: IntCounter,
     uploads_refused: IntCounterVec,
+    lingering_closes: IntCounter,
+    discarded_bytes: IntCounter,
     jobs: IntCounterVec,
     job_duration: HistogramVec,
     actor_restarts: IntCounterVec,
@@ -183,6 +189,16 @@ impl Metrics {
                 "showcase_uploads_refused_total",
                 "Uploads refused before or while being read, by reason.",
                 &["reason"],
+            ),
+            lingering_closes: counter(
+                &r,
+                "showcase_http_lingering_closes_total",
+                "Connections answered before their request body was read, closed by draining what was left.",
+            ),
+            discarded_bytes: counter(
+                &r,
+                "showcase_http_discarded_request_bytes_total",
+                "Request body bytes read and thrown away by lingering closes.",
             ),
             jobs: counter_vec(
                 &r,
@@ -311,6 +327,11 @@ pub fn emit(event: Event) {
         Event::UploadRefused { reason } => {
             m.uploads_refused.with_label_values(&[reason]).inc();
             tracing::info!(reason, "upload refused");
+        }
+        Event::LingeringClose { discarded_bytes } => {
+            m.lingering_closes.inc();
+            m.discarded_bytes.inc_by(discarded_bytes);
+            tracing::debug!(discarded_bytes, "lingering close");
         }
         Event::JobFinished {
             video_id,

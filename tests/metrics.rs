@@ -106,6 +106,8 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         "showcase_http_request_duration_seconds",
         "showcase_uploads_accepted_total",
         "showcase_uploads_refused_total",
+        "showcase_http_lingering_closes_total",
+        "showcase_http_discarded_request_bytes_total",
         "showcase_jobs_total",
         "showcase_actor_restarts_total",
         "showcase_queue_depth",
@@ -172,5 +174,26 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
     assert_eq!(value(&after, "showcase_queue_in_flight", &[]), 0.0);
     assert!(value(&after, "showcase_process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&after, "showcase_disk_free_bytes", &[]) > 0.0);
+
+    // The refused upload's connection ends with a lingering close that throws away at most
+    // what was left of its body.
+    let body_bytes = std::fs::metadata(clip(Clip::Valid)).unwrap().len() as f64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = scrape(&http, &server).await;
+        if value(&now, "showcase_http_lingering_closes_total", &[]) >= 1.0 {
+            let discarded = value(&now, "showcase_http_discarded_request_bytes_total", &[]);
+            assert!(
+                discarded <= body_bytes + 1024.0,
+                "{discarded} bytes discarded"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lingering close recorded after the refusal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(server.terminate().success());
 }

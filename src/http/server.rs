@@ -291,16 +291,23 @@ async fn linger(mut stream: TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }
-    let mut sink = [0u8; 16 * 1024];
+    let mut discarded = 0u64;
+    let mut sink = vec![0u8; 64 * 1024];
     let _ = tokio::time::timeout(LINGER_TOTAL, async {
         loop {
             match tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => continue,
+                Ok(Ok(n)) if n > 0 => discarded += n as u64,
                 _ => break,
             }
         }
     })
     .await;
+    // A client that had already closed is not a lingering close.
+    if discarded > 0 {
+        crate::events::emit(crate::events::Event::LingeringClose {
+            discarded_bytes: discarded,
+        });
+    }
 }
 
 #[cfg(test)]
