@@ -120,16 +120,7 @@ async fn upload(
     token: &str,
     video: &[u8],
 ) -> reqwest::Result<Option<u64>> {
-    let part = reqwest::multipart::Part::bytes(video.to_vec()).file_name("jugada.mp4");
-    let form = reqwest::multipart::Form::new()
-        .text("title", "Jugada")
-        .part("video_file", part);
-    let response = http
-        .post(format!("{base}/api/videos/upload"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await?;
+    let response = common::send_upload(http, base, token, video.to_vec(), "Jugada").await?;
     if response.status() != StatusCode::CREATED {
         return Ok(None);
     }

@@ -14,16 +14,8 @@ async fn player(http: &reqwest::Client, server: &ServerProcess, email: &str) -> 
 }
 
 async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> u64 {
-    let part = reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap())
-        .file_name("a.mp4");
-    let form = reqwest::multipart::Form::new()
-        .text("title", "Antes del corte")
-        .part("video_file", part);
-    let response = http
-        .post(server.url("/api/videos/upload"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
+    let video = std::fs::read(clip(Clip::Valid)).unwrap();
+    let response = common::send_upload(http, &server.url(""), token, video, "Antes del corte")
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);

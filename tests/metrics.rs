@@ -61,15 +61,8 @@ fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> StatusCode {
-    let part = reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap())
-        .file_name("a.mp4");
-    let form = reqwest::multipart::Form::new()
-        .text("title", "Triple")
-        .part("video_file", part);
-    http.post(server.url("/api/videos/upload"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
+    let video = std::fs::read(clip(Clip::Valid)).unwrap();
+    common::send_upload(http, &server.url(""), token, video, "Triple")
         .await
         .unwrap()
         .status()

@@ -377,17 +377,8 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
     let http = reqwest::Client::new();
     let server = ServerProcess::start(dir.path(), &env);
     let token = common::signup_and_login(&http, &server.url(""), "luis@example.com").await;
-    let part =
-        reqwest::multipart::Part::bytes(std::fs::read(common::clip(common::Clip::Valid)).unwrap())
-            .file_name("a.mp4");
-    let form = reqwest::multipart::Form::new()
-        .text("title", "Interrumpido")
-        .part("video_file", part);
-    let response = http
-        .post(server.url("/api/videos/upload"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
+    let video = std::fs::read(common::clip(common::Clip::Valid)).unwrap();
+    let response = common::send_upload(&http, &server.url(""), &token, video, "Interrumpido")
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);

@@ -292,7 +292,7 @@ async fn linger(mut stream: TcpStream) {
         return;
     }
     let mut discarded = 0u64;
-    let mut sink = vec![0u8; 64 * 1024];
+    let mut sink = [0u8; 16 * 1024];
     let _ = tokio::time::timeout(LINGER_TOTAL, async {
         loop {
             match tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await {

@@ -150,20 +150,9 @@ impl TestApp {
     }
 
     pub async fn upload(&self, token: &str, file: &Path, title: &str) -> (StatusCode, Value) {
-        let bytes = std::fs::read(file).unwrap();
-        let part = reqwest::multipart::Part::bytes(bytes)
-            .file_name("clip.mp4")
-            .mime_str("video/mp4")
-            .unwrap();
-        let form = reqwest::multipart::Form::new()
-            .text("title", title.to_string())
-            .part("video_file", part);
+        let video = std::fs::read(file).unwrap();
         read(
-            self.http
-                .post(self.url("/api/videos/upload"))
-                .bearer_auth(token)
-                .multipart(form)
-                .send()
+            send_upload(&self.http, &self.url(""), token, video, title)
                 .await
                 .unwrap(),
         )
@@ -279,6 +268,28 @@ pub async fn signup_and_login(http: &reqwest::Client, base: &str, email: &str) -
     .await;
     assert_eq!(status, StatusCode::OK, "{login}");
     login["access_token"].as_str().unwrap().to_string()
+}
+
+/// Posts `video` as the upload form of the contract to the node at `base`.
+pub async fn send_upload(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    video: Vec<u8>,
+    title: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let part = reqwest::multipart::Part::bytes(video)
+        .file_name("clip.mp4")
+        .mime_str("video/mp4")
+        .expect("valid mime type");
+    let form = reqwest::multipart::Form::new()
+        .text("title", title.to_string())
+        .part("video_file", part);
+    http.post(format!("{base}/api/videos/upload"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
 }
 
 pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {

@@ -15,6 +15,8 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::report::QueuePoint;
+
 pub const PASSWORD: &str = "canasta-2026";
 const THINK: Duration = Duration::from_secs(1);
 
@@ -376,8 +378,8 @@ pub async fn janitor(
     )
 }
 
-/// The queue as `/api/health/actors` reports it: (depth, in flight, dead).
-pub async fn queue_state(client: &Client) -> Option<(u64, u64, u64)> {
+/// The queue as `/api/health/actors` reports it now, as a point of a trace started at `t0`.
+pub async fn queue_point(client: &Client, t0: Instant) -> Option<QueuePoint> {
     let body: Value = client
         .http
         .get(format!("{}/api/health/actors", client.base))
@@ -389,9 +391,9 @@ pub async fn queue_state(client: &Client) -> Option<(u64, u64, u64)> {
         .await
         .ok()?;
     let q = &body["queue"];
-    Some((
-        q["depth"].as_u64()?,
-        q["in_flight"].as_u64()?,
-        q["dead"].as_u64()?,
-    ))
+    Some(QueuePoint {
+        t_s: t0.elapsed().as_secs_f64(),
+        depth: q["depth"].as_u64()?,
+        in_flight: q["in_flight"].as_u64()?,
+    })
 }

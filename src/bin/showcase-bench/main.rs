@@ -178,9 +178,7 @@ impl Bench {
                 _ = tasks.join_next() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     peak_rss = peak_rss.max(node.anon_bytes());
-                    if let Some((depth, in_flight, _)) = load::queue_state(&client).await {
-                        queue.push(QueuePoint { t_s: t0.elapsed().as_secs_f64(), depth, in_flight });
-                    }
+                    queue.extend(load::queue_point(&client, t0).await);
                     let samples = phase.samples.lock().unwrap();
                     let accepted = samples.iter().filter(|s| s.outcome == load::Outcome::Accepted).count();
                     progress.set_position((t0.elapsed().as_secs() ).min(progress.length().unwrap_or(0)));
@@ -441,26 +439,16 @@ impl Bench {
         let t0 = phase.started;
         let deadline = Instant::now() + Duration::from_secs(60 + 120 * self.plan.mixed_queue_depth);
         let progress = bar(0, "mixed drain");
-        loop {
-            match load::queue_state(&client).await {
-                Some((depth, in_flight, _)) => {
-                    queue.push(QueuePoint {
-                        t_s: t0.elapsed().as_secs_f64(),
-                        depth,
-                        in_flight,
-                    });
-                    progress.set_message(format!("{depth} waiting, {in_flight} running"));
-                    if depth + in_flight == 0 {
-                        break;
-                    }
-                }
-                None => break,
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        drain(
+            &mut node,
+            &client,
+            t0,
+            &mut queue,
+            &progress,
+            Duration::from_secs(1),
+            deadline,
+        )
+        .await;
         progress.finish_and_clear();
         let drained_after_s = load_ended.elapsed().as_secs_f64();
         let accepted = phase.accepted.lock().unwrap().clone();
@@ -555,26 +543,12 @@ impl Bench {
         let name = format!("{} MB x{}", video.len() / 1_000_000, workers);
         let progress = bar(0, &name);
         let mut queue = Vec::new();
-        let mut peak_rss = 0;
         let deadline = Instant::now() + Duration::from_secs(600 * self.plan.jobs_per_run);
-        loop {
-            peak_rss = peak_rss.max(node.anon_bytes());
-            if let Some((depth, in_flight, _)) = load::queue_state(&client).await {
-                queue.push(QueuePoint {
-                    t_s: t0.elapsed().as_secs_f64(),
-                    depth,
-                    in_flight,
-                });
-                progress.set_message(format!("{depth} waiting, {in_flight} running"));
-                if depth + in_flight == 0 {
-                    break;
-                }
-            }
-            if Instant::now() > deadline || !node.is_alive() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let every = Duration::from_millis(500);
+        let peak_rss = drain(
+            &mut node, &client, t0, &mut queue, &progress, every, deadline,
+        )
+        .await;
         progress.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
         let (mut published, mut failed) = (0, 0);
@@ -629,28 +603,17 @@ impl Bench {
                 let _ = client.upload(0, &token, &video, &phase).await;
                 next += every;
             }
-            if let Some((depth, in_flight, _)) = load::queue_state(&client).await {
-                queue.push(QueuePoint {
-                    t_s: t0.elapsed().as_secs_f64(),
-                    depth,
-                    in_flight,
-                });
-                progress.set_message(format!("{depth} waiting, {in_flight} running"));
+            if let Some(point) = load::queue_point(&client, t0).await {
+                progress.set_message(queue_status(&point));
+                queue.push(point);
             }
             progress.set_position(t0.elapsed().as_secs());
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         progress.finish_and_clear();
-        let points: Vec<(f64, f64)> = queue
-            .iter()
-            .map(|p| (p.t_s, (p.depth + p.in_flight) as f64))
-            .collect();
+        let points: Vec<(f64, f64)> = queue.iter().map(|p| (p.t_s, p.backlog() as f64)).collect();
         let slope_per_min = report::slope(&points) * 60.0;
-        let max_backlog = queue
-            .iter()
-            .map(|p| p.depth + p.in_flight)
-            .max()
-            .unwrap_or(0);
+        let max_backlog = queue.iter().map(QueuePoint::backlog).max().unwrap_or(0);
         let verdict = Verdict::new(
             "backlog flat below capacity",
             slope_per_min.abs() < 0.5 && max_backlog <= (workers as u64) * 2 + 2 && node.is_alive(),
@@ -674,6 +637,40 @@ impl Bench {
             verdict,
         }
     }
+}
+
+/// Samples the queue every `every` until it is empty, `deadline` passes or the node dies;
+/// returns the peak resident memory seen meanwhile.
+async fn drain(
+    node: &mut Node,
+    client: &Client,
+    t0: Instant,
+    queue: &mut Vec<QueuePoint>,
+    progress: &ProgressBar,
+    every: Duration,
+    deadline: Instant,
+) -> u64 {
+    let mut peak_rss = 0;
+    loop {
+        peak_rss = peak_rss.max(node.anon_bytes());
+        if let Some(point) = load::queue_point(client, t0).await {
+            progress.set_message(queue_status(&point));
+            let empty = point.backlog() == 0;
+            queue.push(point);
+            if empty {
+                break;
+            }
+        }
+        if Instant::now() > deadline || !node.is_alive() {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+    peak_rss
+}
+
+fn queue_status(point: &QueuePoint) -> String {
+    format!("{} waiting, {} running", point.depth, point.in_flight)
 }
 
 fn print_verdicts(p: &PhaseResult) {
@@ -795,14 +792,16 @@ async fn run() {
         max_users: args.max_users,
     };
     // The report is written after each part, so a long run that is cut short keeps its figures.
+    let save = |report: &mut Report, bench: &Bench| {
+        report.machine.memory_cap_applied = bench.cap_applied;
+        write_report(report, &out);
+    };
     bench.web_layer(&mut report).await;
-    report.machine.memory_cap_applied = bench.cap_applied;
-    write_report(&report, &out);
+    save(&mut report, &bench);
     bench.mixed(&mut report).await;
-    write_report(&report, &out);
+    save(&mut report, &bench);
     bench.worker_layer(&mut report, &media_dir).await;
-    report.machine.memory_cap_applied = bench.cap_applied;
-    write_report(&report, &out);
+    save(&mut report, &bench);
     let verdicts = report.all_verdicts();
     let failed = verdicts.iter().filter(|(_, v)| !v.pass).count();
     println!(

@@ -139,6 +139,13 @@ pub struct QueuePoint {
     pub in_flight: u64,
 }
 
+impl QueuePoint {
+    /// Jobs waiting or running.
+    pub fn backlog(&self) -> u64 {
+        self.depth + self.in_flight
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerRun {
     pub name: String,
@@ -592,7 +599,7 @@ pub fn plot_queue(report: &Report, path: &Path) -> PlotResult {
         .fold(10.0, f64::max);
     let max_depth = runs
         .iter()
-        .flat_map(|(_, q)| q.iter().map(|p| (p.depth + p.in_flight) as f64))
+        .flat_map(|(_, q)| q.iter().map(|p| p.backlog() as f64))
         .fold(2.0, f64::max)
         * 1.2;
     let mut chart = ChartBuilder::on(&root)
@@ -613,9 +620,7 @@ pub fn plot_queue(report: &Report, path: &Path) -> PlotResult {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(
-                queue
-                    .iter()
-                    .map(|p| (p.t_s, (p.depth + p.in_flight) as f64)),
+                queue.iter().map(|p| (p.t_s, p.backlog() as f64)),
                 color.stroke_width(2),
             ))?
             .label(label.clone())
