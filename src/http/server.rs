@@ -24,7 +24,7 @@ use std::time::Duration;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -292,10 +292,9 @@ async fn linger(mut stream: TcpStream) {
         return;
     }
     let mut discarded = 0u64;
-    let mut sink = [0u8; 16 * 1024];
     let _ = tokio::time::timeout(LINGER_TOTAL, async {
         loop {
-            match tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await {
+            match tokio::time::timeout(LINGER_IDLE, discard(&stream)).await {
                 Ok(Ok(n)) if n > 0 => discarded += n as u64,
                 _ => break,
             }
@@ -310,9 +309,60 @@ async fn linger(mut stream: TcpStream) {
     }
 }
 
+/// Throws away what the socket has received (0 at end of stream), without copying it:
+/// `MSG_TRUNC` on a TCP socket makes the kernel drop the bytes instead of handing them over.
+/// A refused upload's client may push megabytes before it notices the answer, and copying
+/// them out only to drop them was a measurable share of the CPU under overload.
+async fn discard(stream: &TcpStream) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    const AT_MOST: usize = 1 << 30;
+    let fd = stream.as_raw_fd();
+    loop {
+        stream.readable().await?;
+        let discarded = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: `fd` is the open socket `stream` owns for the whole call, and with
+            // MSG_TRUNC a TCP receive writes nothing to the (null) buffer.
+            let n = unsafe { libc::recv(fd, std::ptr::null_mut(), AT_MOST, libc::MSG_TRUNC) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match discarded {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::normalize_path;
+
+    #[tokio::test]
+    async fn discarding_counts_every_byte_the_peer_sent_then_sees_the_end() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let sent = 3 * 1024 * 1024 + 17;
+        let writer = tokio::spawn(async move {
+            client.write_all(&vec![7u8; sent]).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        let mut discarded = 0;
+        loop {
+            match super::discard(&server).await.unwrap() {
+                0 => break,
+                n => discarded += n,
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(discarded, sent);
+    }
 
     fn normalized(uri: &str) -> String {
         let mut request = http::Request::builder().uri(uri).body(()).unwrap();
