@@ -426,14 +426,7 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
     // Exactly once: one publication, which later deliveries could not repeat.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(detail(&server).await["processed_at"], done["processed_at"]);
-    let health: Value = http
-        .get(server.url("/api/health/actors"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = server.get_json(&http, "/api/health/actors").await;
     assert_eq!(
         health["queue"],
         json!({"depth": 0, "in_flight": 0, "dead": 0}),

@@ -249,14 +249,7 @@ async fn past_the_restart_intensity_the_node_escalates_and_exits_non_zero() {
     // Wait for the first restart, then crash it again: one restart is all it may have.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let health: Value = http
-            .get(server.url("/api/health/actors"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health = server.get_json(&http, "/api/health/actors").await;
         let ingest = health["actors"]
             .as_array()
             .unwrap()

@@ -65,6 +65,12 @@ impl ServerProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs `path` and parses its JSON body (a transport error or another body fails the test).
+    pub async fn get_json(&self, http: &reqwest::Client, path: &str) -> serde_json::Value {
+        let response = http.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
