@@ -595,13 +595,13 @@ impl Drop for RunningApp {
     }
 }
 
-/// The multi-threaded runtime the actix System runs on.
 /// Tasks a worker runs between two looks at the network for new events (tokio's default is 61).
 /// Under upload load every worker always has upload tasks ready to run, each moving up to a few
 /// MiB per turn; with the default a new connection (or the request it carries) could wait behind
 /// 61 of those turns before it is even seen, and refusing it is supposed to take milliseconds.
-const EVENT_INTERVAL_TICKS: u32 = 8;
+pub const EVENT_INTERVAL_TICKS: u32 = 8;
 
+/// The multi-threaded runtime the actix System runs on.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

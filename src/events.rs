@@ -198,7 +198,7 @@ impl Metrics {
             discarded_bytes: counter(
                 &r,
                 "showcase_http_discarded_request_bytes_total",
-                "Request body bytes read and thrown away by lingering closes.",
+                "Request body bytes received and thrown away by lingering closes.",
             ),
             jobs: counter_vec(
                 &r,

@@ -731,12 +731,12 @@ fn median(values: &[f64]) -> f64 {
 }
 
 // The load generator looks for network events as often as the server does (see
-// `showcase::app::runtime`): with tokio's default it would add its own scheduling delay, on
+// `showcase::app::EVENT_INTERVAL_TICKS`): with tokio's default it would add its own scheduling delay, on
 // top of the server's, to every latency it measures.
 fn main() {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .event_interval(8)
+        .event_interval(showcase::app::EVENT_INTERVAL_TICKS)
         .build()
         .expect("tokio runtime")
         .block_on(run());
