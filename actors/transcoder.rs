@@ -293,6 +293,9 @@ async fn start_child(
             if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Encoding is bulk work: requests come first when the cores are saturated. Lowering
+            // priority needs no privilege; a failure would only leave the default.
+            libc::setpriority(libc::PRIO_PROCESS, 0, crate::system::BULK_NICE);
             Ok(())
         });
     }

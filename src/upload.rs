@@ -53,53 +53,44 @@ const SINK_QUEUE_CHUNKS: usize = 4;
 /// little left to write.
 const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Writes an upload to its temp file on a blocking thread, chunk by chunk as they arrive,
+/// Writes an upload to its temp file on a thread of its own, chunk by chunk as they arrive,
 /// without copying them; [`FileSink::finish`] returns once the file is fsynced.
+///
+/// The thread runs at the bulk priority ([`crate::system::BULK_NICE`]): copying megabytes into
+/// the page cache must not delay the requests the workers answer. It is a thread per upload
+/// rather than one from tokio's blocking pool because a pool thread would keep the lowered
+/// priority for whatever it runs next, and raising it back needs a privilege the service does
+/// not have. Uploads are few at a time (`upload.max_concurrent`) and each lasts far longer than
+/// starting a thread.
 ///
 /// While the upload streams in, writeback of what was written is started in the background
 /// (`sync_file_range`), overlapping disk writes with the network instead of leaving them all to
 /// the final fsync.
 pub struct FileSink {
     chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
+    /// Set when the writer thread could not be started.
+    start_error: Option<std::io::Error>,
     aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FileSink {
     pub fn create(path: &Path) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SINK_QUEUE_CHUNKS);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SINK_QUEUE_CHUNKS);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
         let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let path = path.to_path_buf();
         let abort_seen = aborted.clone();
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            use std::os::fd::AsRawFd;
-            let mut file = std::fs::File::create(&path)?;
-            let (mut written, mut synced) = (0u64, 0u64);
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-                written += chunk.len() as u64;
-                if written - synced >= WRITEBACK_EVERY_BYTES {
-                    // SAFETY: a valid open descriptor and a range inside the file.
-                    unsafe {
-                        libc::sync_file_range(
-                            file.as_raw_fd(),
-                            synced as libc::off64_t,
-                            (written - synced) as libc::off64_t,
-                            libc::SYNC_FILE_RANGE_WRITE,
-                        )
-                    };
-                    synced = written;
-                }
-            }
-            if abort_seen.load(std::sync::atomic::Ordering::Acquire) {
-                return Ok(());
-            }
-            file.sync_all()
-        });
+        let started = std::thread::Builder::new()
+            .name("upload-writer".into())
+            .spawn(move || {
+                crate::system::lower_own_priority_to_bulk();
+                let _ = done_tx.send(write_chunks(&path, rx, &abort_seen));
+            });
         Self {
             chunks: Some(tx),
-            writer: Some(writer),
+            writer: Some(done),
+            start_error: started.err(),
             aborted,
         }
     }
@@ -128,11 +119,52 @@ impl FileSink {
     }
 
     async fn join(&mut self) -> std::io::Result<()> {
+        if let Some(error) = self.start_error.take() {
+            self.writer = None;
+            return Err(error);
+        }
         match self.writer.take() {
-            Some(writer) => writer.await.map_err(std::io::Error::other)?,
+            Some(writer) => writer.await.unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the upload writer ended without a result",
+                ))
+            }),
             None => Ok(()),
         }
     }
+}
+
+/// The writer thread's work: every chunk into the file, then fsync unless the upload was
+/// abandoned.
+fn write_chunks(
+    path: &Path,
+    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    aborted: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::File::create(path)?;
+    let (mut written, mut synced) = (0u64, 0u64);
+    while let Some(chunk) = chunks.blocking_recv() {
+        file.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        if written - synced >= WRITEBACK_EVERY_BYTES {
+            // SAFETY: a valid open descriptor and a range inside the file.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    synced as libc::off64_t,
+                    (written - synced) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            synced = written;
+        }
+    }
+    if aborted.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
+    file.sync_all()
 }
 
 impl Drop for FileSink {
@@ -235,6 +267,31 @@ mod tests {
         }
         sink.finish().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn the_sink_writes_on_a_thread_at_the_bulk_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::create(&dir.path().join("f"));
+        // More chunks than the queue holds: the thread has taken some, so it is past setting
+        // its priority.
+        for _ in 0..SINK_QUEUE_CHUNKS + 2 {
+            sink.write(bytes::Bytes::from_static(b"x")).await.unwrap();
+        }
+        // Niceness is field 19 of /proc/<pid>/task/<tid>/stat, counted after the parenthesised
+        // thread name (which may contain spaces).
+        let writers: Vec<i32> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+            .filter(|stat| stat.contains("(upload-writer)"))
+            .map(|stat| {
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                after_name.split(' ').nth(16).unwrap().parse().unwrap()
+            })
+            .collect();
+        assert!(!writers.is_empty(), "no upload-writer thread found");
+        assert!(writers.iter().all(|&nice| nice == crate::system::BULK_NICE));
+        sink.finish().await.unwrap();
     }
 
     #[tokio::test]
