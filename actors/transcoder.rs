@@ -294,8 +294,11 @@ async fn start_child(
                 return Err(std::io::Error::last_os_error());
             }
             // Encoding is bulk work: requests come first when the cores are saturated. Lowering
-            // priority needs no privilege; a failure would only leave the default.
-            libc::setpriority(libc::PRIO_PROCESS, 0, crate::system::BULK_NICE);
+            // priority needs no privilege (never raise it: a nicer node stays as nice); a
+            // failure would only leave the priority as it was.
+            if libc::getpriority(libc::PRIO_PROCESS, 0) < crate::system::BULK_NICE {
+                libc::setpriority(libc::PRIO_PROCESS, 0, crate::system::BULK_NICE);
+            }
             Ok(())
         });
     }

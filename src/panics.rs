@@ -20,13 +20,7 @@ pub fn install() {
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let message = match info.payload().downcast_ref::<&str>() {
-                Some(text) => text.to_string(),
-                None => match info.payload().downcast_ref::<String>() {
-                    Some(text) => text.clone(),
-                    None => "a panic with no message".to_string(),
-                },
-            };
+            let message = payload_message(info.payload());
             let place = info
                 .location()
                 .map(|l| format!(" at {}:{}", l.file(), l.line()))
@@ -37,6 +31,18 @@ pub fn install() {
             previous(info);
         }));
     });
+}
+
+/// The message a panic was raised with (its payload is a `&str` or a `String` when it came from
+/// `panic!`).
+pub fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match payload.downcast_ref::<&str>() {
+        Some(text) => text.to_string(),
+        None => match payload.downcast_ref::<String>() {
+            Some(text) => text.clone(),
+            None => "a panic with no message".to_string(),
+        },
+    }
 }
 
 /// The last panic on `thread` since the previous call, if any.

@@ -13,24 +13,25 @@ use std::path::Path;
 /// 820 and 811. (Niceness 5 kept p99 above 50 ms; `SCHED_BATCH` changed nothing.)
 pub const BULK_NICE: libc::c_int = 10;
 
-/// Lowers the calling thread's CPU priority to [`BULK_NICE`]. On Linux niceness is per thread,
-/// so the rest of the process keeps its own. Lowering needs no privilege; should it fail anyway,
-/// the thread simply keeps the default priority.
+/// Lowers the calling thread's CPU priority to [`BULK_NICE`], never raises it: a node started
+/// nicer than that (say `nice -n 15`) keeps its niceness. On Linux niceness is per thread, so
+/// the rest of the process keeps its own. Lowering needs no privilege; should it fail anyway,
+/// the thread simply keeps its priority.
 pub fn lower_own_priority_to_bulk() {
-    // SAFETY: plain syscalls; `gettid` names the calling thread.
-    let failed = unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BULK_NICE) != 0
-    };
-    if failed {
+    if thread_niceness(0) >= BULK_NICE {
+        return;
+    }
+    // SAFETY: a plain syscall; `who` 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BULK_NICE) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower thread priority");
     }
 }
 
-/// The calling thread's niceness.
-pub fn own_niceness() -> libc::c_int {
-    // SAFETY: plain syscalls; `gettid` names the calling thread. (-1 is also a valid niceness;
-    // the caller only compares values.)
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+/// The niceness of thread `tid` of this process; 0 is the calling thread. (An unknown thread
+/// reads as -1, which is also a valid niceness: callers only compare values.)
+pub fn thread_niceness(tid: libc::pid_t) -> libc::c_int {
+    // SAFETY: a plain syscall.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) }
 }
 
 /// Bytes available to an unprivileged user on the filesystem holding `path`.
@@ -58,16 +59,17 @@ pub fn resident_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn lowering_priority_affects_only_the_calling_thread() {
-        let before = super::own_niceness();
+    fn lowering_priority_affects_only_the_calling_thread_and_never_raises_it() {
+        let before = super::thread_niceness(0);
         let lowered = std::thread::spawn(|| {
             super::lower_own_priority_to_bulk();
-            super::own_niceness()
+            super::thread_niceness(0)
         })
         .join()
         .unwrap();
-        assert_eq!(lowered, super::BULK_NICE);
-        assert_eq!(super::own_niceness(), before);
+        // Started nicer than the bulk priority (`nice cargo test`), the thread stays as nice.
+        assert_eq!(lowered, before.max(super::BULK_NICE));
+        assert_eq!(super::thread_niceness(0), before);
     }
 
     #[test]
