@@ -293,12 +293,9 @@ async fn start_child(
             if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Encoding is bulk work: requests come first when the cores are saturated. Lowering
-            // priority needs no privilege (never raise it: a nicer node stays as nice); a
+            // Encoding is bulk work: requests come first when the cores are saturated. A
             // failure would only leave the priority as it was.
-            if libc::getpriority(libc::PRIO_PROCESS, 0) < crate::system::BULK_NICE {
-                libc::setpriority(libc::PRIO_PROCESS, 0, crate::system::BULK_NICE);
-            }
+            let _ = crate::system::lower_own_priority_to_bulk();
             Ok(())
         });
     }

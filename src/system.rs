@@ -16,15 +16,17 @@ pub const BULK_NICE: libc::c_int = 10;
 /// Lowers the calling thread's CPU priority to [`BULK_NICE`], never raises it: a node started
 /// nicer than that (say `nice -n 15`) keeps its niceness. On Linux niceness is per thread, so
 /// the rest of the process keeps its own. Lowering needs no privilege; should it fail anyway,
-/// the thread simply keeps its priority.
-pub fn lower_own_priority_to_bulk() {
+/// the thread keeps its priority. Only syscalls and `errno`, no allocation: safe between `fork`
+/// and `exec`.
+pub fn lower_own_priority_to_bulk() -> std::io::Result<()> {
     if thread_niceness(0) >= BULK_NICE {
-        return;
+        return Ok(());
     }
     // SAFETY: a plain syscall; `who` 0 is the calling thread.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BULK_NICE) } != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower thread priority");
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// The niceness of thread `tid` of this process; 0 is the calling thread. (An unknown thread
@@ -62,7 +64,7 @@ mod tests {
     fn lowering_priority_affects_only_the_calling_thread_and_never_raises_it() {
         let before = super::thread_niceness(0);
         let lowered = std::thread::spawn(|| {
-            super::lower_own_priority_to_bulk();
+            super::lower_own_priority_to_bulk().unwrap();
             super::thread_niceness(0)
         })
         .join()

@@ -69,8 +69,6 @@ const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 pub struct FileSink {
     chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
-    /// Set when the writer thread could not be started.
-    start_error: Option<std::io::Error>,
     aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -84,7 +82,9 @@ impl FileSink {
         let started = std::thread::Builder::new()
             .name("upload-writer".into())
             .spawn(move || {
-                crate::system::lower_own_priority_to_bulk();
+                if let Err(error) = crate::system::lower_own_priority_to_bulk() {
+                    tracing::debug!(%error, "could not lower the upload writer's priority");
+                }
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     write_chunks(&path, rx, &abort_seen)
                 }))
@@ -96,10 +96,18 @@ impl FileSink {
                 });
                 let _ = done_tx.send(written);
             });
+        // A writer that could not start reports why as its result.
+        let done = match started {
+            Ok(_) => done,
+            Err(error) => {
+                let (failed_tx, failed) = tokio::sync::oneshot::channel();
+                let _ = failed_tx.send(Err(error));
+                failed
+            }
+        };
         Self {
             chunks: Some(tx),
             writer: Some(done),
-            start_error: started.err(),
             aborted,
         }
     }
@@ -128,10 +136,6 @@ impl FileSink {
     }
 
     async fn join(&mut self) -> std::io::Result<()> {
-        if let Some(error) = self.start_error.take() {
-            self.writer = None;
-            return Err(error);
-        }
         match self.writer.take() {
             Some(writer) => writer.await.unwrap_or_else(|_| {
                 Err(std::io::Error::other(

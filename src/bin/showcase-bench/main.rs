@@ -731,8 +731,8 @@ fn median(values: &[f64]) -> f64 {
 }
 
 // The load generator looks for network events as often as the server does (see
-// `showcase::app::EVENT_INTERVAL_TICKS`): with tokio's default it would add its own scheduling delay, on
-// top of the server's, to every latency it measures.
+// `showcase::app::EVENT_INTERVAL_TICKS`): with tokio's default it would add its own scheduling
+// delay, on top of the server's, to every latency it measures.
 fn main() {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
