@@ -32,7 +32,10 @@ pub enum Event {
     },
     /// A connection answered before its request body was read ended with a lingering close.
     LingeringClose {
+        /// Body bytes thrown away: drained, plus those left unread when the client was cut off.
         discarded_bytes: u64,
+        /// The client kept sending, so it was reset once its answer was acknowledged.
+        cut_off: bool,
     },
     JobFinished {
         video_id: u64,
@@ -94,6 +97,7 @@ pub struct Metrics {
     upload_bytes: IntCounter,
     uploads_refused: IntCounterVec,
     lingering_closes: IntCounter,
+    lingering_cut_offs: IntCounter,
     discarded_bytes: IntCounter,
     jobs: IntCounterVec,
     job_duration: HistogramVec,
@@ -194,6 +198,11 @@ impl Metrics {
                 &r,
                 "showcase_http_lingering_closes_total",
                 "Connections answered before their request body was read, closed by draining what was left.",
+            ),
+            lingering_cut_offs: counter(
+                &r,
+                "showcase_http_lingering_cut_offs_total",
+                "Lingering closes that reset a client still sending once its answer was acknowledged.",
             ),
             discarded_bytes: counter(
                 &r,
@@ -328,10 +337,16 @@ pub fn emit(event: Event) {
             m.uploads_refused.with_label_values(&[reason]).inc();
             tracing::info!(reason, "upload refused");
         }
-        Event::LingeringClose { discarded_bytes } => {
+        Event::LingeringClose {
+            discarded_bytes,
+            cut_off,
+        } => {
             m.lingering_closes.inc();
+            if cut_off {
+                m.lingering_cut_offs.inc();
+            }
             m.discarded_bytes.inc_by(discarded_bytes);
-            tracing::debug!(discarded_bytes, "lingering close");
+            tracing::debug!(discarded_bytes, cut_off, "lingering close");
         }
         Event::JobFinished {
             video_id,

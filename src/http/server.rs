@@ -9,9 +9,14 @@
 //! - shutdown is a broadcast: the loop stops accepting, every connection finishes the request
 //!   in flight and closes, and the caller waits for the last connection up to a grace deadline;
 //! - a connection that answered before reading the whole request body (an upload refused
-//!   mid-stream) is closed with a *lingering close*: we shut our write side and discard what the
-//!   client is still sending for a short while. Closing outright with unread bytes in the socket
-//!   makes the kernel send a reset, which can destroy the response before the client reads it.
+//!   mid-stream) is closed with a *lingering close*. Closing outright with unread bytes in the
+//!   socket makes the kernel send a reset, which can destroy the response before the client
+//!   reads it; draining everything the client still sends costs as much as accepting it (a
+//!   refused client on a fast link pushes megabytes before it notices). So we shut our write
+//!   side, drain a little (a client that stops sending gets a clean end of stream), and if the
+//!   client keeps sending we stop reading: its writes block, which is when a client that reads
+//!   while it sends sees the answer and closes. Once the answer is acknowledged and the client
+//!   has had [`LINGER_HOLD`] to read it, we close, and the reset drops what it still had queued.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,10 +37,18 @@ use tower_service::Service as _;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-/// How long, at most, a lingering close keeps discarding what a client still sends.
+/// How long, at most, a lingering close lasts.
 const LINGER_TOTAL: Duration = Duration::from_secs(5);
-/// A lingering close ends early once the client has sent nothing for this long.
+/// A lingering close ends once the client has sent nothing for this long.
 const LINGER_IDLE: Duration = Duration::from_secs(1);
+/// What a lingering close drains, at most, waiting for the client to stop sending. A leftover
+/// this small costs nothing to take; beyond it, the client is streaming a body it will not stop,
+/// and reading more would only let the kernel widen the window and invite more.
+const LINGER_DRAIN_BUDGET: usize = 64 * 1024;
+/// How long a client that keeps sending has to read its answer before it is reset. Its writes
+/// block as soon as we stop reading, so a client that reads while it sends needs a moment; the
+/// hold also bounds what the unread socket keeps in kernel memory (about one receive window).
+const LINGER_HOLD: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -286,43 +299,77 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
-/// Half-closes the connection and discards what the client still sends, for a bounded time.
-async fn linger(mut stream: TcpStream) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut discarded = 0u64;
-    let _ = tokio::time::timeout(LINGER_TOTAL, async {
-        loop {
-            match tokio::time::timeout(LINGER_IDLE, discard(&stream)).await {
-                Ok(Ok(n)) if n > 0 => discarded += n as u64,
-                _ => break,
-            }
-        }
-    })
-    .await;
+/// How a lingering close ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lingered {
+    /// The client closed, went quiet, or the socket failed, after `drained` bytes.
+    Ended { drained: usize },
+    /// The client kept sending: it was reset after its answer was acknowledged and the hold
+    /// passed. `drained` bytes were taken, `unread` were still in our socket.
+    CutOff { drained: usize, unread: usize },
+}
+
+/// Ends a connection whose response is written: half-closes it, then ends it as gently as the
+/// client's behaviour allows (see the module docs).
+async fn linger(stream: TcpStream) {
+    let lingered = linger_for(stream, LINGER_HOLD).await;
+    let (discarded, cut_off) = match lingered {
+        Lingered::Ended { drained } => (drained, false),
+        Lingered::CutOff { drained, unread } => (drained + unread, true),
+    };
     // A client that had already closed is not a lingering close.
-    if discarded > 0 {
+    if discarded > 0 || cut_off {
         crate::events::emit(crate::events::Event::LingeringClose {
-            discarded_bytes: discarded,
+            discarded_bytes: discarded as u64,
+            cut_off,
         });
     }
 }
 
-/// Throws away what the socket has received (0 at end of stream), without copying it:
-/// `MSG_TRUNC` on a TCP socket makes the kernel drop the bytes instead of handing them over.
-/// A refused upload's client may push megabytes before it notices the answer, and copying
-/// them out only to drop them was a measurable share of the CPU under overload.
-async fn discard(stream: &TcpStream) -> std::io::Result<usize> {
+async fn linger_for(mut stream: TcpStream, hold: Duration) -> Lingered {
+    let started = tokio::time::Instant::now();
+    if stream.shutdown().await.is_err() {
+        return Lingered::Ended { drained: 0 };
+    }
+    let mut drained = 0;
+    while drained < LINGER_DRAIN_BUDGET {
+        let waited = tokio::time::timeout_at(
+            (started + LINGER_TOTAL).min(tokio::time::Instant::now() + LINGER_IDLE),
+            discard(&stream, LINGER_DRAIN_BUDGET - drained),
+        )
+        .await;
+        match waited {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            // End of stream, a failed socket, or a client gone quiet.
+            _ => return Lingered::Ended { drained },
+        }
+    }
+    // Still sending past the budget: stop reading, give the client the hold to read its
+    // answer, and do not reset before the answer has been acknowledged (a reset would discard
+    // a retransmission still owed).
+    tokio::time::sleep_until(started + hold).await;
+    while unacknowledged_bytes(&stream) > 0 && started.elapsed() < LINGER_TOTAL {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unread = unread_bytes(&stream);
+    // Dropping a socket with unread bytes resets the connection: what the client still had
+    // queued is thrown away by its kernel, not carried here.
+    drop(stream);
+    Lingered::CutOff { drained, unread }
+}
+
+/// Throws away up to `at_most` bytes the socket has received (0 at end of stream), without
+/// copying them: `MSG_TRUNC` on a TCP socket makes the kernel drop the bytes instead of handing
+/// them over.
+async fn discard(stream: &TcpStream, at_most: usize) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
-    const AT_MOST: usize = 1 << 30;
     let fd = stream.as_raw_fd();
     loop {
         stream.readable().await?;
         let discarded = stream.try_io(tokio::io::Interest::READABLE, || {
             // SAFETY: `fd` is the open socket `stream` owns for the whole call, and with
             // MSG_TRUNC a TCP receive writes nothing to the (null) buffer.
-            let n = unsafe { libc::recv(fd, std::ptr::null_mut(), AT_MOST, libc::MSG_TRUNC) };
+            let n = unsafe { libc::recv(fd, std::ptr::null_mut(), at_most, libc::MSG_TRUNC) };
             if n < 0 {
                 Err(std::io::Error::last_os_error())
             } else {
@@ -336,18 +383,55 @@ async fn discard(stream: &TcpStream) -> std::io::Result<usize> {
     }
 }
 
+/// Bytes received and not yet read (`FIONREAD`); 0 if the socket cannot say.
+fn unread_bytes(stream: &TcpStream) -> usize {
+    socket_queue_bytes(stream, libc::FIONREAD)
+}
+
+/// Bytes sent and not yet acknowledged by the peer, our FIN included (`SIOCOUTQ`, which Linux
+/// numbers `TIOCOUTQ`); 0 if the socket cannot say.
+fn unacknowledged_bytes(stream: &TcpStream) -> usize {
+    socket_queue_bytes(stream, libc::TIOCOUTQ)
+}
+
+/// One of the socket queue sizes the kernel reports through `ioctl`. Neither tokio nor socket2
+/// exposes them.
+fn socket_queue_bytes(stream: &TcpStream, request: libc::Ioctl) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: `stream` owns the open socket for the whole call, and both requests write one
+    // `int` to the pointer they are given.
+    let status = unsafe { libc::ioctl(stream.as_raw_fd(), request, &mut bytes) };
+    if status < 0 {
+        0
+    } else {
+        bytes.max(0) as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::normalize_path;
 
-    #[tokio::test]
-    async fn discarding_counts_every_byte_the_peer_sent_then_sees_the_end() {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+    use super::{discard, linger_for, Lingered, LINGER_DRAIN_BUDGET};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+
+    async fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn discarding_counts_every_byte_the_peer_sent_then_sees_the_end() {
+        let (mut client, server) = connected_pair().await;
         let sent = 3 * 1024 * 1024 + 17;
         let writer = tokio::spawn(async move {
             client.write_all(&vec![7u8; sent]).await.unwrap();
@@ -355,13 +439,86 @@ mod tests {
         });
         let mut discarded = 0;
         loop {
-            match super::discard(&server).await.unwrap() {
+            match discard(&server, 1 << 30).await.unwrap() {
                 0 => break,
                 n => discarded += n,
             }
         }
         writer.await.unwrap();
         assert_eq!(discarded, sent);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_sending_reads_its_answer_and_a_clean_end() {
+        let (mut client, mut server) = connected_pair().await;
+        let leftover = LINGER_DRAIN_BUDGET / 2;
+        client.write_all(&vec![7u8; leftover]).await.unwrap();
+        server.write_all(ANSWER).await.unwrap();
+        let lingering = tokio::spawn(linger_for(server, Duration::from_secs(60)));
+        // The client reads its answer, then our end of stream, then closes its side.
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, ANSWER);
+        client.shutdown().await.unwrap();
+        // Ended by the client's end of stream, long before the hold: not cut off.
+        let lingered = tokio::time::timeout(Duration::from_secs(10), lingering)
+            .await
+            .expect("the lingering close ends with the client")
+            .unwrap();
+        assert_eq!(lingered, Lingered::Ended { drained: leftover });
+        // No reset followed: the client's end of the connection closes cleanly.
+        let mut after = [0u8; 16];
+        assert_eq!(client.read(&mut after).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_sending_is_cut_off_after_its_answer_is_acknowledged() {
+        let (client, mut server) = connected_pair().await;
+        let (mut client_reader, mut client_writer) = client.into_split();
+        server.write_all(ANSWER).await.unwrap();
+        // A client streaming a body it never stops, without reading.
+        let streaming = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            let mut sent = 0usize;
+            loop {
+                match client_writer.write(&chunk).await {
+                    Ok(n) => sent += n,
+                    Err(error) => return (sent, error.kind()),
+                }
+            }
+        });
+        let lingered = tokio::time::timeout(
+            Duration::from_secs(10),
+            linger_for(server, Duration::from_millis(100)),
+        )
+        .await
+        .expect("a lingering close is bounded");
+        let Lingered::CutOff { drained, unread } = lingered else {
+            panic!("a client that keeps sending is cut off, not {lingered:?}");
+        };
+        // We drained no more than the budget, then stopped reading.
+        assert_eq!(drained, LINGER_DRAIN_BUDGET);
+        assert!(
+            unread > 0,
+            "the client was still sending when it was cut off"
+        );
+        // The reset stops the client: its next write fails instead of going on.
+        let (sent, error) = tokio::time::timeout(Duration::from_secs(10), streaming)
+            .await
+            .expect("the client stops once reset")
+            .unwrap();
+        assert!(
+            matches!(
+                error,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{error:?}"
+        );
+        assert!(sent >= drained + unread);
+        // The answer reached the client before the reset, and it can still read it.
+        let mut answer = vec![0u8; ANSWER.len()];
+        client_reader.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, ANSWER);
     }
 
     fn normalized(uri: &str) -> String {
