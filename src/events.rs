@@ -34,7 +34,7 @@ pub enum Event {
     LingeringClose {
         /// Body bytes thrown away: drained, plus those left unread when the client was cut off.
         discarded_bytes: u64,
-        /// The client kept sending, so it was reset once its answer was acknowledged.
+        /// The client was still sending past the drain budget, so we stopped reading and closed.
         cut_off: bool,
     },
     JobFinished {
@@ -197,12 +197,12 @@ impl Metrics {
             lingering_closes: counter(
                 &r,
                 "showcase_http_lingering_closes_total",
-                "Connections answered before their request body was read, closed by draining what was left.",
+                "Connections answered before their request body was read, closed by a lingering close.",
             ),
             lingering_cut_offs: counter(
                 &r,
                 "showcase_http_lingering_cut_offs_total",
-                "Lingering closes that reset a client still sending once its answer was acknowledged.",
+                "Lingering closes that stopped reading a client still sending and closed without the rest.",
             ),
             discarded_bytes: counter(
                 &r,

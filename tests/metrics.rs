@@ -100,6 +100,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
         "showcase_uploads_accepted_total",
         "showcase_uploads_refused_total",
         "showcase_http_lingering_closes_total",
+        "showcase_http_lingering_cut_offs_total",
         "showcase_http_discarded_request_bytes_total",
         "showcase_jobs_total",
         "showcase_actor_restarts_total",
