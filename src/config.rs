@@ -168,7 +168,7 @@ impl Default for UploadConfig {
             min_duration_s: 20.0,
             max_duration_s: 60.0,
             min_short_side: 1080,
-            max_concurrent: 8,
+            max_concurrent: 12,
             min_free_disk_mb: 1024,
             max_queue_depth: 10_000,
             min_bytes_per_s: 32 * 1024,

@@ -87,30 +87,53 @@ impl Phase {
 }
 
 /// The `Retry-After` of a response, in seconds.
-fn retry_after(response: &reqwest::Response) -> Option<u64> {
-    response
-        .headers()
+fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
 
+/// Far beyond any answer the node should give: a request this slow counts as unanswered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const BOUNDARY: &str = "showcase-bench-boundary-7f3a9c";
+
+type UploadBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
 #[derive(Clone)]
 pub struct Client {
     pub http: reqwest::Client,
+    /// Uploads go through a connector of their own, whose sockets can be given a send buffer
+    /// (reqwest does not expose one).
+    uploads: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        UploadBody,
+    >,
     pub base: String,
 }
 
 impl Client {
-    pub fn new(base: String) -> Self {
+    /// `upload_send_buffer`: the send buffer of the upload sockets in bytes, as the kernel
+    /// counts it; `None` leaves it to the kernel's autotuning (see `--client-send-buffer-kib`).
+    pub fn new(base: String, upload_send_buffer: Option<usize>) -> Self {
         let http = reqwest::Client::builder()
-            // Far beyond any answer the node should give: a request this slow counts as
-            // unanswered.
-            .timeout(Duration::from_secs(120))
+            .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(1024)
             .build()
             .expect("client");
-        Self { http, base }
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        // Linux doubles what SO_SNDBUF is given, for its own bookkeeping.
+        connector.set_send_buffer_size(upload_send_buffer.map(|bytes| bytes / 2));
+        let uploads =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(1024)
+                .build(connector);
+        Self {
+            http,
+            uploads,
+            base,
+        }
     }
 
     pub fn address_of(user: usize) -> String {
@@ -181,7 +204,8 @@ impl Client {
             .await
             .map_err(|e| (None, e.to_string()))?;
         let status = response.status().as_u16();
-        let retry_after = retry_after(&response).filter(|_| status == 503 || status == 429);
+        let retry_after =
+            retry_after(response.headers()).filter(|_| status == 503 || status == 429);
         let body: Value = response.json().await.map_err(|e| (None, e.to_string()))?;
         match (status, body["access_token"].as_str()) {
             (200, Some(token)) => Ok(token.to_owned()),
@@ -199,34 +223,13 @@ impl Client {
     ) -> (Sample, Option<u64>, Option<u64>) {
         let sent = Instant::now();
         let at_s = sent.duration_since(phase.started).as_secs_f64();
-        let part = reqwest::multipart::Part::stream_with_length(
-            file_stream(video.clone()),
-            video.len() as u64,
-        )
-        .file_name("jugada.mp4")
-        .mime_str("video/mp4")
-        .expect("mime");
-        let form = reqwest::multipart::Form::new()
-            .text("title", "Mi mejor jugada")
-            .part("video_file", part);
-        let result = self
-            .http
-            .post(format!("{}/api/videos/upload", self.base))
-            .header("x-forwarded-for", Self::address_of(user))
-            .bearer_auth(token)
-            .multipart(form)
-            .send()
-            .await;
-        let (status, retry_after, id) = match result {
-            Err(_) => (0, None, None),
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = retry_after(&response);
-                match response.json::<Value>().await {
-                    Ok(body) => (status, retry_after, body["video_id"].as_u64()),
-                    Err(_) => (0, None, None),
-                }
-            }
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.send_upload(user, token, video))
+            .await
+            .ok()
+            .flatten();
+        let (status, retry_after, id) = match answer {
+            None => (0, None, None),
+            Some((status, retry_after, body)) => (status, retry_after, body["video_id"].as_u64()),
         };
         let outcome = match status {
             0 => Outcome::Unanswered,
@@ -253,16 +256,58 @@ impl Client {
             retry_after,
         )
     }
+
+    /// Posts the upload form as a browser does (the title, then the file), and reads the whole
+    /// answer: (status, Retry-After, JSON body), or `None` when no answer came.
+    async fn send_upload(
+        &self,
+        user: usize,
+        token: &str,
+        video: &Bytes,
+    ) -> Option<(u16, Option<u64>, Value)> {
+        use http_body_util::BodyExt;
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n\
+             Mi mejor jugada\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
+             name=\"video_file\"; filename=\"jugada.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
+        );
+        let tail = format!("\r\n--{BOUNDARY}--\r\n");
+        let length = head.len() + video.len() + tail.len();
+        let request = http::Request::post(format!("{}/api/videos/upload", self.base))
+            .header("x-forwarded-for", Self::address_of(user))
+            .header("authorization", format!("Bearer {token}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .header("content-length", length)
+            .body(form_body(head, video.clone(), tail))
+            .expect("request");
+        let response = self.uploads.request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, retry_after, serde_json::from_slice(&body).ok()?))
+    }
+}
+
+/// The form's opening, the file in chunks, and its closing, as one streamed body.
+fn form_body(head: String, video: Bytes, tail: String) -> UploadBody {
+    use http_body_util::BodyExt;
+    let frames = std::iter::once(Bytes::from(head))
+        .chain(file_chunks(video))
+        .chain(std::iter::once(Bytes::from(tail)))
+        .map(|chunk| Ok(http_body::Frame::data(chunk)));
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
 }
 
 /// The video as a client streaming a file sends it: in chunks, here slices of one buffer so
 /// the generator spends no time on a disk of its own. Handed over whole, each write of the
 /// 18 MB buffer is megabytes long, which no browser or file-streaming client does.
-fn file_stream(video: Bytes) -> reqwest::Body {
-    let chunks = (0..video.len()).step_by(FILE_CHUNK_BYTES).map(move |at| {
-        Ok::<_, std::io::Error>(video.slice(at..(at + FILE_CHUNK_BYTES).min(video.len())))
-    });
-    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+fn file_chunks(video: Bytes) -> impl Iterator<Item = Bytes> + Send {
+    (0..video.len())
+        .step_by(FILE_CHUNK_BYTES)
+        .map(move |at| video.slice(at..(at + FILE_CHUNK_BYTES).min(video.len())))
 }
 
 /// One virtual user from `start_at` to `stop_at`. Accepted uploads go to `accepted`.

@@ -40,6 +40,13 @@ struct Args {
     /// Highest number of users tried when every figure keeps holding.
     #[arg(long, default_value_t = 600)]
     max_users: usize,
+    /// Send buffer of the virtual users' upload sockets, in KiB as the kernel counts it; 0
+    /// leaves it to the kernel's autotuning. The kernel sizes it from the congestion window,
+    /// which over loopback grows without bound: autotuned, the buffer reaches tcp_wmem's
+    /// maximum (4 MiB here), far beyond what a client on a real path gets, and a refused client
+    /// that does not wait then copies megabytes it never sends, on the node's own cores.
+    #[arg(long, default_value_t = 256)]
+    client_send_buffer_kib: usize,
 }
 
 struct Plan {
@@ -116,9 +123,16 @@ struct Bench {
     cap_applied: bool,
     /// Highest number of users tried when every figure keeps holding.
     max_users: usize,
+    /// The send buffer of the virtual users' upload sockets (None: autotuned).
+    client_send_buffer: Option<usize>,
 }
 
 impl Bench {
+    /// A client of `node` with the bench's upload sockets.
+    fn client(&self, node: &Node) -> Client {
+        Client::new(node.url(""), self.client_send_buffer)
+    }
+
     async fn ensure_users(&mut self, client: &Client, users: usize) {
         let limit = Arc::new(tokio::sync::Semaphore::new(4));
         let mut tasks = tokio::task::JoinSet::new();
@@ -148,7 +162,7 @@ impl Bench {
         mode: Mode,
         janitor: bool,
     ) -> (PhaseResult, Arc<Phase>, Vec<QueuePoint>) {
-        let client = Client::new(node.url(""));
+        let client = self.client(node);
         self.ensure_users(&client, users).await;
         let phase = Phase::new();
         let t0 = Instant::now();
@@ -324,7 +338,7 @@ impl Bench {
     /// A fresh node with `workers` for the worker layer, with one bench user logged in.
     async fn start_worker_node(&mut self, workers: usize) -> (Node, Client, String) {
         let node = self.start_node(workers, &[]);
-        let client = Client::new(node.url(""));
+        let client = self.client(&node);
         self.ensure_users(&client, 1).await;
         let token = client
             .login_patiently(0, Instant::now() + Duration::from_secs(60))
@@ -434,7 +448,7 @@ impl Bench {
                 false,
             )
             .await;
-        let client = Client::new(node.url(""));
+        let client = self.client(&node);
         let load_ended = Instant::now();
         let t0 = phase.started;
         let deadline = Instant::now() + Duration::from_secs(60 + 120 * self.plan.mixed_queue_depth);
@@ -767,8 +781,11 @@ async fn run() {
     let input = node::generate_input(&media_dir, 18_000_000, 30);
     let video = Bytes::from(std::fs::read(&input).expect("input"));
 
+    let client_send_buffer =
+        (args.client_send_buffer_kib > 0).then_some(args.client_send_buffer_kib << 10);
     let mut report = Report {
         quick: args.quick,
+        client_send_buffer_bytes: client_send_buffer,
         started_at: showcase::domain::format_ts(showcase::domain::now_ts()),
         machine: report::Machine {
             cores,
@@ -790,6 +807,7 @@ async fn run() {
         signed_up: 0,
         cap_applied: true,
         max_users: args.max_users,
+        client_send_buffer,
     };
     // The report is written after each part, so a long run that is cut short keeps its figures.
     let save = |report: &mut Report, bench: &Bench| {

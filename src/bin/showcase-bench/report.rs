@@ -199,6 +199,8 @@ pub struct Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub quick: bool,
+    /// The send buffer of the virtual users' upload sockets; `None`: autotuned by the kernel.
+    pub client_send_buffer_bytes: Option<usize>,
     pub started_at: String,
     pub machine: Machine,
     pub web_layer: Vec<PhaseResult>,
@@ -254,7 +256,7 @@ pub fn markdown(report: &Report) -> String {
         md,
         "Run at {}. Machine: {} cores; disk write bandwidth with `dd conv=fdatasync`: {} MB/s \
          (median of {} MB/s). Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
-         generator runs on the same cores as the node.\n",
+         generator runs on the same cores as the node; its upload sockets have {}.\n",
         report.started_at,
         m.cores,
         mb(m.disk_fsync_bytes_per_s),
@@ -268,6 +270,15 @@ pub fn markdown(report: &Report) -> String {
             "applied (cgroup v1)"
         } else {
             "not applied (no cgroup could be created)"
+        },
+        match report.client_send_buffer_bytes {
+            Some(bytes) => format!(
+                "a send buffer of {} KiB (`--client-send-buffer-kib`), as a client on a real \
+                 path gets; autotuned over loopback it would grow to megabytes, copied by every \
+                 refused client that does not wait, on these same cores",
+                bytes >> 10
+            ),
+            None => "the send buffer the kernel autotunes (`--client-send-buffer-kib 0`)".to_owned(),
         }
     );
     let _ = writeln!(
