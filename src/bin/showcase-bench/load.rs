@@ -54,6 +54,8 @@ pub struct Sample {
     pub status: u16,
     /// Body bytes of an accepted upload.
     pub bytes: u64,
+    /// The `Retry-After` of a refusal, in seconds.
+    pub retry_after_s: Option<u64>,
 }
 
 /// An upload a user set out to make, and how it ended.
@@ -249,6 +251,8 @@ impl Client {
             } else {
                 0
             },
+            retry_after_s: retry_after
+                .filter(|_| matches!(outcome, Outcome::Refused | Outcome::Limited)),
         };
         (
             sample,

@@ -232,6 +232,7 @@ impl Bench {
             accepted_p99_s: acc[2],
             refusal_p50_s: refusal[0],
             refusal_p99_s: refusal[1],
+            retry_after_mean_s: report::mean_retry_after_s(&samples),
             intents_started: intents.started.load(Relaxed),
             intents_succeeded: intents.succeeded.load(Relaxed),
             intents_given_up: intents.given_up.load(Relaxed),
@@ -689,7 +690,7 @@ fn queue_status(point: &QueuePoint) -> String {
 
 fn print_verdicts(p: &PhaseResult) {
     println!(
-        "{}: {} requests, {} accepted ({:.2}/s, {:.0} MB/s), {} refused, {} limited; p95 accepted {:.3} s, p99 refusal {:.1} ms",
+        "{}: {} requests, {} accepted ({:.2}/s, {:.0} MB/s), {} refused, {} limited; p95 accepted {:.3} s, p99 refusal {:.1} ms, mean Retry-After {:.1} s",
         p.name,
         p.counts.requests,
         p.counts.accepted,
@@ -698,7 +699,8 @@ fn print_verdicts(p: &PhaseResult) {
         p.counts.refused,
         p.counts.limited,
         p.accepted_p95_s,
-        p.refusal_p99_s * 1000.0
+        p.refusal_p99_s * 1000.0,
+        p.retry_after_mean_s
     );
     for v in &p.verdicts {
         println!(

@@ -61,6 +61,7 @@ pub struct PhaseResult {
     pub accepted_p99_s: f64,
     pub refusal_p50_s: f64,
     pub refusal_p99_s: f64,
+    pub retry_after_mean_s: f64,
     pub intents_started: u64,
     pub intents_succeeded: u64,
     pub intents_given_up: u64,
@@ -87,6 +88,12 @@ pub struct Window {
 }
 
 /// Counts and latencies of `samples`; rates over the samples sent within `hold`.
+/// The mean `Retry-After` told to refused uploads (503 and 429), in seconds; 0 without any.
+pub fn mean_retry_after_s(samples: &[Sample]) -> f64 {
+    let told: Vec<u64> = samples.iter().filter_map(|s| s.retry_after_s).collect();
+    told.iter().sum::<u64>() as f64 / told.len().max(1) as f64
+}
+
 pub fn summarize(samples: &[Sample], hold: &Window) -> (Counts, f64, f64, [f64; 3], [f64; 2]) {
     let mut counts = Counts::default();
     let mut accepted = Vec::new();
@@ -320,11 +327,11 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(md, "\n## Scenario 1: web layer, every phase\n");
     let _ = writeln!(
         md,
-        "| phase | users | clients | ramp + hold | requests | 201 | 503 | 429 | other 4xx | 5xx | unanswered | accepted/s | goodput MB/s | p50 / p95 / p99 accepted | p99 refusal | stored and queued = 201s | peak resident memory |"
+        "| phase | users | clients | ramp + hold | requests | 201 | 503 | 429 | other 4xx | 5xx | unanswered | accepted/s | goodput MB/s | p50 / p95 / p99 accepted | p99 refusal | mean Retry-After | stored and queued = 201s | peak resident memory |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let phases = report
         .web_layer
@@ -334,7 +341,7 @@ pub fn markdown(report: &Report) -> String {
         let c = &p.counts;
         let _ = writeln!(
             md,
-            "| {} | {} | {:?} | {:.0} + {:.0} s | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} / {} / {} | {} | {} of {} | {} MB |",
+            "| {} | {} | {:?} | {:.0} + {:.0} s | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} / {} / {} | {} | {:.1} s | {} of {} | {} MB |",
             p.name,
             p.users,
             p.mode,
@@ -353,6 +360,7 @@ pub fn markdown(report: &Report) -> String {
             ms(p.accepted_p95_s),
             ms(p.accepted_p99_s),
             ms(p.refusal_p99_s),
+            p.retry_after_mean_s,
             p.verified_stored,
             c.accepted,
             mb(p.peak_rss_bytes as f64),
