@@ -280,9 +280,10 @@ pub fn markdown(report: &Report) -> String {
         },
         match report.client_send_buffer_bytes {
             Some(bytes) => format!(
-                "a send buffer of {} KiB (`--client-send-buffer-kib`), as a client on a real \
-                 path gets; autotuned over loopback it would grow to megabytes, copied by every \
-                 refused client that does not wait, on these same cores",
+                "a send buffer of {} KiB (`--client-send-buffer-kib`), of the order a client's \
+                 kernel gives it on a real network path; autotuned over loopback it would grow \
+                 to megabytes, copied by every refused client that does not wait, on these \
+                 same cores",
                 bytes >> 10
             ),
             None => "the send buffer the kernel autotunes (`--client-send-buffer-kib 0`)".to_owned(),
