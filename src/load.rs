@@ -101,9 +101,9 @@ impl Default for Load {
 impl Load {
     /// Records a refusal for want of a slot and says when to come back: the demand refused
     /// within [`REFUSED_DEMAND_SPAN`] (this client included) over the rate at which slots free
-    /// up. With no slot freed lately
-    /// (uploads are long, or the node just started) the slots themselves are the estimate:
-    /// each will be free within the time an upload takes, unknown here, so a short wait.
+    /// up. With no slot freed lately (uploads are long, or the node just started) the slots
+    /// themselves are the estimate: each will be free within the time an upload takes, unknown
+    /// here, so a short wait.
     pub fn refuse_for_slots(&self, max_slots: usize) -> u64 {
         let now = Instant::now();
         self.refused_for_slots.record_at(now);

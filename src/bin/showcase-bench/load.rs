@@ -215,14 +215,15 @@ impl Client {
         }
     }
 
-    /// One upload attempt: its sample, the video id when accepted, the Retry-After when refused.
+    /// One upload attempt: its sample (with the Retry-After when refused), and the video id
+    /// when accepted.
     pub async fn upload(
         &self,
         user: usize,
         token: &str,
         video: &Bytes,
         phase: &Phase,
-    ) -> (Sample, Option<u64>, Option<u64>) {
+    ) -> (Sample, Option<u64>) {
         let sent = Instant::now();
         let at_s = sent.duration_since(phase.started).as_secs_f64();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.send_upload(user, token, video))
@@ -254,11 +255,7 @@ impl Client {
             retry_after_s: retry_after
                 .filter(|_| matches!(outcome, Outcome::Refused | Outcome::Limited)),
         };
-        (
-            sample,
-            id.filter(|_| outcome == Outcome::Accepted),
-            retry_after,
-        )
+        (sample, id.filter(|_| outcome == Outcome::Accepted))
     }
 
     /// Posts the upload form as a browser does (the title, then the file), and reads the whole
@@ -339,8 +336,8 @@ pub async fn virtual_user(
         if !retrying {
             phase.intents.started.fetch_add(1, Ordering::Relaxed);
         }
-        let (sample, id, retry_after) = client.upload(user, &token, &video, &phase).await;
-        let outcome = sample.outcome;
+        let (sample, id) = client.upload(user, &token, &video, &phase).await;
+        let (outcome, retry_after) = (sample.outcome, sample.retry_after_s);
         phase.samples.lock().unwrap().push(sample);
         let pause = match (outcome, mode) {
             (Outcome::Accepted, _) => {

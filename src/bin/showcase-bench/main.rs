@@ -555,7 +555,7 @@ impl Bench {
         let t0 = Instant::now();
         let mut ids = Vec::new();
         for _ in 0..self.plan.jobs_per_run {
-            let (sample, id, _) = client.upload(0, &token, video, &phase).await;
+            let (sample, id) = client.upload(0, &token, video, &phase).await;
             match id {
                 Some(id) => ids.push(id),
                 None => eprintln!("an injected upload was refused: {}", sample.status),

@@ -87,13 +87,13 @@ pub struct Window {
     pub to_s: f64,
 }
 
-/// Counts and latencies of `samples`; rates over the samples sent within `hold`.
 /// The mean `Retry-After` told to refused uploads (503 and 429), in seconds; 0 without any.
 pub fn mean_retry_after_s(samples: &[Sample]) -> f64 {
     let told: Vec<u64> = samples.iter().filter_map(|s| s.retry_after_s).collect();
     told.iter().sum::<u64>() as f64 / told.len().max(1) as f64
 }
 
+/// Counts and latencies of `samples`; rates over the samples sent within `hold`.
 pub fn summarize(samples: &[Sample], hold: &Window) -> (Counts, f64, f64, [f64; 3], [f64; 2]) {
     let mut counts = Counts::default();
     let mut accepted = Vec::new();
