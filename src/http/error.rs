@@ -215,6 +215,19 @@ impl From<crate::rate_limit::OverBudget> for ApiError {
     }
 }
 
+impl From<super::form::FormError> for ApiError {
+    fn from(e: super::form::FormError) -> Self {
+        use super::form::FormError;
+        match e {
+            FormError::Idle | FormError::TooSlow(_) => ApiError::RequestTimeout(e.to_string()),
+            FormError::Malformed(_)
+            | FormError::TooManyFields
+            | FormError::TooLarge(_)
+            | FormError::Interrupted => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         let retry_after_s = match e {

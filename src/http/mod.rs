@@ -14,6 +14,7 @@ mod accounts;
 mod admin;
 mod form;
 mod media;
+mod multipart;
 mod ops;
 mod public;
 mod videos;

@@ -15,6 +15,7 @@ use warp::reply::Response;
 use super::body::{content_length, BodyStream};
 use super::error::ApiError;
 use super::form::{FormLimits, FormReader};
+use super::multipart::form_data_boundary;
 use super::{json, video_id};
 use crate::actors::ingest::{CommitError, CommitUpload, PreparedUpload, Refusal, RequestSlot};
 use crate::actors::transcoder::CancelTranscode;
@@ -113,7 +114,7 @@ async fn receive_upload(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+    let boundary = form_data_boundary(content_type).ok_or_else(|| {
         ApiError::bad_request(
             "La solicitud debe ser multipart/form-data con los campos 'video_file' y 'title'.",
         )
@@ -130,35 +131,35 @@ async fn receive_upload(
 
     let mut form = FormReader::new(
         body,
-        boundary,
+        &boundary,
         FormLimits {
             max_body_bytes: policy.max_bytes + MULTIPART_OVERHEAD_BYTES,
             idle: Duration::from_secs(state.config.server.body_idle_timeout_s),
             min_bytes_per_s: policy.min_bytes_per_s,
             rate_grace: Duration::from_secs(policy.rate_grace_s),
         },
-    );
+    )?;
     let mut title = None;
     let mut file: Option<(TempUpload, u64)> = None;
-    while let Some(mut field) = form.next_field().await? {
-        match field.name() {
-            Some(FILE_FIELD) => {
+    while let Some(field) = form.next_field().await? {
+        match field.name.as_str() {
+            FILE_FIELD => {
                 if file.is_some() {
                     return Err(ApiError::bad_request(format!(
                         "El campo '{FILE_FIELD}' aparece dos veces."
                     )));
                 }
                 let temp = TempUpload::new_in(&state.data_dir);
-                let written =
-                    stream_to_file(&mut form, &mut field, &temp, policy.max_bytes).await?;
+                let written = stream_to_file(&mut form, &temp, policy.max_bytes).await?;
                 file = Some((temp, written));
             }
-            Some(TITLE_FIELD) => {
-                let raw = read_text_field(&mut form, &mut field).await?;
+            TITLE_FIELD => {
+                let raw = read_text_field(&mut form).await?;
                 title = Some(validate_title(&raw)?);
             }
-            // Unknown fields are skipped; the whole-body limit bounds them.
-            _ => while form.next_chunk(&mut field).await?.is_some() {},
+            // Unknown fields are skipped by the next `next_field`; the whole-body limit
+            // bounds them.
+            _ => {}
         }
     }
     let title = title.ok_or_else(|| {
@@ -232,7 +233,6 @@ fn refused(refusal: &Refusal) -> ApiError {
 /// Streams one multipart field into `temp`, fsynced; refuses as soon as it exceeds `max_bytes`.
 async fn stream_to_file(
     form: &mut FormReader,
-    field: &mut multer::Field<'static>,
     temp: &TempUpload,
     max_bytes: u64,
 ) -> Result<u64, ApiError> {
@@ -240,7 +240,7 @@ async fn stream_to_file(
     let mut sink = FileSink::create(temp.path());
     let mut written = 0u64;
     let started = std::time::Instant::now();
-    while let Some(chunk) = form.next_chunk(field).await? {
+    while let Some(chunk) = form.next_chunk().await? {
         written += chunk.len() as u64;
         if written > max_bytes {
             return Err(too_big(max_bytes));
@@ -258,12 +258,9 @@ async fn stream_to_file(
     Ok(written)
 }
 
-async fn read_text_field(
-    form: &mut FormReader,
-    field: &mut multer::Field<'static>,
-) -> Result<String, ApiError> {
+async fn read_text_field(form: &mut FormReader) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = form.next_chunk(field).await? {
+    while let Some(chunk) = form.next_chunk().await? {
         if bytes.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
             return Err(ApiError::bad_request(format!(
                 "El campo '{TITLE_FIELD}' es demasiado largo."
