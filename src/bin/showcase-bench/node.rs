@@ -214,6 +214,59 @@ pub fn disk_fsync_bandwidth(dir: &Path, mebibytes: u64) -> Vec<f64> {
         .collect()
 }
 
+/// Write bandwidth of the disk of `dir` when it is written the way the node writes uploads:
+/// `writers` files at a time, each of `file_bytes` written in 256 KiB pieces, fsynced, then
+/// removed (as the bench's janitor removes stored uploads), for `seconds`: bytes per second.
+///
+/// No network, HTTP or parsing: what the disk alone gives for this pattern, beside the one
+/// long sequential stream `dd` measures. The bytes are not zeros, as an upload's are not.
+pub fn disk_upload_pattern_bandwidth(
+    dir: &Path,
+    writers: usize,
+    file_bytes: usize,
+    seconds: f64,
+) -> f64 {
+    use std::io::Write;
+    let dir = dir.join("disk-pattern");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let piece: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let written: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..writers)
+            .map(|writer| {
+                let (dir, piece) = (&dir, &piece);
+                scope.spawn(move || {
+                    let mut written = 0u64;
+                    let mut file_number = 0u64;
+                    while Instant::now() < deadline {
+                        let path = dir.join(format!("{writer}-{file_number}.bin"));
+                        let mut file = std::fs::File::create(&path).expect("pattern file");
+                        let mut left = file_bytes;
+                        while left > 0 {
+                            let n = left.min(piece.len());
+                            file.write_all(&piece[..n]).expect("pattern write");
+                            left -= n;
+                        }
+                        file.sync_all().expect("pattern fsync");
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        written += file_bytes as u64;
+                        file_number += 1;
+                    }
+                    written
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("writer")).sum()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    written as f64 / elapsed
+}
+
 /// The disk is measured this many times; the median is the baseline (a virtual disk's figure
 /// varies several-fold from one run to the next).
 pub const DD_RUNS: usize = 3;

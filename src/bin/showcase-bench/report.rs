@@ -199,6 +199,10 @@ pub struct Machine {
     /// The median of the dd runs.
     pub disk_fsync_bytes_per_s: f64,
     pub disk_fsync_runs_bytes_per_s: Vec<f64>,
+    /// The disk written as the node writes uploads: this many 18 MB files at a time, each
+    /// fsynced then removed, with no network or HTTP.
+    pub disk_upload_pattern_bytes_per_s: f64,
+    pub disk_upload_pattern_writers: usize,
     pub memory_cap_bytes: u64,
     pub memory_cap_applied: bool,
 }
@@ -262,7 +266,8 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         md,
         "Run at {}. Machine: {} cores; disk write bandwidth with `dd conv=fdatasync`: {} MB/s \
-         (median of {} MB/s). Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
+         (median of {} MB/s); the same disk written as the node writes uploads ({} files of \
+         18 MB at a time, each fsynced then removed, no network): {} MB/s. Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
          generator runs on the same cores as the node; its upload sockets have {}.\n",
         report.started_at,
         m.cores,
@@ -272,6 +277,8 @@ pub fn markdown(report: &Report) -> String {
             .map(|b| mb(*b))
             .collect::<Vec<_>>()
             .join(", "),
+        m.disk_upload_pattern_writers,
+        mb(m.disk_upload_pattern_bytes_per_s),
         m.memory_cap_bytes >> 30,
         if m.memory_cap_applied {
             "applied (cgroup v1)"
