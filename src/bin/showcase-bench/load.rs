@@ -287,7 +287,11 @@ impl Client {
         token: &str,
         video: &Video,
     ) -> std::io::Result<(u16, Option<u64>, Value)> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
+        let socket = if self.upload_address.is_ipv6() {
+            tokio::net::TcpSocket::new_v6()?
+        } else {
+            tokio::net::TcpSocket::new_v4()?
+        };
         if let Some(bytes) = self.upload_send_buffer {
             // Linux doubles what SO_SNDBUF is given, for its own bookkeeping.
             socket.set_send_buffer_size((bytes / 2) as u32)?;
@@ -413,7 +417,8 @@ async fn read_response(
         }
         let status = response.code.ok_or_else(|| invalid("no status"))?;
         let body = &received[head_len..head_len + body_len as usize];
-        let json = serde_json::from_slice(body).map_err(|_| invalid("the body is not JSON"))?;
+        // An answer whose body is not JSON is still an answer: its status is what counts.
+        let json = serde_json::from_slice(body).unwrap_or(Value::Null);
         return Ok((status, header("retry-after"), json));
     }
 }

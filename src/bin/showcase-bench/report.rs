@@ -268,7 +268,8 @@ pub fn markdown(report: &Report) -> String {
         "Run at {}. Machine: {} cores; disk write bandwidth with `dd conv=fdatasync`: {} MB/s \
          (median of {} MB/s); the same disk written as the node writes uploads ({} files of \
          18 MB at a time, each fsynced then removed, no network): {} MB/s. Memory cap of {} GiB on the node (server and transcode children): **{}**. The load \
-         generator runs on the same cores as the node; its upload sockets have {}.\n",
+         generator runs on the same cores as the node; it sends the file from the page cache \
+         with `sendfile`, and its upload sockets have {}.\n",
         report.started_at,
         m.cores,
         mb(m.disk_fsync_bytes_per_s),
@@ -289,7 +290,7 @@ pub fn markdown(report: &Report) -> String {
             Some(bytes) => format!(
                 "a send buffer of {} KiB (`--client-send-buffer-kib`), of the order a client's \
                  kernel gives it on a real network path; autotuned over loopback it would grow \
-                 to megabytes, copied by every refused client that does not wait, on these \
+                 to megabytes, pushed by every refused client that does not wait, on these \
                  same cores",
                 bytes >> 10
             ),
