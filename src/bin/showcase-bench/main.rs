@@ -540,12 +540,12 @@ impl Bench {
     }
 
     async fn worker_layer(&mut self, report: &mut Report, media_dir: &std::path::Path) {
-        let mut best: Option<(usize, f64, PathBuf)> = None;
+        let mut best: Option<(usize, f64, load::Video)> = None;
         for &size in &self.plan.input_sizes.clone() {
             let input = node::generate_input(media_dir, size, 30);
             let video = load::Video::open(&input);
             for &workers in &self.plan.worker_counts.clone() {
-                let run = self.burst(workers, &video, input.as_path()).await;
+                let run = self.burst(workers, &video).await;
                 println!(
                     "scenario 2: {} MB input, {workers} workers: {:.2} videos/min ({} published, {} failed)",
                     video.len() / 1_000_000,
@@ -557,25 +557,20 @@ impl Bench {
                     .as_ref()
                     .is_none_or(|(_, rate, _)| run.videos_per_min > *rate)
                 {
-                    best = Some((workers, run.videos_per_min, input.clone()));
+                    best = Some((workers, run.videos_per_min, video.clone()));
                 }
                 report.worker_layer.push(run);
             }
         }
         if self.plan.paced_s > 0.0 {
-            if let Some((workers, capacity, input)) = best {
-                report.paced = Some(self.paced(workers, capacity, &input).await);
+            if let Some((workers, capacity, video)) = best {
+                report.paced = Some(self.paced(workers, capacity, &video).await);
             }
         }
     }
 
     /// `jobs` uploads at once, then the time until the queue is empty.
-    async fn burst(
-        &mut self,
-        workers: usize,
-        video: &load::Video,
-        input: &std::path::Path,
-    ) -> WorkerRun {
+    async fn burst(&mut self, workers: usize, video: &load::Video) -> WorkerRun {
         let (mut node, client, token) = self.start_worker_node(workers).await;
         let phase = Phase::new();
         let t0 = Instant::now();
@@ -617,7 +612,7 @@ impl Bench {
         }
         let run = WorkerRun {
             name,
-            input_bytes: std::fs::metadata(input).map(|m| m.len()).unwrap_or(0),
+            input_bytes: video.len(),
             workers,
             jobs: ids.len() as u64,
             seconds,
@@ -634,9 +629,8 @@ impl Bench {
     }
 
     /// Steady injection at 80 % of `capacity` (videos/min): the backlog must stay flat.
-    async fn paced(&mut self, workers: usize, capacity: f64, input: &std::path::Path) -> PacedRun {
+    async fn paced(&mut self, workers: usize, capacity: f64, video: &load::Video) -> PacedRun {
         let (mut node, client, token) = self.start_worker_node(workers).await;
-        let video = load::Video::open(input);
         let rate = capacity * 0.8;
         let every = Duration::from_secs_f64(60.0 / rate.max(0.01));
         let phase = Phase::new();
@@ -647,7 +641,7 @@ impl Bench {
         let progress = bar(self.plan.paced_s as u64, "steady inject");
         while Instant::now() < end {
             if Instant::now() >= next {
-                let _ = client.upload(0, &token, &video, &phase).await;
+                let _ = client.upload(0, &token, video, &phase).await;
                 next += every;
             }
             if let Some(point) = load::queue_point(&client, t0).await {
