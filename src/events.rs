@@ -37,6 +37,11 @@ pub enum Event {
         /// The client was still sending past the drain budget, so we stopped reading and closed.
         cut_off: bool,
     },
+    /// An upload's probe did not finish within its deadline; the upload was refused and the
+    /// probe's thread abandoned (a parser stuck without reading: worth a bug report).
+    ProbeAbandoned {
+        deadline_ms: u64,
+    },
     JobFinished {
         video_id: u64,
         outcome: JobOutcome,
@@ -99,6 +104,7 @@ pub struct Metrics {
     lingering_closes: IntCounter,
     lingering_cut_offs: IntCounter,
     discarded_bytes: IntCounter,
+    probes_abandoned: IntCounter,
     jobs: IntCounterVec,
     job_duration: HistogramVec,
     actor_restarts: IntCounterVec,
@@ -193,6 +199,11 @@ impl Metrics {
                 "showcase_uploads_refused_total",
                 "Uploads refused before or while being read, by reason.",
                 &["reason"],
+            ),
+            probes_abandoned: counter(
+                &r,
+                "showcase_probes_abandoned_total",
+                "Upload probes that missed their deadline (the upload was refused, the thread abandoned).",
             ),
             lingering_closes: counter(
                 &r,
@@ -347,6 +358,13 @@ pub fn emit(event: Event) {
             }
             m.discarded_bytes.inc_by(discarded_bytes);
             tracing::debug!(discarded_bytes, cut_off, "lingering close");
+        }
+        Event::ProbeAbandoned { deadline_ms } => {
+            m.probes_abandoned.inc();
+            tracing::error!(
+                deadline_ms,
+                "an upload's probe missed its deadline; its thread is abandoned"
+            );
         }
         Event::JobFinished {
             video_id,

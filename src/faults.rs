@@ -18,6 +18,9 @@ pub struct FaultSwitches {
     pub transcode_child: Option<ChildFault>,
     /// Makes the data disk look full (0 bytes free) to admission and readiness.
     pub disk_full: bool,
+    /// Makes the probe of every upload hang for ever without reading, as a parser bug would:
+    /// drills the probe's deadline and a shutdown with a blocking thread that never ends.
+    pub wedged_probe: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +75,16 @@ impl Faults {
         crate::system::free_disk_bytes(path)
     }
 
+    /// Whether the probe of an upload must hang.
+    pub fn wedged_probe(&self) -> bool {
+        self.enabled
+            && self
+                .switches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .wedged_probe
+    }
+
     /// The fault a new transcode child must simulate, if any.
     pub fn transcode_child(&self) -> Option<ChildFault> {
         if !self.enabled {
@@ -81,6 +94,13 @@ impl Faults {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .transcode_child
+    }
+}
+
+/// Blocks the calling thread for good (the `wedged_probe` fault).
+pub fn wedge_this_thread() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 
@@ -94,6 +114,7 @@ mod tests {
         let crash = FaultSwitches {
             transcode_child: Some(ChildFault::Crash),
             disk_full: true,
+            wedged_probe: true,
         };
         assert!(!off.set(crash.clone()));
         assert_eq!(off.transcode_child(), None);
@@ -102,6 +123,8 @@ mod tests {
         assert!(on.set(crash));
         assert_eq!(on.transcode_child(), Some(ChildFault::Crash));
         assert!(on.disk_full());
+        assert!(on.wedged_probe());
+        assert!(!off.wedged_probe());
         assert_eq!(on.free_disk_bytes(std::path::Path::new("/")).unwrap(), 0);
     }
 }

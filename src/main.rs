@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use showcase::app::{runtime, Application};
@@ -117,31 +118,52 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     init_logging(&config.log);
+    let exit_deadline = Duration::from_secs(config.server.shutdown_grace_s) + EXIT_MARGIN;
     let system = actix::System::with_tokio_rt(runtime);
     let result = system.block_on(async move {
         let app = Application::build(config)
             .await
             .map_err(|e| e.to_string())?;
-        app.run_until_stopped(shutdown_signal())
+        app.run_until_stopped(shutdown_signal(exit_deadline))
             .await
             .map_err(|e| e.to_string())
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "showcase stopped with an error");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Everything durable is flushed. Exit now rather than drop the runtime, whose drop waits
+    // for every blocking thread, including one stuck for good.
+    std::process::exit(code)
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Time a stopping process has beyond `server.shutdown_grace_s` before it exits regardless.
+const EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Resolves on the first SIGTERM or SIGINT, and from then on guarantees that the process is
+/// gone within `exit_deadline`, whatever is stuck (a blocking thread, a flush).
+async fn shutdown_signal(exit_deadline: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    let armed = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(exit_deadline);
+            tracing::error!(
+                deadline_s = exit_deadline.as_secs(),
+                "shutdown did not complete in time; exiting now"
+            );
+            std::process::exit(1);
+        });
+    if let Err(error) = armed {
+        tracing::warn!(%error, "could not arm the exit deadline");
     }
 }

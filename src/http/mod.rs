@@ -31,7 +31,7 @@ use warp::{Filter, Reply};
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::app::AppState;
-use crate::domain::VideoId;
+use crate::domain::{UserId, VideoId};
 use crate::rate_limit::{Limited, PeerAddr};
 
 use body::BodyStream;
@@ -71,6 +71,20 @@ type Query = Vec<(String, String)>;
 fn peer() -> impl Filter<Extract = (IpAddr,), Error = std::convert::Infallible> + Clone {
     warp::ext::optional::<PeerAddr>()
         .map(|peer: Option<PeerAddr>| peer.map_or(IpAddr::from(Ipv4Addr::UNSPECIFIED), |p| p.0))
+}
+
+/// The player a request's bearer token names. A token is not enough: the player must still
+/// exist (a token outlives a deleted account or a restored backup), or the request is 401
+/// before any of its body is read.
+async fn signed_in(state: &AppState, headers: &http::HeaderMap) -> Result<UserId, ApiError> {
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let user = state.auth.verify_header(header)?;
+    match state.engine.store.user(user).await? {
+        Some(_) => Ok(user),
+        None => Err(ApiError::from(crate::auth::AuthError::InvalidToken)),
+    }
 }
 
 /// Takes a token from the client's budget for `route`; rate-limited handlers call it first.

@@ -10,7 +10,7 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::pagination::parse_list_query;
 use super::videos::{poster_path, processed_path};
-use super::{json, video_id, within_budget};
+use super::{json, signed_in, video_id, within_budget};
 use crate::app::AppState;
 use crate::domain::format_ts;
 use crate::rate_limit::Limited;
@@ -21,6 +21,8 @@ const MAX_LIMIT: u64 = 100;
 
 #[derive(Serialize)]
 struct PublicVideo {
+    /// The same as `video_id`, for clients that expect an `id` on every item.
+    id: u64,
     video_id: u64,
     title: String,
     uploaded_at: String,
@@ -44,6 +46,7 @@ pub async fn videos(
     let items: Vec<PublicVideo> = listed
         .into_iter()
         .map(|(video, owner)| PublicVideo {
+            id: video.id,
             video_id: video.id,
             uploaded_at: format_ts(video.uploaded_at),
             processed_url: state.public_url(&processed_path(video.id)),
@@ -69,16 +72,8 @@ pub async fn vote(
     raw_id: String,
 ) -> Result<Response, ApiError> {
     within_budget(&state, Limited::Vote, peer, &headers)?;
-    let header = headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
-    let voter = state.auth.verify_header(header)?;
+    let voter = signed_in(&state, &headers).await?;
     let id = video_id(&raw_id)?;
-    if state.engine.store.user(voter).await?.is_none() {
-        return Err(ApiError::Unauthorized(
-            "Token de acceso inválido o expirado.".into(),
-        ));
-    }
     state.engine.store.vote(id, voter).await?;
     Ok(json(
         StatusCode::OK,

@@ -16,11 +16,11 @@ use super::body::{content_length, BodyStream};
 use super::error::ApiError;
 use super::form::{FormLimits, FormReader};
 use super::multipart::form_data_boundary;
-use super::{json, video_id};
+use super::{json, signed_in, video_id};
 use crate::actors::ingest::{CommitError, CommitUpload, PreparedUpload, Refusal, RequestSlot};
 use crate::actors::transcoder::CancelTranscode;
 use crate::app::AppState;
-use crate::domain::{format_ts, UserId, Video, VideoStatus};
+use crate::domain::{format_ts, MediaInfo, UserId, Video, VideoStatus};
 use crate::engine::probe::{probe_mp4, ProbeError};
 use crate::events::{self, Event};
 use crate::upload::{check_policy, FileSink, TempUpload};
@@ -34,14 +34,13 @@ const MAX_TITLE_CHARS: usize = 255;
 const COMMIT_MARGIN: Duration = Duration::from_secs(20);
 
 pub const FILE_FIELD: &str = "video_file";
+/// The name many form-upload clients give the file (FastAPI's `UploadFile` examples).
+pub const FILE_FIELD_ALIAS: &str = "file";
 pub const TITLE_FIELD: &str = "title";
-
-fn user_of(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    let header = headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
-    Ok(state.auth.verify_header(header)?)
-}
+/// Longest wait for the probe of an upload. The probe's own budgets end any parser loop that
+/// reads within a fraction of this; the deadline answers even for one that does not (its
+/// thread is then abandoned, see `engine::probe`).
+const PROBE_DEADLINE: Duration = Duration::from_millis(750);
 
 fn too_big(max_bytes: u64) -> ApiError {
     ApiError::bad_request(format!(
@@ -108,7 +107,7 @@ async fn receive_upload(
     body: BodyStream,
 ) -> Result<(Response, Accepted), ApiError> {
     // Everything up to the slot is decided without reading the body.
-    let owner_id = user_of(&state, &headers)?;
+    let owner_id = signed_in(&state, &headers).await?;
     let policy = &state.config.upload;
     let content_type = headers
         .get(http::header::CONTENT_TYPE)
@@ -143,7 +142,7 @@ async fn receive_upload(
     let mut file: Option<(TempUpload, u64)> = None;
     while let Some(field) = form.next_field().await? {
         match field.name.as_str() {
-            FILE_FIELD => {
+            FILE_FIELD | FILE_FIELD_ALIAS => {
                 if file.is_some() {
                     return Err(ApiError::bad_request(format!(
                         "El campo '{FILE_FIELD}' aparece dos veces."
@@ -173,11 +172,7 @@ async fn receive_upload(
         )));
     }
 
-    let path = temp.path().to_path_buf();
-    let media = tokio::task::spawn_blocking(move || probe_mp4(&path))
-        .await
-        .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
-        .map_err(probe_error)?;
+    let media = probe(&state, temp.path()).await?;
     check_policy(&media, policy).map_err(|v| ApiError::bad_request(v.to_string()))?;
 
     let prepared = PreparedUpload {
@@ -219,6 +214,29 @@ async fn receive_upload(
         },
     );
     Ok((response, accepted))
+}
+
+/// Probes the upload on a blocking thread, within [`PROBE_DEADLINE`].
+async fn probe(state: &AppState, path: &std::path::Path) -> Result<MediaInfo, ApiError> {
+    let path = path.to_path_buf();
+    let wedged = state.faults.wedged_probe();
+    let probing = tokio::task::spawn_blocking(move || {
+        if wedged {
+            crate::faults::wedge_this_thread();
+        }
+        probe_mp4(&path)
+    });
+    match tokio::time::timeout(PROBE_DEADLINE, probing).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
+            .map_err(probe_error),
+        Err(_) => {
+            events::emit(Event::ProbeAbandoned {
+                deadline_ms: PROBE_DEADLINE.as_millis() as u64,
+            });
+            Err(probe_error(ProbeError::TooComplex))
+        }
+    }
 }
 
 fn refused(refusal: &Refusal) -> ApiError {
@@ -299,7 +317,7 @@ fn published_url(state: &AppState, video: &Video, path: fn(u64) -> String) -> Op
 }
 
 pub async fn list(state: Arc<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let owner = user_of(&state, &headers)?;
+    let owner = signed_in(&state, &headers).await?;
     let videos = state.engine.store.videos_of(owner).await?;
     let items: Vec<VideoSummary> = videos
         .iter()
@@ -351,7 +369,7 @@ pub async fn detail(
     headers: HeaderMap,
     raw_id: String,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&state, &headers)?;
+    let user = signed_in(&state, &headers).await?;
     let video = owned_video(&state, user, &raw_id).await?;
     let expires = crate::domain::now_ts() as u64 + state.config.media.signed_url_ttl_s;
     let original_url = state.public_url(&state.signer.sign(&original_path(video.id), expires));
@@ -385,7 +403,7 @@ pub async fn delete(
     headers: HeaderMap,
     raw_id: String,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&state, &headers)?;
+    let user = signed_in(&state, &headers).await?;
     let id = video_id(&raw_id)?;
     // The record and its job go in one durable step; the files follow. A crash in between
     // leaves only files without a record, which startup removes.
