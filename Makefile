@@ -1,6 +1,7 @@
 # showcase: build, run and test on a fresh Debian/Ubuntu machine.
 #   make run    installs what is missing, builds, starts the server on its embedded defaults
 #   make test   installs what is missing, checks formatting and lints, runs every test
+#   make fuzz   100,000 mutated MP4 files through the upload probe (release build)
 #   make bench  prints the benchmarks (upload vs fdatasync, durable enqueue rate, transcode
 #               pipeline vs the ffmpeg CLI, processing throughput)
 
@@ -22,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/showcase/target
 BIN := $(CARGO_TARGET_DIR)/release/showcase
 
-.PHONY: run test bench bench-quick capacity build deps test-deps toolchain lint install chaos
+.PHONY: run test bench bench-quick capacity build deps test-deps toolchain lint install chaos fuzz
 
 # The capacity benchmark (showcase-bench): the replaced system's capacity plan against a node
 # it starts in a 2 GiB memory cgroup. `capacity` is the full run (about an hour); `bench-quick`
@@ -95,3 +96,11 @@ install: build
 CYCLES ?= 50
 chaos: test-deps
 	CHAOS_CYCLES=$(CYCLES) cargo test --release --test chaos -- --nocapture
+
+# Hostile media at scale: MUTATIONS mutants of generated clips through the upload probe, and
+# PIPELINE_MUTANTS of those it accepts through a node's processing pipeline (release build).
+MUTATIONS ?= 100000
+PIPELINE_MUTANTS ?= 12
+fuzz: test-deps
+	SHOWCASE_MUTATIONS=$(MUTATIONS) SHOWCASE_PIPELINE_MUTANTS=$(PIPELINE_MUTANTS) \
+	  cargo test --release --test hostile_media -- --nocapture

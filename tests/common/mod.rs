@@ -380,33 +380,38 @@ pub fn generate_mp4(name: &str, width: u32, height: u32, seconds: u32) -> PathBu
 
 /// Like [`generate_mp4`], with an AAC audio track when `audio`.
 pub fn generate_media(name: &str, width: u32, height: u32, seconds: u32, audio: bool) -> PathBuf {
+    let source = format!("testsrc2=size={width}x{height}:rate=10");
+    let seconds = seconds.to_string();
+    let mut args = vec!["-f", "lavfi", "-i", &source];
+    if audio {
+        args.extend(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
+        args.extend(["-c:a", "aac"]);
+    }
+    args.extend([
+        "-t",
+        &seconds,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "45",
+    ]);
+    args.extend(["-pix_fmt", "yuv420p", "-movflags", "+faststart"]);
+    generate_with_ffmpeg(name, &args)
+}
+
+/// Generates (once) the media file `name` with `ffmpeg <args> <output>`.
+pub fn generate_with_ffmpeg(name: &str, args: &[&str]) -> PathBuf {
     let _one_at_a_time = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
     let path = media_dir().join(name);
     if path.exists() {
         return path;
     }
     let tmp = media_dir().join(format!("{name}.{}.tmp.mp4", std::process::id()));
-    let mut command = Command::new("ffmpeg");
-    command
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size={width}x{height}:rate=10"));
-    if audio {
-        command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
-        command.args(["-c:a", "aac"]);
-    }
-    let seconds = seconds.to_string();
-    let status = command
-        .args([
-            "-t",
-            &seconds,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-crf",
-            "45",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
         .arg(&tmp)
         .status()
         .expect("ffmpeg must be installed (make test installs it)");

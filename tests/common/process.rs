@@ -97,6 +97,23 @@ impl ServerProcess {
         }
     }
 
+    /// SIGTERM, then the exit status if the process is gone within `within` (else SIGKILL and
+    /// a failed test).
+    pub fn terminate_within(mut self, within: Duration) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("the server did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit by itself (at most `within`, then SIGKILL).
     pub fn terminate_after_exit(mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
