@@ -216,7 +216,13 @@ async fn process(deps: &Deps, lease: &Lease, credit: OwnedSemaphorePermit) -> (J
             let _ = engine.queue.ack(id, &lease.token).await;
             return (JobOutcome::Skipped, "already published".into());
         }
-        Ok(Some(_)) => {}
+        Ok(Some(video)) => match engine.store.user(video.owner_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return owner_gone(deps, lease, &video.original_key).await,
+            Err(e) => {
+                return give_back(deps, lease, &format!("reading the owner failed: {e}")).await
+            }
+        },
         Err(e) => return give_back(deps, lease, &format!("reading the video failed: {e}")).await,
     }
     let _ = engine
@@ -352,6 +358,11 @@ async fn publish(
             let _ = engine.queue.ack(id, &lease.token).await;
             (JobOutcome::Skipped, "deleted while processed".into())
         }
+        Err(StoreError::UserNotFound) => {
+            let _ = engine.blobs.delete(&video_key).await;
+            let _ = engine.blobs.delete(&poster).await;
+            owner_gone(deps, lease, &lease.job.original_key).await
+        }
         Err(e) => give_back(deps, lease, &format!("publishing failed: {e}")).await,
     }
 }
@@ -385,6 +396,16 @@ async fn give_back(deps: &Deps, lease: &Lease, reason: &str) -> (JobOutcome, Str
             delay.as_secs()
         ),
     )
+}
+
+/// A job whose video's owner no longer exists: nobody can see or publish the result, so no
+/// retry can help. Dead-lettered at once, the original removed.
+async fn owner_gone(deps: &Deps, lease: &Lease, original_key: &str) -> (JobOutcome, String) {
+    let ended = fail(deps, lease, "the owner's account no longer exists").await;
+    if let Err(e) = deps.engine.blobs.delete(original_key).await {
+        tracing::warn!(video_id = lease.job.video_id, error = %e, "removing an ownerless original failed");
+    }
+    ended
 }
 
 /// Dead-letters a job for good and marks its video failed with the reason.

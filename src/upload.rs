@@ -56,6 +56,11 @@ const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 /// Writes an upload to its temp file on a thread of its own, chunk by chunk as they arrive,
 /// without copying them; [`FileSink::finish`] returns once the file is fsynced.
 ///
+/// The sink owns the file's [`TempUpload`] guard while the writer thread may still create or
+/// write the file, and hands it back only from `finish`: an upload abandoned at any moment
+/// (the client reset, the body was refused) therefore has its file removed by the thread
+/// itself, after its last write, never before the file exists.
+///
 /// The thread runs at the bulk priority ([`crate::system::BULK_NICE`]): copying megabytes into
 /// the page cache must not delay the requests the workers answer. It is a thread per upload
 /// rather than one from tokio's blocking pool because a pool thread would keep the lowered
@@ -68,17 +73,17 @@ const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 /// the final fsync.
 pub struct FileSink {
     chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
+    writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<TempUpload>>>,
     aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FileSink {
-    pub fn create(path: &Path) -> Self {
+    pub fn create(file: TempUpload) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SINK_QUEUE_CHUNKS);
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let path = path.to_path_buf();
         let abort_seen = aborted.clone();
+        // If the thread cannot start, the closure and the guard it owns are dropped here.
         let started = std::thread::Builder::new()
             .name("upload-writer".into())
             .spawn(move || {
@@ -86,7 +91,7 @@ impl FileSink {
                     tracing::debug!(%error, "could not lower the upload writer's priority");
                 }
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_chunks(&path, rx, &abort_seen)
+                    write_chunks(file.path(), rx, &abort_seen)
                 }))
                 .unwrap_or_else(|panic| {
                     Err(std::io::Error::other(format!(
@@ -94,7 +99,8 @@ impl FileSink {
                         crate::panics::payload_message(panic.as_ref())
                     )))
                 });
-                let _ = done_tx.send(written);
+                // On failure or abandonment the guard is dropped here, removing the file.
+                let _ = done_tx.send(written.map(|()| file));
             });
         // A writer that could not start reports why as its result.
         let done = match started {
@@ -122,33 +128,32 @@ impl FileSink {
         }
         // The writer stopped early: its error says why.
         self.chunks = None;
-        Err(self
-            .join()
-            .await
-            .err()
-            .unwrap_or_else(|| std::io::Error::other("the upload writer stopped")))
+        match self.join().await {
+            Err(error) => Err(error),
+            Ok(_) => Err(std::io::Error::other("the upload writer stopped")),
+        }
     }
 
-    /// Waits until everything written is on disk.
-    pub async fn finish(mut self) -> std::io::Result<()> {
+    /// Waits until everything written is on disk; hands the file's guard back.
+    pub async fn finish(mut self) -> std::io::Result<TempUpload> {
         self.chunks = None;
         self.join().await
     }
 
-    async fn join(&mut self) -> std::io::Result<()> {
+    async fn join(&mut self) -> std::io::Result<TempUpload> {
         match self.writer.take() {
             Some(writer) => writer.await.unwrap_or_else(|_| {
                 Err(std::io::Error::other(
                     "the upload writer ended without a result",
                 ))
             }),
-            None => Ok(()),
+            None => Err(std::io::Error::other("the upload writer already ended")),
         }
     }
 }
 
 /// The writer thread's work: every chunk into the file, then fsync unless the upload was
-/// abandoned.
+/// abandoned (which is then an error, so that the file goes with its guard).
 fn write_chunks(
     path: &Path,
     mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
@@ -175,7 +180,7 @@ fn write_chunks(
         }
     }
     if aborted.load(std::sync::atomic::Ordering::Acquire) {
-        return Ok(());
+        return Err(std::io::Error::other("the upload was abandoned"));
     }
     file.sync_all()
 }
@@ -270,22 +275,27 @@ mod tests {
     #[tokio::test]
     async fn the_sink_writes_every_chunk_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let mut sink = FileSink::create(&path);
+        std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
+        let temp = TempUpload::new_in(dir.path());
+        let path = temp.path().to_path_buf();
+        let mut sink = FileSink::create(temp);
         let mut expected = Vec::new();
         for i in 0..40u8 {
             let chunk = vec![i; 300 * 1024];
             expected.extend_from_slice(&chunk);
             sink.write(bytes::Bytes::from(chunk)).await.unwrap();
         }
-        sink.finish().await.unwrap();
+        let temp = sink.finish().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+        drop(temp);
+        assert!(!path.exists(), "the guard came back and removes the file");
     }
 
     #[tokio::test]
     async fn the_sink_writes_on_a_thread_at_the_bulk_priority() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = FileSink::create(&dir.path().join("f"));
+        std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
+        let mut sink = FileSink::create(TempUpload::new_in(dir.path()));
         // More chunks than the queue holds: the thread has taken some, so it is past setting
         // its priority.
         for _ in 0..SINK_QUEUE_CHUNKS + 2 {
@@ -313,7 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_that_cannot_write_reports_the_error() {
-        let mut sink = FileSink::create(Path::new("/nonexistent-dir/f"));
+        let mut sink = FileSink::create(TempUpload::new_in(Path::new("/nonexistent-dir")));
         let mut failed = None;
         for _ in 0..10 {
             if let Err(e) = sink.write(bytes::Bytes::from_static(b"x")).await {
@@ -326,6 +336,30 @@ mod tests {
             None => sink.finish().await.unwrap_err(),
         };
         assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_sink_removes_its_file_once_the_writer_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
+        for chunks in 0..4 {
+            let mut sink = FileSink::create(TempUpload::new_in(dir.path()));
+            for _ in 0..chunks {
+                sink.write(bytes::Bytes::from(vec![1u8; 64 * 1024]))
+                    .await
+                    .unwrap();
+            }
+            drop(sink);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_dir(dir.path().join(TEMP_DIR))
+            .unwrap()
+            .count()
+            > 0
+        {
+            assert!(std::time::Instant::now() < deadline, "files left behind");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::{header, read_response};
 use common::{detail_of, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -15,55 +16,6 @@ use tokio::net::TcpStream;
 /// The declared size of the uploads below; only [`SENT`] bytes of it are ever sent.
 const DECLARED: usize = 50 * 1024 * 1024;
 const SENT: usize = 64 * 1024;
-
-/// Reads one response (head and a small body) with a deadline; the connection stays open.
-async fn read_response(stream: &mut TcpStream, within: Duration) -> (u16, String, Value) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("answered in time")
-            .expect("readable");
-        assert!(
-            n > 0,
-            "closed before answering: {:?}",
-            String::from_utf8_lossy(&buffer)
-        );
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_string();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            while buffer.len() < end + 4 + length {
-                let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-                    .await
-                    .expect("body in time")
-                    .unwrap();
-                assert!(n > 0);
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            let status = head[9..12].parse().unwrap();
-            let body =
-                serde_json::from_slice(&buffer[end + 4..end + 4 + length]).unwrap_or(Value::Null);
-            return (status, head, body);
-        }
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (key, value) = l.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then_some(value.trim())
-    })
-}
 
 /// Opens a connection and sends the head of a 50 MiB upload, up to where the file's bytes go.
 async fn start_upload(t: &TestApp, token: &str) -> TcpStream {

@@ -438,3 +438,46 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
     assert!(server.terminate().success());
     assert!(transcode_children(dir.path()).is_empty());
 }
+
+#[tokio::test]
+async fn a_job_whose_owner_is_gone_is_dead_lettered_at_once_and_its_files_removed() {
+    let t = pipeline_app(|_| {});
+    let engine = t.app.engine();
+    // A video whose owner is not in the store (a deleted account, a restored backup).
+    let id = engine.store.allocate_video_id().await.unwrap();
+    let original = format!("originals/{id}.mp4");
+    let path = t.dir.path().join("media").join(&original);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(short_clip(), &path).unwrap();
+    let media = showcase::engine::probe::probe_mp4(&path).unwrap();
+    engine
+        .store
+        .commit_upload(
+            showcase::domain::NewVideo {
+                id,
+                owner_id: 987_654,
+                title: "Huérfano".into(),
+                original_key: original.clone(),
+                original: media,
+            },
+            "task-ghost".into(),
+        )
+        .await
+        .unwrap();
+    let failed = wait_for("the video to fail", Duration::from_secs(30), async || {
+        let v = engine.store.video(id).await.unwrap().unwrap();
+        (v.status == showcase::domain::VideoStatus::Failed).then_some(v)
+    })
+    .await;
+    assert!(failed.error.unwrap().contains("owner"));
+    let letters = engine.queue.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].job.receive_count, 1, "not retried");
+    assert!(!path.exists(), "the original is removed");
+    assert!(
+        t.files_under("media").is_empty(),
+        "{:?}",
+        t.files_under("media")
+    );
+    assert_no_children_left(t.dir.path()).await;
+}

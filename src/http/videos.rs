@@ -149,8 +149,7 @@ async fn receive_upload(
                     )));
                 }
                 let temp = TempUpload::new_in(&state.data_dir);
-                let written = stream_to_file(&mut form, &temp, policy.max_bytes).await?;
-                file = Some((temp, written));
+                file = Some(stream_to_file(&mut form, temp, policy.max_bytes).await?);
             }
             TITLE_FIELD => {
                 let raw = read_text_field(&mut form).await?;
@@ -249,13 +248,14 @@ fn refused(refusal: &Refusal) -> ApiError {
 }
 
 /// Streams one multipart field into `temp`, fsynced; refuses as soon as it exceeds `max_bytes`.
+/// Returns the file's guard and its length.
 async fn stream_to_file(
     form: &mut FormReader,
-    temp: &TempUpload,
+    temp: TempUpload,
     max_bytes: u64,
-) -> Result<u64, ApiError> {
+) -> Result<(TempUpload, u64), ApiError> {
     let io = |e: std::io::Error| ApiError::Internal(format!("writing the upload: {e}"));
-    let mut sink = FileSink::create(temp.path());
+    let mut sink = FileSink::create(temp);
     let mut written = 0u64;
     let started = std::time::Instant::now();
     while let Some(chunk) = form.next_chunk().await? {
@@ -266,14 +266,14 @@ async fn stream_to_file(
         sink.write(chunk).await.map_err(io)?;
     }
     let received = started.elapsed();
-    sink.finish().await.map_err(io)?;
+    let temp = sink.finish().await.map_err(io)?;
     tracing::debug!(
         bytes = written,
         receive_ms = received.as_millis() as u64,
         fsync_ms = (started.elapsed() - received).as_millis() as u64,
         "upload file stored"
     );
-    Ok(written)
+    Ok((temp, written))
 }
 
 async fn read_text_field(form: &mut FormReader) -> Result<String, ApiError> {
