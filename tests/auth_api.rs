@@ -190,3 +190,35 @@ async fn missing_malformed_tampered_and_expired_tokens_are_401() {
     }
     assert_eq!(t.get("/api/videos", Some(&token)).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn blank_and_common_passwords_are_refused_and_the_examples_of_clients_are_not() {
+    let t = TestApp::start();
+    for (password, expected) in [
+        ("        ", "espacios"),
+        ("\t \t \t \t ", "espacios"),
+        ("password123", "comunes"),
+        ("12345678", "comunes"),
+        ("qwerty123", "comunes"),
+    ] {
+        let mut body = signup_body();
+        body["password1"] = json!(password);
+        body["password2"] = json!(password);
+        let (status, answer) = t.post_json("/api/auth/signup", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{password:?}: {answer}");
+        let detail = detail_of(&answer);
+        assert!(
+            detail.contains("password1") && detail.contains(expected),
+            "{detail}"
+        );
+    }
+    // The passwords of the platform's own client examples stay valid.
+    for (i, password) in ["testpass123", "StrongPass123"].into_iter().enumerate() {
+        let mut body = signup_body();
+        body["email"] = json!(format!("cliente{i}@example.com"));
+        body["password1"] = json!(password);
+        body["password2"] = json!(password);
+        let (status, answer) = t.post_json("/api/auth/signup", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{password}: {answer}");
+    }
+}

@@ -8,7 +8,9 @@ use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use warp::reply::Response;
 
-use super::body::{content_length, read_limited, BodyStream, JsonObject};
+use super::body::{
+    content_length, is_form_urlencoded, read_limited, BodyStream, FormFields, JsonObject,
+};
 use super::error::ApiError;
 use super::{json, within_budget};
 use crate::app::AppState;
@@ -19,20 +21,28 @@ const MIN_PASSWORD_CHARS: usize = 8;
 /// argon2 hashes any length, but a bound keeps hashing cost predictable.
 const MAX_PASSWORD_CHARS: usize = 256;
 
-async fn json_body(
+/// The whole (small) body of a signup or login request.
+async fn small_body(
     state: &AppState,
     headers: &HeaderMap,
     body: BodyStream,
-) -> Result<JsonObject, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     let server = &state.config.server;
-    let bytes = read_limited(
+    read_limited(
         body,
         content_length(headers),
         server.max_json_bytes,
         Duration::from_secs(server.body_idle_timeout_s),
     )
-    .await?;
-    JsonObject::parse(&bytes)
+    .await
+}
+
+async fn json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: BodyStream,
+) -> Result<JsonObject, ApiError> {
+    JsonObject::parse(&small_body(state, headers, body).await?)
 }
 
 /// A trimmed text field of 1..=100 characters.
@@ -89,6 +99,16 @@ pub async fn signup(
             "El campo 'password1' admite como máximo {MAX_PASSWORD_CHARS} caracteres."
         )));
     }
+    if password1.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "El campo 'password1' no puede estar formado solo por espacios.",
+        ));
+    }
+    if passwords::analyzer::is_common_password(&password1) {
+        return Err(ApiError::bad_request(
+            "El campo 'password1' es una de las contraseñas más comunes; elija otra más difícil de adivinar.",
+        ));
+    }
     if password1 != password2 {
         return Err(ApiError::bad_request("Las contraseñas no coinciden."));
     }
@@ -138,9 +158,20 @@ pub async fn login(
     body: BodyStream,
 ) -> Result<Response, ApiError> {
     within_budget(&state, Limited::Login, peer, &headers)?;
-    let obj = json_body(&state, &headers, body).await?;
-    let email = obj.string("email")?;
-    let password = obj.string("password")?;
+    let (email, password) = if is_form_urlencoded(&headers) {
+        // The OAuth2 password flow: `username` (or `email`) and `password` in a form.
+        let form = FormFields::parse(&small_body(&state, &headers, body).await?)?;
+        let email = match form.optional("username")? {
+            Some(username) => username,
+            None => form
+                .optional("email")?
+                .ok_or_else(|| ApiError::bad_request("El campo 'username' es obligatorio."))?,
+        };
+        (email, form.string("password")?)
+    } else {
+        let obj = json_body(&state, &headers, body).await?;
+        (obj.string("email")?, obj.string("password")?)
+    };
     let user = state.engine.store.user_by_email(&email).await?;
     let (id, hash) = match user {
         Some(user) => (Some(user.id), Some(user.password_hash)),

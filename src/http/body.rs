@@ -94,6 +94,50 @@ impl JsonObject {
     }
 }
 
+/// An `application/x-www-form-urlencoded` body; fields are read by name, and a field sent
+/// twice is refused rather than guessed at.
+#[derive(Debug)]
+pub struct FormFields(Vec<(String, String)>);
+
+impl FormFields {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        if std::str::from_utf8(bytes).is_err() {
+            return Err(ApiError::bad_request("El formulario no es texto UTF-8."));
+        }
+        Ok(Self(form_urlencoded::parse(bytes).into_owned().collect()))
+    }
+
+    /// A field that may be absent.
+    pub fn optional(&self, field: &str) -> Result<Option<String>, ApiError> {
+        let mut values = self.0.iter().filter(|(k, _)| k == field).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(value), None) => Ok(Some(value.clone())),
+            (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+                "El campo '{field}' aparece más de una vez."
+            ))),
+        }
+    }
+
+    /// A required field.
+    pub fn string(&self, field: &str) -> Result<String, ApiError> {
+        self.optional(field)?
+            .ok_or_else(|| ApiError::bad_request(format!("El campo '{field}' es obligatorio.")))
+    }
+}
+
+/// Whether the request declares a form-urlencoded body.
+pub fn is_form_urlencoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
 /// The `Content-Length` of a request, when it sent a valid one.
 pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
@@ -146,5 +190,22 @@ mod tests {
         assert!(obj.string("c").unwrap_err().to_string().contains("'c'"));
         assert!(JsonObject::parse(b"[1]").is_err());
         assert!(JsonObject::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn form_fields_are_decoded_and_never_guessed() {
+        let form = FormFields::parse(b"username=ana%40example.com&password=a+b%26c").unwrap();
+        assert_eq!(form.string("username").unwrap(), "ana@example.com");
+        assert_eq!(form.string("password").unwrap(), "a b&c");
+        assert_eq!(form.optional("email").unwrap(), None);
+        assert!(form
+            .string("email")
+            .unwrap_err()
+            .to_string()
+            .contains("'email'"));
+        let twice = FormFields::parse(b"password=a&password=b").unwrap();
+        assert!(twice.string("password").is_err());
+        assert!(FormFields::parse(b"password=\xff").is_ok());
+        assert!(FormFields::parse(&[b'a', b'=', 0xff]).is_err());
     }
 }
