@@ -11,9 +11,9 @@ SHELL := /bin/bash
 # Libraries the media pipeline links against, and the compiler bindgen needs.
 BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libswscale-dev \
                   libswresample-dev libavdevice-dev clang libclang-dev pkg-config
-# Test tools: the ffmpeg command line (test media, probing), curl, and Chromium (browser test,
-# driven by playwright-core from the npm registry).
-TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core
+# Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs), and
+# Chromium (browser test, driven by playwright-core from the npm registry).
+TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
 BENCH_PACKAGES := wrk nginx
 

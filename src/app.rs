@@ -154,6 +154,8 @@ pub struct Application {
     state: Arc<AppState>,
     listener: TcpListener,
     addr: SocketAddr,
+    /// The operations listener (`server.ops_addr`), when configured.
+    ops_listener: Option<(TcpListener, SocketAddr)>,
     supervisor: Addr<Supervisor>,
     sled: Arc<SledEngine>,
     transcoder_children: Arc<TranscoderChildren>,
@@ -346,13 +348,13 @@ impl Application {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
-        let addr = config.server.addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(io_error("reading the bound address"))?;
+        let backlog = config.server.listen_backlog;
+        let (listener, addr) = bind(config.server.addr, backlog)?;
+        let ops_listener = config
+            .server
+            .ops_listen_addr()
+            .map(|ops| bind(ops, backlog))
+            .transpose()?;
 
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limit));
         let state = Arc::new(AppState {
@@ -382,6 +384,7 @@ impl Application {
             state,
             listener,
             addr,
+            ops_listener,
             supervisor,
             sled,
             transcoder_children,
@@ -391,6 +394,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the operations listener listens, when there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn engine(&self) -> Engine {
@@ -410,19 +418,37 @@ impl Application {
             state,
             listener,
             addr,
+            ops_listener,
             supervisor,
             sled,
             transcoder_children,
             mut escalation,
         } = self;
         let server_config = &state.config.server;
+        let header_read_timeout = Duration::from_secs(server_config.header_read_timeout_s);
         let limits = crate::http::server::ServerLimits {
             max_connections: server_config.max_connections,
-            header_read_timeout: Duration::from_secs(server_config.header_read_timeout_s),
+            header_read_timeout,
+            reserved_for_operations: server_config.ops_reserved_connections,
         };
         let grace = Duration::from_secs(server_config.shutdown_grace_s);
         let (stop_tx, stop_rx) = watch::channel(false);
         let routes = crate::http::routes(state.clone());
+        let ops_server = ops_listener.map(|(ops_listener, ops_addr)| {
+            tracing::info!("operations listening on {ops_addr}");
+            let limits = crate::http::server::ServerLimits {
+                max_connections: server_config.ops_reserved_connections,
+                header_read_timeout,
+                reserved_for_operations: 0,
+            };
+            tokio::spawn(crate::http::server::serve(
+                ops_listener,
+                crate::http::operations_routes(state.clone()),
+                limits,
+                stop_rx.clone(),
+                grace,
+            ))
+        });
         let server = tokio::spawn(crate::http::server::serve(
             listener, routes, limits, stop_rx, grace,
         ));
@@ -452,6 +478,9 @@ impl Application {
             Ok(open) => tracing::warn!(open, "connections cut at the grace deadline"),
             Err(e) => tracing::error!(error = %e, "the server task failed"),
         }
+        if let Some(ops_server) = ops_server {
+            let _ = ops_server.await;
+        }
         watchdog.abort();
         eviction.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(StopChildren)).await;
@@ -472,6 +501,30 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// Binds a listener on `addr` with an accept backlog of `backlog` (0: as deep as the kernel
+/// allows, `net.core.somaxconn`, to which the kernel clamps any larger request).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let bind_error = |source| StartupError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    let backlog = if backlog == 0 {
+        i32::MAX as u32
+    } else {
+        backlog
+    };
+    let listener = socket.listen(backlog).map_err(bind_error)?;
+    let bound = listener
+        .local_addr()
+        .map_err(io_error("reading the bound address"))?;
+    Ok((listener, bound))
 }
 
 /// What the Transcoder needs from the configuration.
@@ -543,6 +596,8 @@ async fn remove_orphan_files(engine: &Engine) -> Result<usize, StartupError> {
 /// A node running on a thread of its own; stopped (gracefully) on [`RunningApp::stop`] or drop.
 pub struct RunningApp {
     pub addr: SocketAddr,
+    /// The operations listener's address, when `server.ops_addr` is set.
+    pub ops_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), RunError>>>,
@@ -627,7 +682,7 @@ pub fn spawn(config: Config) -> Result<RunningApp, StartupError> {
                         return Ok(());
                     }
                 };
-                let _ = ready_tx.send(Ok((app.local_addr(), app.state())));
+                let _ = ready_tx.send(Ok((app.local_addr(), app.ops_addr(), app.state())));
                 app.run_until_stopped(async {
                     let _ = stop_rx.await;
                 })
@@ -638,8 +693,9 @@ pub fn spawn(config: Config) -> Result<RunningApp, StartupError> {
         })
         .map_err(io_error("spawning the node thread"))?;
     match ready_rx.recv() {
-        Ok(Ok((addr, state))) => Ok(RunningApp {
+        Ok(Ok((addr, ops_addr, state))) => Ok(RunningApp {
             addr,
+            ops_addr,
             state,
             stop: Some(stop_tx),
             thread: Some(thread),

@@ -70,8 +70,15 @@ pub struct ServerConfig {
     pub public_url: String,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace_s: u64,
-    /// Open connections above this are closed at accept.
+    /// Open connections are capped here (a place is taken before `accept`).
     pub max_connections: usize,
+    /// Connections accepted past `max_connections` for the operations routes only; also the
+    /// connection cap of the operations listener.
+    pub ops_reserved_connections: usize,
+    /// Address of a listener serving only the operations routes; empty = none.
+    pub ops_addr: String,
+    /// Accept backlog of the listeners; 0 = the kernel's `net.core.somaxconn`.
+    pub listen_backlog: u32,
     /// A client must send its request headers within this time.
     pub header_read_timeout_s: u64,
     /// A request body that sends nothing for this long is aborted.
@@ -92,6 +99,9 @@ impl Default for ServerConfig {
             public_url: String::new(),
             shutdown_grace_s: 20,
             max_connections: 2048,
+            ops_reserved_connections: 32,
+            ops_addr: String::new(),
+            listen_backlog: 0,
             header_read_timeout_s: 10,
             body_idle_timeout_s: 30,
             max_json_bytes: 16 * 1024,
@@ -351,6 +361,13 @@ pub enum ConfigError {
     Missing(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+impl ServerConfig {
+    /// The operations listener's address, when one is configured.
+    pub fn ops_listen_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr.trim().parse().ok()
+    }
 }
 
 impl Config {

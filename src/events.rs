@@ -37,6 +37,9 @@ pub enum Event {
         /// The client was still sending past the drain budget, so we stopped reading and closed.
         cut_off: bool,
     },
+    /// A connection taken over the connection cap, from the operations reserve, that sent
+    /// nothing in time and was closed unserved (a slow-loris, most likely).
+    IdleConnectionShed,
     /// An upload's probe did not finish within its deadline; the upload was refused and the
     /// probe's thread abandoned (a parser stuck without reading: worth a bug report).
     ProbeAbandoned {
@@ -105,6 +108,7 @@ pub struct Metrics {
     lingering_cut_offs: IntCounter,
     discarded_bytes: IntCounter,
     probes_abandoned: IntCounter,
+    idle_connections_shed: IntCounter,
     jobs: IntCounterVec,
     job_duration: HistogramVec,
     actor_restarts: IntCounterVec,
@@ -199,6 +203,11 @@ impl Metrics {
                 "showcase_uploads_refused_total",
                 "Uploads refused before or while being read, by reason.",
                 &["reason"],
+            ),
+            idle_connections_shed: counter(
+                &r,
+                "showcase_http_idle_connections_shed_total",
+                "Connections over the cap, from the operations reserve, closed because they sent nothing.",
             ),
             probes_abandoned: counter(
                 &r,
@@ -358,6 +367,10 @@ pub fn emit(event: Event) {
             }
             m.discarded_bytes.inc_by(discarded_bytes);
             tracing::debug!(discarded_bytes, cut_off, "lingering close");
+        }
+        Event::IdleConnectionShed => {
+            m.idle_connections_shed.inc();
+            tracing::debug!("an idle connection over the cap was closed");
         }
         Event::ProbeAbandoned { deadline_ms } => {
             m.probes_abandoned.inc();

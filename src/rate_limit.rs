@@ -80,9 +80,13 @@ impl RateLimits {
     pub fn check(&self, route: Limited, client: IpAddr) -> Result<(), OverBudget> {
         match self.of(route) {
             None => Ok(()),
-            Some(buckets) => buckets.check_key(&client).map_err(|not_until| OverBudget {
-                wait: not_until.wait_time_from(self.clock.now()),
-            }),
+            Some(buckets) => {
+                buckets
+                    .check_key(&bucket_key(client))
+                    .map_err(|not_until| OverBudget {
+                        wait: not_until.wait_time_from(self.clock.now()),
+                    })
+            }
         }
     }
 
@@ -105,6 +109,21 @@ impl RateLimits {
             .flatten()
             .map(|b| b.len())
             .sum()
+    }
+}
+
+/// The bucket a client address spends from. An IPv6 client is its /64: a single subscriber
+/// usually holds a whole /64 and can pick any address in it, so per-address buckets would give
+/// it 2^64 budgets. An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is that IPv4 address.
+pub fn bucket_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -192,6 +211,28 @@ mod tests {
             vote_burst: burst,
             evict_every_s: 60,
         }
+    }
+
+    #[test]
+    fn ipv6_clients_share_the_bucket_of_their_64() {
+        let key = |s: &str| bucket_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        // One subscriber rotating through its /64 spends one budget.
+        let limits = RateLimits::new(&config(60, 3));
+        for i in 0..3u16 {
+            let addr = format!("2001:db8:5:6:{i:x}::{i:x}").parse().unwrap();
+            assert!(limits.check(Limited::Vote, addr).is_ok());
+        }
+        assert!(limits
+            .check(Limited::Vote, "2001:db8:5:6:9::9".parse().unwrap())
+            .is_err());
+        assert!(limits
+            .check(Limited::Vote, "2001:db8:5:7::1".parse().unwrap())
+            .is_ok());
     }
 
     #[test]

@@ -47,6 +47,38 @@ impl UrlSigner {
         format!("{path}?expires={expires}&signature={signature}")
     }
 
+    /// Verifies the query of a signed URL (decoded pairs). Only the spelling [`UrlSigner::sign`]
+    /// produces is accepted: exactly one `expires` in canonical decimal (no sign, no leading
+    /// zero) and one `signature` of 64 lowercase hex digits. Other parameters are ignored.
+    pub fn verify_query(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        now: u64,
+    ) -> Result<(), SignatureError> {
+        let only = |name: &str| {
+            let mut values = query.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+            match (values.next(), values.next()) {
+                (Some(value), None) => Ok(value.as_str()),
+                _ => Err(SignatureError::Invalid),
+            }
+        };
+        let raw_expires = only("expires")?;
+        let signature = only("signature")?;
+        let expires: u64 = raw_expires.parse().map_err(|_| SignatureError::Invalid)?;
+        if expires.to_string() != raw_expires {
+            return Err(SignatureError::Invalid);
+        }
+        let canonical_hex = signature.len() == 64
+            && signature
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !canonical_hex {
+            return Err(SignatureError::Invalid);
+        }
+        self.verify(path, expires, signature, now)
+    }
+
     pub fn verify(
         &self,
         path: &str,
@@ -83,6 +115,42 @@ mod tests {
             }
         }
         (path.to_string(), expires, sig)
+    }
+
+    fn pairs(url: &str) -> Vec<(String, String)> {
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_of_a_signed_url_is_accepted() {
+        let s = UrlSigner::new(b"secret");
+        let path = "/media/originals/3.mp4";
+        let url = s.sign(path, 1000);
+        assert_eq!(s.verify_query(path, &pairs(&url), 999), Ok(()));
+        let sig = url.split("signature=").nth(1).unwrap();
+        for bad in [
+            format!("{path}?expires=%2B1000&signature={sig}"),
+            format!("{path}?expires=01000&signature={sig}"),
+            format!("{path}?expires=1000&signature={sig}&signature={sig}"),
+            format!("{path}?expires=1000&expires=1000&signature={sig}"),
+            format!("{path}?expires=1000&signature={}", sig.to_uppercase()),
+            format!("{path}?expires=1000&signature={sig}00"),
+            format!("{path}?expires=1000"),
+            format!("{path}?signature={sig}"),
+            format!("{path}?expires=1000.0&signature={sig}"),
+        ] {
+            assert_eq!(
+                s.verify_query(path, &pairs(&bad), 999),
+                Err(SignatureError::Invalid),
+                "{bad}"
+            );
+        }
+        // Other parameters (a player's cache buster) do not matter.
+        let extra = pairs(&format!("{url}&t=17"));
+        assert_eq!(s.verify_query(path, &extra, 999), Ok(()));
     }
 
     #[test]

@@ -133,3 +133,260 @@ async fn a_valid_token_for_a_player_who_does_not_exist_is_401_before_any_body() 
     let (status, _) = t.get(&format!("/api/videos/{video}"), Some(&token)).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Opens `count` connections that never send a byte.
+async fn idle_sockets(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        sockets.push(TcpStream::connect(addr).await.unwrap());
+    }
+    sockets
+}
+
+/// Times `count` requests for `path`, each on a new connection; returns their latencies,
+/// sorted, after checking each answer with `check`.
+async fn timed_gets(
+    addr: std::net::SocketAddr,
+    path: &str,
+    count: usize,
+    check: impl Fn(u16, &str, &serde_json::Value),
+) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for _ in 0..count {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (status, head, body) = read_response(&mut stream, Duration::from_secs(20)).await;
+        took.push(started.elapsed());
+        check(status, &head, &body);
+    }
+    took.sort();
+    took
+}
+
+fn full_cap_app(ops_listener: bool) -> TestApp {
+    TestApp::start_with(|c| {
+        c.server.max_connections = 256;
+        c.server.ops_reserved_connections = 16;
+        if ops_listener {
+            c.server.ops_addr = "127.0.0.1:0".into();
+        }
+    })
+}
+
+#[tokio::test]
+async fn operations_routes_answer_while_the_cap_is_full_of_idle_sockets() {
+    let t = full_cap_app(false);
+    // The cap, and 200 more idle sockets waiting in the backlog or the reserve.
+    let _idle = idle_sockets(t.app.addr, 256 + 200).await;
+    // The reserve closes silent sockets within 200 ms each, 16 at a time.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for path in [
+        "/api/health",
+        "/api/health/ready",
+        "/api/health/actors",
+        "/metrics",
+    ] {
+        let took = timed_gets(t.app.addr, path, 10, |status, head, _| {
+            assert!(
+                status == 200 || (path == "/api/health/ready" && status == 503),
+                "{path}: {head}"
+            );
+        })
+        .await;
+        println!(
+            "{path} with the cap full: median {:?}, max {:?}",
+            took[5], took[9]
+        );
+        assert!(took[5] < Duration::from_millis(100), "{path}: {took:?}");
+        assert!(took[9] < Duration::from_secs(2), "{path}: {took:?}");
+    }
+    // Anything else is refused at once rather than left waiting.
+    let took = timed_gets(t.app.addr, "/api/public/videos", 5, |status, head, body| {
+        assert_eq!(status, 503, "{head}");
+        assert!(header(head, "retry-after").is_some(), "{head}");
+        assert!(detail_of(body).contains("conexiones"), "{body}");
+    })
+    .await;
+    println!(
+        "a public route with the cap full: refused within {:?}",
+        took[4]
+    );
+    let metrics = reqwest::get(t.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("showcase_http_idle_connections_shed_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(shed >= 150.0, "idle sockets shed: {shed}");
+}
+
+#[tokio::test]
+async fn the_operations_listener_answers_while_the_main_one_is_full() {
+    let t = full_cap_app(true);
+    let ops = t.app.ops_addr.expect("the operations listener is bound");
+    let _idle = idle_sockets(t.app.addr, 256 + 200).await;
+    let took = timed_gets(ops, "/api/health", 20, |status, head, _| {
+        assert_eq!(status, 200, "{head}");
+    })
+    .await;
+    println!(
+        "operations listener with the main cap full: median {:?}, max {:?}",
+        took[10], took[19]
+    );
+    assert!(took[10] < Duration::from_millis(100), "{took:?}");
+    assert!(took[19] < Duration::from_secs(2), "{took:?}");
+    // It serves the operations routes only.
+    timed_gets(ops, "/api/public/videos", 1, |status, head, body| {
+        assert_eq!(status, 404, "{head}");
+        assert!(!detail_of(body).is_empty());
+    })
+    .await;
+}
+
+/// The accept backlog of the listener on `port`, as `ss` reports it (Send-Q of a listener).
+fn listen_backlog(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on {port}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_accept_backlog_is_the_kernels_limit_unless_configured() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t = TestApp::start();
+    assert_eq!(listen_backlog(t.app.addr.port()), somaxconn);
+    let t = TestApp::start_with(|c| c.server.listen_backlog = 77);
+    assert_eq!(listen_backlog(t.app.addr.port()), 77);
+}
+
+/// Sends `request` as raw bytes and reads the answer.
+async fn raw_exchange(t: &TestApp, request: &[u8]) -> (u16, String, serde_json::Value) {
+    let mut stream = TcpStream::connect(t.app.addr).await.unwrap();
+    // The server may answer and close before all of a huge request is written.
+    let _ = stream.write_all(request).await;
+    read_response(&mut stream, Duration::from_secs(10)).await
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_by_itself_get_a_detail_too() {
+    let t = TestApp::start();
+    let huge_header = format!(
+        "GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let many_headers = format!(
+        "GET /api/health HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..200)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(70_000));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("a 512 KiB header", huge_header.into_bytes(), 431),
+        ("200 headers", many_headers.into_bytes(), 431),
+        ("a 70,000-byte URI", long_uri.into_bytes(), 414),
+        (
+            "a Content-Length that is not a number",
+            b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        (
+            "a broken request line",
+            b"GET\x01/ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let (status, head, body) = raw_exchange(&t, &request).await;
+        assert_eq!(status, expected, "{what}: {head}");
+        assert!(!detail_of(&body).is_empty(), "{what}: {head}");
+        assert_eq!(
+            header(&head, "content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+    }
+    // The node is unharmed.
+    let (status, _) = t.get("/api/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn media_routes_answer_other_methods_405_with_allow() {
+    let t = TestApp::start();
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in ["/media/1.mp4", "/media/1.jpg", "/media/originals/1.mp4"] {
+            let response = t
+                .http
+                .request(method.parse().unwrap(), t.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert_eq!(response.headers()["allow"], "GET, HEAD", "{method} {path}");
+            let (_, body) = common::read(response).await;
+            assert!(!detail_of(&body).is_empty());
+        }
+    }
+}
+
+#[tokio::test]
+async fn signed_urls_accept_only_their_canonical_spelling() {
+    let t = TestApp::start();
+    let (_, token) = t.quick_player("Ana", "Ruiz", "Bogotá").await;
+    let id = t.uploaded_video(&token, "Original").await;
+    let (_, detail) = t.get(&format!("/api/videos/{id}"), Some(&token)).await;
+    let url = detail["original_url"].as_str().unwrap().to_string();
+    let (path, query) = url.split_once('?').unwrap();
+    let expires = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("expires="))
+        .unwrap();
+    let signature = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("signature="))
+        .unwrap();
+    let status = |query: String| {
+        let url = t.url(&format!("{path}?{query}"));
+        let http = t.http.clone();
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(status(query.to_string()).await, StatusCode::OK);
+    for bad in [
+        format!("expires=%2B{expires}&signature={signature}"),
+        format!("expires=0{expires}&signature={signature}"),
+        format!("expires={expires}&signature={signature}&signature={signature}"),
+        format!("expires={expires}&expires={expires}&signature={signature}"),
+        format!("expires={expires}&signature={}", signature.to_uppercase()),
+    ] {
+        assert_eq!(status(bad.clone()).await, StatusCode::FORBIDDEN, "{bad}");
+    }
+}

@@ -25,6 +25,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The route exists, the method does not; `allow` lists the methods it has.
+    #[error("Método no permitido.")]
+    MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
     RequestTimeout(String),
     #[error("{0}")]
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::RequestTimeout(_) => "timeout",
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::RangeNotSatisfiable { .. } => "unsatisfiable",
@@ -97,6 +101,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -134,6 +139,11 @@ impl ApiError {
                     .headers_mut()
                     .insert(http::header::CONTENT_RANGE, value);
             }
+        }
+        if let ApiError::MethodNotAllowed { allow } = &self {
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -241,6 +251,27 @@ impl From<CallError> for ApiError {
     }
 }
 
+/// The detail of an answer hyper gives by itself to a request it cannot parse (see
+/// `shaped_io`), by status; `None` for the statuses hyper never answers on its own.
+pub fn protocol_error_detail(status: u16) -> Option<&'static str> {
+    match status {
+        400 => Some("Solicitud HTTP mal formada: la línea de petición, un encabezado o Content-Length no son válidos."),
+        414 => Some("La URI de la solicitud es demasiado larga."),
+        431 => Some("Los encabezados de la solicitud son demasiado grandes o demasiados."),
+        _ => None,
+    }
+}
+
+/// The refusal of a request that came in over the connection cap on a connection kept for
+/// the operations routes.
+pub fn over_connection_cap() -> ApiError {
+    ApiError::unavailable_because(
+        "El servidor atiende el máximo de conexiones; intente de nuevo en unos segundos.",
+        1,
+        "connections",
+    )
+}
+
 /// Turns any rejection into a JSON error response.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     if let Some(e) = rejection.find::<ApiError>() {
@@ -249,7 +280,9 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::NotFound("Recurso no encontrado.".into())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        return Ok(method_not_allowed());
+        ApiError::MethodNotAllowed {
+            allow: "GET, HEAD, POST, DELETE",
+        }
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge("El cuerpo de la solicitud es demasiado grande.".into())
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
@@ -262,19 +295,4 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())
-}
-
-fn method_not_allowed() -> Response {
-    let mut response = warp::reply::with_status(
-        warp::reply::json(&ErrorBody {
-            detail: "Método no permitido.",
-        }),
-        StatusCode::METHOD_NOT_ALLOWED,
-    )
-    .into_response();
-    response.headers_mut().insert(
-        http::header::ALLOW,
-        http::HeaderValue::from_static("GET, HEAD, POST, DELETE"),
-    );
-    response
 }

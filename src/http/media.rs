@@ -63,20 +63,10 @@ fn check_signature(
     query: &[(String, String)],
 ) -> Result<(), ApiError> {
     let forbidden = || ApiError::Forbidden("El enlace no es válido o ha expirado.".into());
-    let find = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let expires: u64 = find("expires")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(forbidden)?;
-    let signature = find("signature").ok_or_else(forbidden)?;
     let now = crate::domain::now_ts() as u64;
     state
         .signer
-        .verify(path, expires, signature, now)
+        .verify_query(path, query, now)
         .map_err(|e| match e {
             SignatureError::Expired => ApiError::Forbidden("El enlace ha expirado.".into()),
             SignatureError::Invalid => forbidden(),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod pagination;
 pub mod range;
 pub mod server;
+pub mod shaped_io;
 
 mod accounts;
 mod admin;
@@ -98,6 +99,44 @@ fn within_budget(
     Ok(state.rate_limits.check(route, client)?)
 }
 
+/// The operations routes (health, readiness, actors, metrics): what load balancers and
+/// monitoring call, served on the main listener and on the operations listener.
+fn operations(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    let st = || with_state(state.clone());
+    let health = warp::path!("api" / "health")
+        .and(warp::get())
+        .map(ops::health)
+        .boxed();
+    let ready = warp::path!("api" / "health" / "ready")
+        .and(warp::get())
+        .and(st())
+        .then(ops::ready)
+        .boxed();
+    let actors = warp::path!("api" / "health" / "actors")
+        .and(warp::get())
+        .and(st())
+        .then(ops::actors)
+        .boxed();
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(st())
+        .then(ops::metrics)
+        .boxed();
+    health
+        .or(ready)
+        .unify()
+        .or(actors)
+        .unify()
+        .or(metrics)
+        .unify()
+        .boxed()
+}
+
+/// The routes of the operations listener (`server.ops_addr`): the operations routes alone.
+pub fn operations_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    operations(state).recover(error::recover).unify().boxed()
+}
+
 /// Every route of the node.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let st = || with_state(state.clone());
@@ -166,21 +205,6 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(|s, q: Query| async move { respond(public::rankings(s, q).await) })
         .boxed();
 
-    let health = warp::path!("api" / "health")
-        .and(warp::get())
-        .map(ops::health)
-        .boxed();
-    let ready = warp::path!("api" / "health" / "ready")
-        .and(warp::get())
-        .and(st())
-        .then(ops::ready)
-        .boxed();
-    let actors = warp::path!("api" / "health" / "actors")
-        .and(warp::get())
-        .and(st())
-        .then(ops::actors)
-        .boxed();
-
     let dead_letters = warp::path!("api" / "admin" / "dead-letters")
         .and(warp::get())
         .and(st())
@@ -222,7 +246,9 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and_then(
             |tail: warp::path::Tail, method: http::Method, s, q: Query, h| async move {
                 if method != http::Method::GET && method != http::Method::HEAD {
-                    return Err(warp::reject::not_found());
+                    return Ok::<_, warp::Rejection>(respond(Err(ApiError::MethodNotAllowed {
+                        allow: "GET, HEAD",
+                    })));
                 }
                 Ok(respond(
                     media::serve(s, method, tail.as_str().to_string(), q, h).await,
@@ -240,12 +266,6 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
             respond(admin::actor_fault(s, h, actor, kind, q).await)
         })
         .boxed();
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(st())
-        .then(ops::metrics)
-        .boxed();
-
     let index = warp::path::end().and(warp::get()).map(web::index).boxed();
 
     signup
@@ -265,11 +285,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(rankings)
         .unify()
-        .or(health)
-        .unify()
-        .or(ready)
-        .unify()
-        .or(actors)
+        .or(operations(state.clone()))
         .unify()
         .or(dead_letters)
         .unify()
@@ -284,8 +300,6 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(actor_fault)
         .unify()
         .or(media)
-        .unify()
-        .or(metrics)
         .unify()
         .or(index)
         .unify()

@@ -52,10 +52,28 @@ const LINGER_DRAIN_BUDGET: usize = 64 * 1024;
 /// The hold also bounds how long the unread socket keeps its receive window in kernel memory.
 const LINGER_HOLD: Duration = Duration::from_millis(250);
 
+/// How long a connection taken from the operations reserve may stay silent before it is
+/// closed unserved. A load balancer's health check sends its request with the handshake; an
+/// idle socket (a slow-loris) holds a reserved place no longer than this.
+const RESERVE_FIRST_BYTE: Duration = Duration::from_millis(200);
+/// Header-read timeout of a connection from the operations reserve.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// Connections accepted past `max_connections` to serve the operations routes only
+    /// (anything else on them is answered 503 at once); 0 for none.
+    pub reserved_for_operations: usize,
+}
+
+/// Paths of the operations routes: health, readiness, actors, metrics.
+pub fn is_operations_path(path: &str) -> bool {
+    matches!(
+        route_label(path),
+        "/api/health" | "/api/health/ready" | "/api/health/actors" | "/metrics"
+    )
 }
 
 type Routes = BoxedFilter<(Response,)>;
@@ -66,6 +84,8 @@ struct RouteService {
     routes: Routes,
     /// The connection's peer, handed to handlers as a request extension.
     peer: std::net::IpAddr,
+    /// A connection over the cap: only the operations routes are served, the rest refused.
+    operations_only: bool,
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for RouteService {
@@ -81,6 +101,20 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
         let started = std::time::Instant::now();
         let route = route_label(request.uri().path());
         let method = method_label(request.method());
+        if self.operations_only && !is_operations_path(request.uri().path()) {
+            let mut refused = crate::http::error::over_connection_cap().into_response();
+            refused.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            crate::events::emit(crate::events::Event::HttpRequest {
+                route,
+                method,
+                status: refused.status().as_u16(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            return Box::pin(async move { Ok(refused) });
+        }
         let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream()));
         let request = request.map(|inner| TrackedBody {
             inner,
@@ -204,8 +238,23 @@ fn normalize_path<B>(request: &mut http::Request<B>) {
     }
 }
 
+/// A connection's place under the cap.
+enum Place {
+    /// Within `max_connections`: served in full.
+    Full(tokio::sync::OwnedSemaphorePermit),
+    /// From the operations reserve: operations routes only.
+    Reserve(tokio::sync::OwnedSemaphorePermit),
+}
+
 /// Serves `routes` on `listener` until `shutdown` turns true, then waits for open connections
 /// to finish, at most `grace`. Returns how many connections were still open at the deadline.
+///
+/// At most `max_connections` connections are served in full; a place is taken before
+/// `accept`, so the cap holds however fast clients connect. Past the cap, up to
+/// `reserved_for_operations` more are accepted from a reserve: a connection that sends its
+/// request at once gets the operations routes (health checks keep answering while the cap is
+/// full of idle sockets) or a 503 at once for anything else, instead of waiting in the
+/// kernel's backlog; a silent one is closed after [`RESERVE_FIRST_BYTE`].
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -216,23 +265,36 @@ pub async fn serve(
     let service = RouteService {
         routes,
         peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        operations_only: false,
     };
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let full = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(Semaphore::new(limits.reserved_for_operations));
     let connections = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    let builder = Arc::new(builder);
+    let mut reserve_builder = builder.clone();
+    reserve_builder
+        .header_read_timeout(RESERVE_HEADER_TIMEOUT)
+        .keep_alive(false);
+    let (builder, reserve_builder) = (Arc::new(builder), Arc::new(reserve_builder));
 
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+        let place = tokio::select! {
+            biased;
+            _ = stopping(&mut shutdown) => break,
+            permit = full.clone().acquire_owned() => match permit {
+                Ok(permit) => Place::Full(permit),
                 Err(_) => break,
             },
-            _ = stopping(&mut shutdown) => break,
+            permit = reserve.clone().acquire_owned(), if limits.reserved_for_operations > 0 => {
+                match permit {
+                    Ok(permit) => Place::Reserve(permit),
+                    Err(_) => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -247,16 +309,51 @@ pub async fn serve(
             _ = stopping(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = RouteService {
-            peer: peer.ip(),
-            ..service.clone()
+        // A full place may have freed while this one waited in `accept`.
+        let place = match place {
+            Place::Reserve(reserved) => match full.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    drop(reserved);
+                    Place::Full(permit)
+                }
+                Err(_) => Place::Reserve(reserved),
+            },
+            full => full,
         };
-        let builder = builder.clone();
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            serve_connection(stream, peer, service, &builder, shutdown).await;
-            drop(permit);
-        });
+        match place {
+            Place::Full(permit) => {
+                let service = RouteService {
+                    peer: peer.ip(),
+                    ..service.clone()
+                };
+                let builder = builder.clone();
+                connections.spawn(async move {
+                    serve_connection(stream, peer, service, &builder, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Place::Reserve(permit) => {
+                let service = RouteService {
+                    peer: peer.ip(),
+                    operations_only: true,
+                    ..service.clone()
+                };
+                let builder = reserve_builder.clone();
+                connections.spawn(async move {
+                    // `peek` waits for a byte, not merely for readiness (which can be spurious).
+                    let mut first = [0u8; 1];
+                    let speaks =
+                        tokio::time::timeout(RESERVE_FIRST_BYTE, stream.peek(&mut first)).await;
+                    if matches!(speaks, Ok(Ok(n)) if n > 0) {
+                        serve_connection(stream, peer, service, &builder, shutdown).await;
+                    } else {
+                        crate::events::emit(crate::events::Event::IdleConnectionShed);
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     connections.close();
@@ -278,7 +375,8 @@ async fn serve_connection(
     builder: &hyper::server::conn::http1::Builder,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connection = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(super::shaped_io::ShapedIo::new(stream));
+    let mut connection = builder.serve_connection(io, service);
     let mut shutting_down = false;
     let result = loop {
         tokio::select! {
@@ -292,7 +390,7 @@ async fn serve_connection(
     if let Err(error) = &result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
-    let stream = connection.into_parts().io.into_inner();
+    let stream = connection.into_parts().io.into_inner().into_inner();
     linger(stream).await;
 }
 
