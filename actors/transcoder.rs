@@ -6,8 +6,13 @@
 //! - dies with the server: a parent-death signal (SIGKILL) is armed before `exec`, and the
 //!   child is started from a thread that lives exactly as long as the child (the signal follows
 //!   the thread that forked, not the process);
-//! - has an address-space limit (`transcode.memory_limit_mb`), a wall-clock timeout and a stall
-//!   watchdog on its progress lines; breaking any of them kills its group.
+//! - has an address-space limit (`transcode.memory_limit_mb`), a CPU-time limit (the timeout
+//!   on every core), a file-size limit ([`OUTPUT_LIMIT_BYTES`]) and few open files, a
+//!   wall-clock timeout and a stall watchdog on its progress lines; breaking any of them ends
+//!   it;
+//! - can gain no privilege (`PR_SET_NO_NEW_PRIVS`) and confines itself with Landlock before it
+//!   opens its input (`crate::sandbox`): it reads its input and writes its job directory, and
+//!   nothing else of the node.
 //!
 //! A crash, an out-of-memory or a hang inside libav therefore costs one child, never the server.
 //! The number of children is bounded by the slots the queue consumer holds (one permit travels
@@ -34,6 +39,11 @@ use crate::health::{ActorHealth, ActorState};
 
 /// How much of a child's stderr is kept to explain its failure.
 const STDERR_TAIL_BYTES: usize = 2048;
+/// Largest file a child may write. A 35 s 720p rendition is a few MiB to a few tens; only an
+/// input built to blow it up comes near this.
+pub const OUTPUT_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Files a child may have open: its pipes, input, outputs and the logo, with room to spare.
+const CHILD_OPEN_FILES: u64 = 64;
 
 #[derive(Debug, Clone)]
 pub struct TranscoderSettings {
@@ -45,8 +55,12 @@ pub struct TranscoderSettings {
     pub crf: u32,
     pub threads: usize,
     pub memory_limit_bytes: u64,
+    /// CPU time a child may use, all its threads together.
+    pub cpu_limit: Duration,
     pub timeout: Duration,
     pub stall: Duration,
+    /// The file the `escape` fault makes a child try to read (the node's secret).
+    pub escape_target: PathBuf,
 }
 
 /// Why a transcode produced nothing.
@@ -265,14 +279,33 @@ async fn start_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(fault) = fault {
+        use crate::engine::transcode::ChildFault;
         let name = match fault {
-            crate::engine::transcode::ChildFault::Crash => "crash",
-            crate::engine::transcode::ChildFault::Hang => "hang",
+            ChildFault::Crash => "crash",
+            ChildFault::Hang => "hang",
+            ChildFault::Escape => "escape",
         };
         command.arg("--fault").arg(name);
+        if fault == ChildFault::Escape {
+            command.arg("--escape-target").arg(&settings.escape_target);
+        }
     }
     let parent = std::process::id() as libc::pid_t;
-    let memory_limit = settings.memory_limit_bytes as libc::rlim_t;
+    let limits = [
+        (
+            libc::RLIMIT_AS,
+            settings.memory_limit_bytes,
+            settings.memory_limit_bytes,
+        ),
+        // SIGXCPU at the soft limit, SIGKILL at the hard one.
+        (
+            libc::RLIMIT_CPU,
+            settings.cpu_limit.as_secs().max(1),
+            settings.cpu_limit.as_secs().max(1) + 5,
+        ),
+        (libc::RLIMIT_FSIZE, OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES),
+        (libc::RLIMIT_NOFILE, CHILD_OPEN_FILES, CHILD_OPEN_FILES),
+    ];
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -286,11 +319,17 @@ async fn start_child(
             if libc::getppid() != parent {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
-            let limit = libc::rlimit {
-                rlim_cur: memory_limit,
-                rlim_max: memory_limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+            for (resource, soft, hard) in limits {
+                let limit = libc::rlimit {
+                    rlim_cur: soft as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
+                };
+                if libc::setrlimit(resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Nothing it executes may gain privileges (and Landlock needs this unprivileged).
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // Encoding is bulk work: requests come first when the cores are saturated. A
@@ -374,6 +413,13 @@ async fn watch(
                     last_progress = Instant::now();
                     let _ = progress.try_send(percent);
                 }
+                Some(ChildMessage::Event(ChildEvent::Confined { confinement, detail })) => {
+                    if confinement == crate::sandbox::Confinement::Full {
+                        tracing::debug!(%detail, "transcode child confined");
+                    } else {
+                        tracing::warn!(%detail, "transcode child not fully confined");
+                    }
+                }
                 Some(ChildMessage::Event(event)) => outcome = Some(event),
                 Some(ChildMessage::Exited { status, stderr_tail }) => break (Some(status), stderr_tail),
                 None => break (None, String::new()),
@@ -418,6 +464,17 @@ fn classify(
         ));
     };
     if let Some(signal) = status.signal() {
+        if signal == libc::SIGXFSZ {
+            return Err(TranscodeFailure::Permanent(format!(
+                "the rendition grew past its size limit of {} MiB",
+                OUTPUT_LIMIT_BYTES / (1024 * 1024)
+            )));
+        }
+        if signal == libc::SIGXCPU {
+            return Err(TranscodeFailure::Transient(
+                "the transcoder used up its CPU-time limit".into(),
+            ));
+        }
         let name = match signal {
             libc::SIGSEGV => "SIGSEGV",
             libc::SIGKILL => "SIGKILL",
@@ -485,6 +542,14 @@ mod tests {
             classify(exit(1), Some(error), ""),
             Err(TranscodeFailure::Transient("disk full".into()))
         );
+        assert!(matches!(
+            classify(Some(ExitStatus::from_raw(libc::SIGXFSZ)), None, ""),
+            Err(TranscodeFailure::Permanent(m)) if m.contains("size limit")
+        ));
+        assert!(matches!(
+            classify(Some(ExitStatus::from_raw(libc::SIGXCPU)), None, ""),
+            Err(TranscodeFailure::Transient(m)) if m.contains("CPU")
+        ));
         let crashed = classify(Some(ExitStatus::from_raw(libc::SIGSEGV)), None, "");
         assert!(
             matches!(&crashed, Err(TranscodeFailure::Transient(m)) if m.contains("SIGSEGV")),

@@ -180,6 +180,7 @@ impl Application {
         let data_dir = config.storage.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(io_error(format!("creating {}", data_dir.display())))?;
+        close_to_others(&data_dir)?;
         let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &data_dir)
             .map_err(io_error("loading the server secret"))?;
 
@@ -503,6 +504,27 @@ impl Application {
     }
 }
 
+/// Makes the data directory its owner's alone (0700): it holds password hashes and the secret,
+/// and a directory created by an older version or by hand may be open to every local user.
+fn close_to_others(data_dir: &Path) -> Result<(), StartupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = || format!("restricting {}", data_dir.display());
+    let mode = std::fs::metadata(data_dir)
+        .map_err(io_error(what()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error(what()))?;
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            "data directory closed to other users (0700)"
+        );
+    }
+    Ok(())
+}
+
 /// Binds a listener on `addr` with an accept backlog of `backlog` (0: as deep as the kernel
 /// allows, `net.core.somaxconn`, to which the kernel clamps any larger request).
 fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -535,6 +557,7 @@ fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupErr
     } else {
         PathBuf::from(&t.program)
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     Ok(TranscoderSettings {
         program,
         main_max_s: t.main_max_s,
@@ -543,8 +566,11 @@ fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupErr
         crf: t.crf,
         threads: t.threads,
         memory_limit_bytes: t.memory_limit_mb * 1024 * 1024,
+        // Every core busy for the whole timeout: only a runaway child reaches it first.
+        cpu_limit: Duration::from_secs(t.timeout_s) * cores,
         timeout: Duration::from_secs(t.timeout_s),
         stall: Duration::from_secs(t.stall_s),
+        escape_target: config.storage.data_dir.join(crate::auth::SECRET_FILE),
     })
 }
 

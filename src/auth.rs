@@ -63,13 +63,16 @@ pub struct Auth {
     hash_memory: Arc<HashMemory>,
 }
 
+/// Name of the generated secret in the data directory.
+pub const SECRET_FILE: &str = "secret.key";
+
 /// The server secret: the configured one, or one generated on first start and kept in the data
 /// directory (mode 0600) so that tokens and signed URLs survive restarts.
 pub fn load_or_create_secret(configured: &str, data_dir: &Path) -> std::io::Result<Vec<u8>> {
     if !configured.is_empty() {
         return Ok(configured.as_bytes().to_vec());
     }
-    let path = data_dir.join("secret.key");
+    let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
             return hex::decode(text.trim())

@@ -191,7 +191,10 @@ impl Default for UploadConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 key for access tokens and signed URLs; empty = generate once, keep in the data dir.
+    /// Resolved at load from this key, `jwt_secret_file` or the credential `jwt_secret`.
     pub jwt_secret: String,
+    /// A file holding `jwt_secret`.
+    pub jwt_secret_file: String,
     pub token_ttl_s: u64,
     /// Password hashes computed at the same time (argon2id is CPU- and memory-heavy).
     pub max_concurrent_hashes: usize,
@@ -201,6 +204,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: String::new(),
+            jwt_secret_file: String::new(),
             token_ttl_s: 3600,
             max_concurrent_hashes: 2,
         }
@@ -225,8 +229,11 @@ impl Default for MediaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bearer token of the `/api/admin` routes; empty disables them.
+    /// Bearer token of the `/api/admin` routes; empty disables them. Resolved at load from this
+    /// key, `token_file` or the credential `admin_token`.
     pub token: String,
+    /// A file holding `token`.
+    pub token_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -355,6 +362,96 @@ impl Default for LogConfig {
     }
 }
 
+/// Shortest accepted admin token, in characters.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+/// Shortest accepted JWT secret, in bytes (HS256 wants a key as long as its hash).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The secrets a node reads at load, with the key, the `*_file` key and the systemd credential
+/// each can come from.
+struct SecretSource {
+    key: &'static str,
+    file_key: &'static str,
+    credential: &'static str,
+}
+
+const ADMIN_TOKEN: SecretSource = SecretSource {
+    key: "admin.token",
+    file_key: "admin.token_file",
+    credential: "admin_token",
+};
+const JWT_SECRET: SecretSource = SecretSource {
+    key: "auth.jwt_secret",
+    file_key: "auth.jwt_secret_file",
+    credential: "jwt_secret",
+};
+
+/// Reads a secret file, refusing one that every local user can read.
+fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let invalid = |m: String| ConfigError::Invalid(m);
+    let meta = std::fs::metadata(path)
+        .map_err(|e| invalid(format!("{what}: cannot read {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(invalid(format!(
+            "{what}: {} is readable by every local user; chmod 0600 (or 0640) it",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("{what}: cannot read {}: {e}", path.display())))?;
+    Ok(text.trim().to_string())
+}
+
+impl SecretSource {
+    /// The secret from whichever single source gives it: the inline key, the file named by
+    /// the `*_file` key, or the credential in `credentials` (systemd's
+    /// `$CREDENTIALS_DIRECTORY`). `in_open_file` says whether the inline value was written in a
+    /// configuration file that every local user can read.
+    fn resolve(
+        &self,
+        inline: &str,
+        file: &str,
+        credentials: Option<&Path>,
+        in_open_file: bool,
+    ) -> Result<String, ConfigError> {
+        let credential = credentials
+            .map(|dir| dir.join(self.credential))
+            .filter(|path| path.exists());
+        let mut given = Vec::new();
+        if !inline.is_empty() {
+            given.push(self.key.to_string());
+        }
+        if !file.trim().is_empty() {
+            given.push(self.file_key.to_string());
+        }
+        if credential.is_some() {
+            given.push(format!("the credential {}", self.credential));
+        }
+        if given.len() > 1 {
+            return Err(ConfigError::Invalid(format!(
+                "{} is given more than once ({}); keep one",
+                self.key,
+                given.join(", ")
+            )));
+        }
+        if !file.trim().is_empty() {
+            return read_secret_file(Path::new(file.trim()), self.file_key);
+        }
+        if let Some(path) = credential {
+            return read_secret_file(&path, &format!("the credential {}", self.credential));
+        }
+        if !inline.is_empty() && in_open_file {
+            return Err(ConfigError::Invalid(format!(
+                "{} is written in a configuration file that every local user can read; \
+                 chmod 0640 the file or use {} or the credential {}",
+                self.key, self.file_key, self.credential
+            )));
+        }
+        Ok(inline.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
@@ -381,11 +478,46 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        config.resolve_secrets(path.exists().then_some(path), credentials.as_deref())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Fills `admin.token` and `auth.jwt_secret` from their single source (see
+    /// [`SecretSource::resolve`]); `file` is the configuration file that was read, if any.
+    pub fn resolve_secrets(
+        &mut self,
+        file: Option<&Path>,
+        credentials: Option<&Path>,
+    ) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let open_file = file
+            .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.permissions().mode() & 0o004 != 0));
+        // Whether the open file itself holds a secret (rather than the environment).
+        let written_in_open_file = |key: &str| {
+            open_file.is_some_and(|f| {
+                Figment::from(Toml::file(f))
+                    .extract_inner::<String>(key)
+                    .is_ok_and(|v| !v.is_empty())
+            })
+        };
+        self.admin.token = ADMIN_TOKEN.resolve(
+            &self.admin.token,
+            &self.admin.token_file,
+            credentials,
+            written_in_open_file(ADMIN_TOKEN.key),
+        )?;
+        self.auth.jwt_secret = JWT_SECRET.resolve(
+            &self.auth.jwt_secret,
+            &self.auth.jwt_secret_file,
+            credentials,
+            written_in_open_file(JWT_SECRET.key),
+        )?;
+        Ok(())
     }
 
     /// Parses a TOML document on top of the defaults (no environment), for tests and tools.
@@ -425,6 +557,18 @@ impl Config {
         }
         if self.auth.max_concurrent_hashes == 0 {
             return bad("auth.max_concurrent_hashes must be > 0");
+        }
+        let admin_chars = self.admin.token.chars().count();
+        if admin_chars > 0 && admin_chars < MIN_ADMIN_TOKEN_CHARS {
+            return Err(ConfigError::Invalid(format!(
+                "admin.token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it has {admin_chars})"
+            )));
+        }
+        let secret_bytes = self.auth.jwt_secret.len();
+        if secret_bytes > 0 && secret_bytes < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "auth.jwt_secret must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {secret_bytes})"
+            )));
         }
         if self.auth.token_ttl_s == 0 {
             return bad("auth.token_ttl_s must be > 0");
@@ -492,6 +636,92 @@ mod tests {
         assert_eq!(c.auth.token_ttl_s, 3600);
         assert!(c.auth.jwt_secret.is_empty());
         assert!(!c.faults.enabled);
+    }
+
+    #[test]
+    fn short_secrets_are_refused_naming_the_key() {
+        let short = Config::from_toml_str("[admin]\ntoken = \"fifteen-chars-x\"\n").unwrap_err();
+        assert!(short.to_string().contains("admin.token"), "{short}");
+        assert!(Config::from_toml_str("[admin]\ntoken = \"sixteen-chars-xx\"\n").is_ok());
+        let secret =
+            Config::from_toml_str("[auth]\njwt_secret = \"0123456789abcdef0123456789abcde\"\n")
+                .unwrap_err();
+        assert!(secret.to_string().contains("auth.jwt_secret"), "{secret}");
+        assert!(Config::from_toml_str(
+            "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn secrets_come_from_one_source_never_a_world_readable_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("admin_token");
+        std::fs::write(&token_file, "from-a-file-0123456789\n").unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+
+        let mut c = Config::default();
+        c.admin.token_file = token_file.display().to_string();
+        c.resolve_secrets(None, Some(&creds)).unwrap();
+        assert_eq!(c.admin.token, "from-a-file-0123456789");
+
+        // A credential, when nothing else gives the secret.
+        std::fs::write(creds.join("jwt_secret"), "c".repeat(40)).unwrap();
+        std::fs::set_permissions(
+            creds.join("jwt_secret"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
+        let mut c = Config::default();
+        c.resolve_secrets(None, Some(&creds)).unwrap();
+        assert_eq!(c.auth.jwt_secret, "c".repeat(40));
+
+        // Two sources at once, and a file every user can read, are refused.
+        let mut c = Config::default();
+        c.auth.jwt_secret = "d".repeat(40);
+        let twice = c
+            .resolve_secrets(None, Some(&creds))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("auth.jwt_secret") && twice.contains("more than once"),
+            "{twice}"
+        );
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = Config::default();
+        c.admin.token_file = token_file.display().to_string();
+        let open = c.resolve_secrets(None, None).unwrap_err().to_string();
+        assert!(
+            open.contains("admin.token_file") && open.contains("every local user"),
+            "{open}"
+        );
+
+        // A secret written in a configuration file every user can read is refused; the same
+        // file closed to others is fine, and so is an open file without secrets.
+        let config_file = dir.path().join("showcase.toml");
+        std::fs::write(
+            &config_file,
+            "[admin]\ntoken = \"inline-token-0123456789\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&config_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = Config::default();
+        c.admin.token = "inline-token-0123456789".into();
+        let inline = c
+            .resolve_secrets(Some(&config_file), None)
+            .unwrap_err()
+            .to_string();
+        assert!(inline.contains("admin.token"), "{inline}");
+        std::fs::set_permissions(&config_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        c.resolve_secrets(Some(&config_file), None).unwrap();
+        let mut from_env = Config::default();
+        from_env.admin.token = "from-the-environment-01".into();
+        std::fs::write(&config_file, "[server]\nshutdown_grace_s = 3\n").unwrap();
+        std::fs::set_permissions(&config_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        from_env.resolve_secrets(Some(&config_file), None).unwrap();
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod load;
 pub mod notify;
 pub mod panics;
 pub mod rate_limit;
+pub mod sandbox;
 pub mod signed_url;
 pub mod system;
 pub mod upload;

@@ -57,13 +57,20 @@ enum Command {
         /// Encoder and decoder threads; 0 = all cores.
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Fault injection: `crash` or `hang` part-way through.
+        /// Fault injection: `crash` or `hang` part-way through, or `escape` (try to read
+        /// `--escape-target` from inside the sandbox).
         #[arg(long, hide = true)]
         fault: Option<ChildFault>,
+        #[arg(long, hide = true)]
+        escape_target: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
+    // Everything this process creates (database, media, temp files, the generated secret) is
+    // its owner's alone; systemd's UMask= says the same for the service.
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
             crf,
             threads,
             fault,
+            escape_target,
         } => {
             let spec = TranscodeSpec {
                 input,
@@ -88,7 +96,7 @@ fn main() -> ExitCode {
                 crf,
                 threads,
             };
-            ExitCode::from(run_child(&spec, fault) as u8)
+            ExitCode::from(run_child(&spec, fault, escape_target.as_deref()) as u8)
         }
     }
 }

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const ADMIN_TOKEN: &str = "chaos-admin";
+const ADMIN_TOKEN: &str = "chaos-admin-token-0123";
 const OWNERS: [(&str, &str, &str); 2] = [("Ana", "Gómez", "Cali"), ("Bruno", "Díaz", "Bogotá")];
 /// Uploads per uploader and round: bounds the processing left for the end.
 const UPLOADS_PER_ROUND: usize = 3;

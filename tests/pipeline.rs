@@ -351,6 +351,18 @@ async fn admin_routes_need_the_admin_token() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     detail_of(&body);
 
+    // The scheme is case-insensitive, as for players.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = t
+            .http
+            .get(t.url("/api/admin/dead-letters"))
+            .header("authorization", format!("{scheme} {ADMIN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
+
     // Without faults enabled, the switches do not exist.
     let plain = TestApp::start_with(|c| c.admin.token = ADMIN.into());
     let response = plain
@@ -479,5 +491,78 @@ async fn a_job_whose_owner_is_gone_is_dead_lettered_at_once_and_its_files_remove
         "{:?}",
         t.files_under("media")
     );
+    assert_no_children_left(t.dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_child_that_tries_to_read_the_secret_is_refused_and_its_job_dead_lettered() {
+    let t = pipeline_app(|_| {});
+    let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
+    assert!(t.dir.path().join("secret.key").exists());
+    set_child_fault(&t, json!("escape")).await;
+    let (status, body) = t.upload(&token, &short_clip(), "Fuga").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["video_id"].as_u64().unwrap();
+    let failed = wait_for("the video to fail", Duration::from_secs(60), async || {
+        let v = video(&t, &token, id).await;
+        (v["status"] == "failed").then_some(v)
+    })
+    .await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("refused") && error.contains("secret.key"),
+        "{error}"
+    );
+    let letters = t.app.engine().queue.dead_letters().await.unwrap();
+    assert_eq!(letters[0].job.receive_count, 1, "a refusal is not retried");
+}
+
+/// The value of `name` in `/proc/<pid>/limits` (soft limit).
+fn soft_limit(pid: &str, name: &str) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+    line[name.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn transcode_children_run_with_their_limits_and_no_new_privileges() {
+    let t = pipeline_app(|c| {
+        c.transcode.timeout_s = 300;
+        c.transcode.memory_limit_mb = 900;
+    });
+    let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
+    set_child_fault(&t, json!("hang")).await;
+    let (_, body) = t.upload(&token, &short_clip(), "Límites").await;
+    let id = body["video_id"].as_u64().unwrap();
+    let child = wait_for("a running transcode", Duration::from_secs(30), async || {
+        transcode_children(t.dir.path()).first().cloned()
+    })
+    .await;
+    let pid = child.split(':').next().unwrap().to_string();
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(soft_limit(&pid, "Max cpu time"), (300 * cores).to_string());
+    assert_eq!(soft_limit(&pid, "Max file size"), (1u64 << 30).to_string());
+    assert_eq!(soft_limit(&pid, "Max open files"), "64");
+    assert_eq!(
+        soft_limit(&pid, "Max address space"),
+        (900u64 << 20).to_string()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Stop it: deleting the video cancels the transcode.
+    let (status, _) = common::read(
+        t.http
+            .delete(t.url(&format!("/api/videos/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     assert_no_children_left(t.dir.path()).await;
 }

@@ -266,3 +266,41 @@ fn an_input_that_cannot_be_decoded_is_a_permanent_failure() {
         "no output is left"
     );
 }
+
+#[test]
+fn a_child_cannot_read_outside_its_input_and_job_directory() {
+    let node = tempfile::tempdir().unwrap();
+    let secret = node.path().join("secret.key");
+    std::fs::write(&secret, "0123456789abcdef").unwrap();
+    // The test itself can read it: a refusal is the sandbox's doing.
+    assert!(std::fs::read(&secret).is_ok());
+    let job = node.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    let input = common::clip(common::Clip::Short);
+    let run = Command::new(env!("CARGO_BIN_EXE_showcase"))
+        .arg("transcode")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(job.join("out.mp4"))
+        .arg("--poster")
+        .arg(job.join("poster.jpg"))
+        .args(["--fault", "escape", "--escape-target"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event"], "confined", "{stdout}");
+    assert_eq!(lines[0]["confinement"], "full", "{stdout}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "error", "{stdout}");
+    assert!(
+        last["message"].as_str().unwrap().contains("refused"),
+        "{stdout}"
+    );
+    assert_eq!(run.status.code(), Some(65), "{stdout}");
+}

@@ -609,6 +609,11 @@ pub enum ChildEvent {
         permanent: bool,
         message: String,
     },
+    /// How far the child could confine itself, reported before it opens its input.
+    Confined {
+        confinement: crate::sandbox::Confinement,
+        detail: String,
+    },
 }
 
 /// Exit status of a child whose input cannot be decoded (sysexits' EX_DATAERR).
@@ -624,6 +629,8 @@ pub enum ChildFault {
     Crash,
     /// Stop making progress part-way through, forever.
     Hang,
+    /// Try to read a file outside the sandbox (the node's secret) before transcoding.
+    Escape,
 }
 
 impl std::str::FromStr for ChildFault {
@@ -632,7 +639,8 @@ impl std::str::FromStr for ChildFault {
         match s {
             "crash" => Ok(ChildFault::Crash),
             "hang" => Ok(ChildFault::Hang),
-            other => Err(format!("unknown fault {other:?} (crash, hang)")),
+            "escape" => Ok(ChildFault::Escape),
+            other => Err(format!("unknown fault {other:?} (crash, hang, escape)")),
         }
     }
 }
@@ -650,8 +658,48 @@ fn emit(event: &ChildEvent) {
     let _ = out.flush();
 }
 
-/// The body of `showcase transcode`: runs one job and reports on stdout. Returns the exit code.
-pub fn run_child(spec: &TranscodeSpec, fault: Option<ChildFault>) -> i32 {
+/// The body of `showcase transcode`: confines itself (see `sandbox`), runs one job and reports
+/// on stdout. Returns the exit code. `escape_target` is the file the `escape` fault tries to
+/// read.
+pub fn run_child(
+    spec: &TranscodeSpec,
+    fault: Option<ChildFault>,
+    escape_target: Option<&Path>,
+) -> i32 {
+    let writable: Vec<&Path> = [spec.output.parent(), spec.poster.parent()]
+        .into_iter()
+        .flatten()
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+        })
+        .collect();
+    let (confinement, detail) = crate::sandbox::confine(&[&spec.input], &writable);
+    emit(&ChildEvent::Confined {
+        confinement,
+        detail,
+    });
+    if let (Some(ChildFault::Escape), Some(target)) = (fault, escape_target) {
+        let (permanent, message) = match std::fs::read(target) {
+            Ok(_) => (
+                false,
+                format!("the sandbox let the transcoder read {}", target.display()),
+            ),
+            Err(e) => (
+                true,
+                format!("the sandbox refused to read {}: {e}", target.display()),
+            ),
+        };
+        emit(&ChildEvent::Error { permanent, message });
+        return if permanent {
+            EXIT_PERMANENT
+        } else {
+            EXIT_FAILED
+        };
+    }
     let mut last_percent = None;
     let mut last_line = std::time::Instant::now();
     let mut on_progress = |p: Progress| {
@@ -667,6 +715,7 @@ pub fn run_child(spec: &TranscodeSpec, fault: Option<ChildFault>) -> i32 {
                     ChildFault::Hang => loop {
                         std::thread::sleep(std::time::Duration::from_secs(3600));
                     },
+                    ChildFault::Escape => {}
                 }
             }
         }

@@ -26,11 +26,13 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if expected.is_empty() {
         return Err(not_found());
     }
+    // The scheme is case-insensitive (RFC 9110), as for players' tokens.
     let given = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or("");
     if given.as_bytes().ct_eq(expected).unwrap_u8() != 1 {
         return Err(ApiError::Unauthorized(
