@@ -78,18 +78,29 @@ bench: test-deps
 	cargo bench --bench pipeline
 	cargo bench --bench streaming
 
-# Installs the binary, the systemd unit and the configuration (kept if already there), then
-# reloads systemd. Start with `systemctl enable --now showcase`.
+# Installs the binary, the systemd unit and the configuration (kept if already there, closed
+# to other users), generates the admin token and the JWT secret the unit passes as credentials
+# (0600 root, kept if already there), then reloads systemd. Start with
+# `systemctl enable --now showcase`; the admin token is in /etc/showcase/admin_token.
 PREFIX ?= /usr/local
 install: build
 	$(SUDO) install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/showcase
 	$(SUDO) install -D -m 0644 systemd/showcase.service $(DESTDIR)/etc/systemd/system/showcase.service
 	$(SUDO) install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/showcase/README.md
+	$(SUDO) install -d -m 0755 $(DESTDIR)/etc/showcase
 	@if [ -e $(DESTDIR)/etc/showcase/config.toml ]; then \
-	  echo "keeping the existing /etc/showcase/config.toml"; \
+	  echo "keeping the existing /etc/showcase/config.toml (now mode 0640)"; \
+	  $(SUDO) chmod 0640 $(DESTDIR)/etc/showcase/config.toml; \
 	else \
-	  $(SUDO) install -D -m 0644 config.toml $(DESTDIR)/etc/showcase/config.toml; \
+	  $(SUDO) install -m 0640 config.toml $(DESTDIR)/etc/showcase/config.toml; \
 	fi
+	@for secret in admin_token jwt_secret; do \
+	  file=$(DESTDIR)/etc/showcase/$$secret; \
+	  if [ ! -s $$file ]; then \
+	    echo "generating $$file"; \
+	    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | $(SUDO) install -m 0600 /dev/stdin $$file; \
+	  fi; \
+	done
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null; then $(SUDO) systemctl daemon-reload || true; fi
 
 # The crash-recovery drill: CYCLES rounds of load, SIGKILL at a random moment, restart.

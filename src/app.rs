@@ -435,8 +435,9 @@ impl Application {
         let grace = Duration::from_secs(server_config.shutdown_grace_s);
         let (stop_tx, stop_rx) = watch::channel(false);
         let routes = crate::http::routes(state.clone());
+        tracing::info!("listening on {addr}");
         let ops_server = ops_listener.map(|(ops_listener, ops_addr)| {
-            tracing::info!("operations listening on {ops_addr}");
+            tracing::info!("operations routes also listening on {ops_addr}");
             let limits = crate::http::server::ServerLimits {
                 max_connections: server_config.ops_reserved_connections,
                 header_read_timeout,
@@ -453,7 +454,6 @@ impl Application {
         let server = tokio::spawn(crate::http::server::serve(
             listener, routes, limits, stop_rx, grace,
         ));
-        tracing::info!("listening on {addr}");
         crate::notify::ready(&state).await;
         let watchdog = tokio::spawn(crate::notify::keep_alive(state.clone()));
         let eviction = tokio::spawn(evict_idle_clients(

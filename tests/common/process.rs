@@ -11,11 +11,21 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ServerProcess {
     /// Starts `showcase serve` on 127.0.0.1:0 over `data_dir` and waits for `listening on`.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with(data_dir, env, |_| {})
+    }
+
+    /// Like [`ServerProcess::start`], with a last say over the command (e.g. a `pre_exec`).
+    pub fn start_with(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_showcase"));
         command
             .arg("serve")
@@ -37,12 +47,20 @@ impl ServerProcess {
         for (key, value) in env {
             command.env(key, value);
         }
+        adjust(&mut command);
         let mut child = command.spawn().expect("the showcase binary starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let written = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                {
+                    let mut log = written.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if !sent {
                     if let Some(addr) = line.split("listening on ").nth(1) {
                         let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
@@ -58,7 +76,13 @@ impl ServerProcess {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
+            log,
         }
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn url(&self, path: &str) -> String {
