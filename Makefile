@@ -11,9 +11,10 @@ SHELL := /bin/bash
 # Libraries the media pipeline links against, and the compiler bindgen needs.
 BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libswscale-dev \
                   libswresample-dev libavdevice-dev clang libclang-dev pkg-config
-# Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs), and
+# Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs),
+# systemd-analyze and the kernel's system-call numbers (the unit's audit and filter), and
 # Chromium (browser test, driven by playwright-core from the npm registry).
-TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2
+TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
 BENCH_PACKAGES := wrk nginx
 

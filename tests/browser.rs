@@ -1,5 +1,6 @@
-//! A real browser: headless Chromium plays a served video in a `<video>` element, seeks to
-//! 10 s (which it does with Range requests) and gets there.
+//! A real browser: headless Chromium loads the page under its Content-Security-Policy, plays a
+//! served video in a `<video>` element, seeks to 10 s (which it does with Range requests) and
+//! gets there.
 
 mod common;
 
@@ -60,4 +61,11 @@ async fn chromium_plays_a_served_video_and_seeks_to_ten_seconds() {
     assert!((duration - 25.0).abs() < 0.5, "{seen}");
     assert!(seen["currentTime"].as_f64().unwrap() >= 10.0, "{seen}");
     assert!(seen["readyState"].as_u64().unwrap() >= 2, "{seen}");
+    // The page ran under its Content-Security-Policy: its script listed the video, and the
+    // browser refused nothing.
+    assert!(
+        seen["shown"].as_str().unwrap().contains("En el navegador"),
+        "{seen}"
+    );
+    assert_eq!(seen["refused"], serde_json::json!([]), "{seen}");
 }

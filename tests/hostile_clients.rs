@@ -390,3 +390,34 @@ async fn signed_urls_accept_only_their_canonical_spelling() {
         assert_eq!(status(bad.clone()).await, StatusCode::FORBIDDEN, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn every_answer_forbids_sniffing_and_referrers_and_the_page_has_a_policy() {
+    let t = TestApp::start();
+    for path in [
+        "/",
+        "/api/health",
+        "/api/public/videos",
+        "/no/such/route",
+        "/media/1.mp4",
+    ] {
+        let response = t.http.get(t.url(path)).send().await.unwrap();
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+    }
+    let page = t.http.get(t.url("/")).send().await.unwrap();
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
+}

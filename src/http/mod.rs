@@ -266,7 +266,11 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
             respond(admin::actor_fault(s, h, actor, kind, q).await)
         })
         .boxed();
-    let index = warp::path::end().and(warp::get()).map(web::index).boxed();
+    let index = warp::path::end()
+        .and(warp::get())
+        .and(st())
+        .map(|s: Arc<AppState>| web::index(&s.config.server.public_url))
+        .boxed();
 
     signup
         .or(login)

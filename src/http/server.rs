@@ -103,6 +103,7 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
         let method = method_label(request.method());
         if self.operations_only && !is_operations_path(request.uri().path()) {
             let mut refused = crate::http::error::over_connection_cap().into_response();
+            secure(refused.headers_mut());
             refused.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
@@ -125,6 +126,7 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
         let answered = routes.call(request);
         Box::pin(async move {
             let mut response = answered.await?;
+            secure(response.headers_mut());
             if !body_done.load(Ordering::Acquire) {
                 // Answered before the body was read (a refused upload): the rest of the body
                 // is still on the wire, so the connection cannot carry another request. Say so,
@@ -143,6 +145,19 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
             Ok(response)
         })
     }
+}
+
+/// Headers every response carries: no content sniffing (a body is what its type says), and
+/// no `Referer` from the page (signed URLs of originals carry their signature in the query).
+fn secure(headers: &mut http::HeaderMap) {
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        http::header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
 }
 
 /// A request body that records when it has been read to its end.

@@ -11,7 +11,15 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage();
+  // Whatever the page's Content-Security-Policy refuses, and any script error, is reported.
+  const refused = [];
+  page.on('console', (msg) => {
+    if (msg.text().includes('Content Security Policy')) refused.push(msg.text());
+  });
+  page.on('pageerror', (error) => refused.push(String(error)));
   await page.goto(base + '/');
+  await page.waitForLoadState('networkidle');
+  const shown = await page.evaluate(() => document.body.innerText);
   const result = await page.evaluate(async (src) => {
     const video = document.createElement('video');
     video.muted = true;
@@ -31,7 +39,7 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 500));
     return { duration, currentTime: video.currentTime, paused: video.paused, readyState: video.readyState };
   }, media);
-  console.log(JSON.stringify(result));
+  console.log(JSON.stringify({ ...result, shown, refused }));
 } finally {
   await browser.close();
 }
