@@ -23,7 +23,7 @@ fn inline_hashes(html: &str, tag: &str) -> Vec<String> {
         let Some(end) = body.find(&close) else {
             break;
         };
-        let digest = sha2::Sha256::digest(body[..end].as_bytes());
+        let digest = sha2::Sha256::digest(&body.as_bytes()[..end]);
         hashes.push(format!(
             "'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)
