@@ -181,9 +181,36 @@ pub struct Page {
     pub limit: u64,
 }
 
+/// Whether a name, place or title can be shown to others as typed: no control characters
+/// (line breaks, NUL, escapes) and no bidirectional overrides or isolates, which can make a
+/// listing display text in an order other than the one stored (a player appearing to be
+/// another, a title hiding what follows it).
+pub fn is_displayable(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c.is_control()
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displayable_text_has_no_controls_or_direction_overrides() {
+        assert!(is_displayable("José Pérez · Bogotá D.C."));
+        assert!(is_displayable("مرحبا 123 שלום"));
+        for bad in [
+            "a\nb",
+            "a\0b",
+            "\u{1b}[31mrojo",
+            "admin\u{202E}nimda",
+            "x\u{2067}y",
+        ] {
+            assert!(!is_displayable(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn fold_name_ignores_accents_case_and_spacing() {

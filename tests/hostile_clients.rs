@@ -421,3 +421,35 @@ async fn every_answer_forbids_sniffing_and_referrers_and_the_page_has_a_policy()
     }
     assert!(!policy.contains("unsafe"), "{policy}");
 }
+
+#[tokio::test]
+async fn names_and_titles_cannot_carry_controls_or_direction_overrides() {
+    let t = TestApp::start();
+    for (field, value) in [
+        ("first_name", "Ana\u{202E}ziuR"),
+        ("last_name", "Ruiz\n<b>"),
+        ("city", "Cali\u{1b}[2J"),
+        ("country", "Colombia\u{2066}"),
+    ] {
+        let mut body = serde_json::json!({
+            "first_name": "Ana", "last_name": "Ruiz", "email": "ana@example.com",
+            "password1": common::PASSWORD, "password2": common::PASSWORD,
+            "city": "Cali", "country": "Colombia"
+        });
+        body[field] = serde_json::json!(value);
+        let (status, answer) = t.post_json("/api/auth/signup", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {answer}");
+        assert!(detail_of(&answer).contains(field), "{answer}");
+    }
+    let (_, token) = t.quick_player("Ana", "Ruiz", "Cali").await;
+    for title in ["Mi clavada\r\nX-Evil: 1", "gol\u{202E}4pm.exe"] {
+        let video = std::fs::read(common::clip(common::Clip::Valid)).unwrap();
+        let response = common::send_upload(&t.http, &t.url(""), &token, video, title)
+            .await
+            .unwrap();
+        let (status, body) = common::read(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{title:?}: {body}");
+        assert!(detail_of(&body).contains("title"), "{body}");
+    }
+    assert!(t.files_under("tmp").is_empty());
+}

@@ -54,6 +54,9 @@ fn short_text(obj: &JsonObject, field: &str) -> Result<String, ApiError> {
             "El campo '{field}' debe tener entre 1 y 100 caracteres."
         )));
     }
+    if !crate::domain::is_displayable(&value) {
+        return Err(super::error::undisplayable(field));
+    }
     Ok(value)
 }
 

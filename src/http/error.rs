@@ -251,6 +251,14 @@ impl From<CallError> for ApiError {
     }
 }
 
+/// A text field holding characters that cannot be shown as typed (see
+/// `domain::is_displayable`).
+pub fn undisplayable(field: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "El campo '{field}' contiene caracteres de control o de dirección del texto no permitidos."
+    ))
+}
+
 /// The detail of an answer hyper gives by itself to a request it cannot parse (see
 /// `shaped_io`), by status; `None` for the statuses hyper never answers on its own.
 pub fn protocol_error_detail(status: u16) -> Option<&'static str> {

@@ -67,6 +67,9 @@ fn validate_title(raw: &str) -> Result<String, ApiError> {
             "El campo '{TITLE_FIELD}' debe tener entre 1 y {MAX_TITLE_CHARS} caracteres."
         )));
     }
+    if !crate::domain::is_displayable(title) {
+        return Err(super::error::undisplayable(TITLE_FIELD));
+    }
     Ok(title.to_string())
 }
 
