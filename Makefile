@@ -81,8 +81,9 @@ bench: test-deps
 
 # Installs the binary, the systemd unit and the configuration (kept if already there, closed
 # to other users), generates the admin token and the JWT secret the unit passes as credentials
-# (0600 root, kept if already there), then reloads systemd. Start with
-# `systemctl enable --now showcase`; the admin token is in /etc/showcase/admin_token.
+# (0600 root, kept if already there; left empty when an existing installation gives the secret
+# elsewhere: in its configuration, or a secret the node generated), then reloads systemd.
+# Start with `systemctl enable --now showcase`; the admin token is in /etc/showcase/admin_token.
 PREFIX ?= /usr/local
 install: build
 	$(SUDO) install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/showcase
@@ -97,7 +98,19 @@ install: build
 	fi
 	@for secret in admin_token jwt_secret; do \
 	  file=$(DESTDIR)/etc/showcase/$$secret; \
-	  if [ ! -s $$file ]; then \
+	  [ -e $$file ] && continue; \
+	  case $$secret in \
+	    admin_token) given='^[[:space:]]*token(_file)?[[:space:]]*=[[:space:]]*"[^"]+"' ;; \
+	    jwt_secret) given='^[[:space:]]*jwt_secret(_file)?[[:space:]]*=[[:space:]]*"[^"]+"' ;; \
+	  esac; \
+	  if $(SUDO) grep -Eq "$$given" $(DESTDIR)/etc/showcase/config.toml; then \
+	    echo "$$file: left empty, the configuration gives this secret"; \
+	    $(SUDO) install -m 0600 /dev/null $$file; \
+	  elif [ $$secret = jwt_secret ] && $(SUDO) test -e $(DESTDIR)/var/lib/private/showcase/secret.key \
+	       -o -e $(DESTDIR)/var/lib/showcase/secret.key; then \
+	    echo "$$file: left empty, the node keeps the secret it generated (tokens stay valid)"; \
+	    $(SUDO) install -m 0600 /dev/null $$file; \
+	  else \
 	    echo "generating $$file"; \
 	    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | $(SUDO) install -m 0600 /dev/stdin $$file; \
 	  fi; \

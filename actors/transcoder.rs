@@ -273,7 +273,9 @@ async fn start_child(
         .arg(spec.crf.to_string())
         .arg("--threads")
         .arg(spec.threads.to_string())
-        // Few malloc arenas: each reserves address space, which the limit below counts.
+        // Nothing of the server's environment (it may hold secrets given as variables):
+        // only few malloc arenas, since each reserves address space, which the limit counts.
+        .env_clear()
         .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -392,6 +394,17 @@ async fn start_child(
     Ok((pid, events))
 }
 
+/// Logs how far a child could confine itself: a warning the first time it falls short (the
+/// kernel will not change while the process runs), a debug line otherwise.
+fn report_confinement(confinement: &crate::sandbox::Confinement, detail: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if *confinement != crate::sandbox::Confinement::Full && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(%detail, "transcode children are not fully confined on this kernel");
+    } else {
+        tracing::debug!(%detail, "transcode child confinement");
+    }
+}
+
 /// Follows a child to its end, enforcing the timeout, the stall watchdog and cancellation.
 async fn watch(
     pid: i32,
@@ -414,11 +427,7 @@ async fn watch(
                     let _ = progress.try_send(percent);
                 }
                 Some(ChildMessage::Event(ChildEvent::Confined { confinement, detail })) => {
-                    if confinement == crate::sandbox::Confinement::Full {
-                        tracing::debug!(%detail, "transcode child confined");
-                    } else {
-                        tracing::warn!(%detail, "transcode child not fully confined");
-                    }
+                    report_confinement(&confinement, &detail);
                 }
                 Some(ChildMessage::Event(event)) => outcome = Some(event),
                 Some(ChildMessage::Exited { status, stderr_tail }) => break (Some(status), stderr_tail),

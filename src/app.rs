@@ -96,6 +96,8 @@ pub struct AppState {
     pub load: Arc<Load>,
     pub rate_limits: Arc<RateLimits>,
     pub addressing: ClientAddressing,
+    /// Upload probes abandoned past their deadline and still running.
+    pub stuck_probes: Arc<crate::upload::StuckProbes>,
     shutting_down: AtomicBool,
 }
 
@@ -120,6 +122,12 @@ impl AppState {
             problems.push("the node is shutting down".to_string());
         }
         problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
+        if self.stuck_probes.too_many() {
+            problems.push(format!(
+                "{} upload probes are stuck; uploads are refused",
+                self.stuck_probes.count()
+            ));
+        }
         if self.load.is_shedding() {
             problems.push(format!(
                 "shedding load: uploads refused for want of a slot within the last {} s",
@@ -379,6 +387,7 @@ impl Application {
             load,
             rate_limits,
             addressing,
+            stuck_probes: Arc::default(),
             shutting_down: AtomicBool::new(false),
         });
         Ok(Self {
@@ -431,6 +440,7 @@ impl Application {
             max_connections: server_config.max_connections,
             header_read_timeout,
             reserved_for_operations: server_config.ops_reserved_connections,
+            impatient: false,
         };
         let grace = Duration::from_secs(server_config.shutdown_grace_s);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -442,6 +452,7 @@ impl Application {
                 max_connections: server_config.ops_reserved_connections,
                 header_read_timeout,
                 reserved_for_operations: 0,
+                impatient: true,
             };
             tokio::spawn(crate::http::server::serve(
                 ops_listener,
@@ -484,7 +495,8 @@ impl Application {
         }
         watchdog.abort();
         eviction.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(5), supervisor.send(StopChildren)).await;
+        // Short: the process must be gone `shutdown_grace_s` + 5 s after SIGTERM, flush included.
+        let _ = tokio::time::timeout(Duration::from_secs(2), supervisor.send(StopChildren)).await;
         // Transcodes in progress are abandoned: their leases expire and they run again later.
         transcoder_children.kill_all();
         let flushed = tokio::task::spawn_blocking(move || {

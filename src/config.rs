@@ -386,13 +386,18 @@ const JWT_SECRET: SecretSource = SecretSource {
     credential: "jwt_secret",
 };
 
+/// Whether every local user may read the file at `path`.
+fn readable_by_everyone(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
 /// Reads a secret file, refusing one that every local user can read.
 fn read_secret_file(path: &Path, what: &str) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
     let invalid = |m: String| ConfigError::Invalid(m);
-    let meta = std::fs::metadata(path)
+    std::fs::metadata(path)
         .map_err(|e| invalid(format!("{what}: cannot read {}: {e}", path.display())))?;
-    if meta.permissions().mode() & 0o004 != 0 {
+    if readable_by_everyone(path) {
         return Err(invalid(format!(
             "{what}: {} is readable by every local user; chmod 0600 (or 0640) it",
             path.display()
@@ -415,9 +420,11 @@ impl SecretSource {
         credentials: Option<&Path>,
         in_open_file: bool,
     ) -> Result<String, ConfigError> {
+        // An empty credential counts as not given: an installation whose secret lives
+        // elsewhere still satisfies the unit's LoadCredential= with an empty file.
         let credential = credentials
             .map(|dir| dir.join(self.credential))
-            .filter(|path| path.exists());
+            .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() > 0));
         let mut given = Vec::new();
         if !inline.is_empty() {
             given.push(self.key.to_string());
@@ -436,7 +443,15 @@ impl SecretSource {
             )));
         }
         if !file.trim().is_empty() {
-            return read_secret_file(Path::new(file.trim()), self.file_key);
+            let secret = read_secret_file(Path::new(file.trim()), self.file_key)?;
+            if secret.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: {} is empty",
+                    self.file_key,
+                    file.trim()
+                )));
+            }
+            return Ok(secret);
         }
         if let Some(path) = credential {
             return read_secret_file(&path, &format!("the credential {}", self.credential));
@@ -494,9 +509,7 @@ impl Config {
         file: Option<&Path>,
         credentials: Option<&Path>,
     ) -> Result<(), ConfigError> {
-        use std::os::unix::fs::PermissionsExt;
-        let open_file = file
-            .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.permissions().mode() & 0o004 != 0));
+        let open_file = file.filter(|f| readable_by_everyone(f));
         // Whether the open file itself holds a secret (rather than the environment).
         let written_in_open_file = |key: &str| {
             open_file.is_some_and(|f| {
@@ -589,6 +602,28 @@ impl Config {
         if self.stream.max_concurrent == 0 || self.stream.cache_entries == 0 {
             return bad("stream.max_concurrent and stream.cache_entries must be > 0");
         }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections must be > 0");
+        }
+        if !self.server.ops_addr.trim().is_empty() {
+            if self.server.ops_addr.trim().parse::<SocketAddr>().is_err() {
+                return bad("server.ops_addr must be empty or an address such as 0.0.0.0:9090");
+            }
+            if self.server.ops_reserved_connections == 0 {
+                return bad("server.ops_reserved_connections must be > 0 with server.ops_addr");
+            }
+        }
+        let public_url = self.server.public_url.trim();
+        let plain = public_url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b';' | b','));
+        if !public_url.is_empty()
+            && !(plain && (public_url.starts_with("https://") || public_url.starts_with("http://")))
+        {
+            return bad(
+                "server.public_url must be empty or an http(s):// URL such as https://videos.example.com",
+            );
+        }
         if t.poll_interval_ms == 0 {
             return bad("transcode.poll_interval_ms must be > 0");
         }
@@ -679,6 +714,13 @@ mod tests {
         c.resolve_secrets(None, Some(&creds)).unwrap();
         assert_eq!(c.auth.jwt_secret, "c".repeat(40));
 
+        // An empty credential is no credential.
+        std::fs::write(creds.join("admin_token"), "").unwrap();
+        let mut c = Config::default();
+        c.admin.token = "inline-and-not-in-a-file".into();
+        c.resolve_secrets(None, Some(&creds)).unwrap();
+        assert_eq!(c.admin.token, "inline-and-not-in-a-file");
+
         // Two sources at once, and a file every user can read, are refused.
         let mut c = Config::default();
         c.auth.jwt_secret = "d".repeat(40);
@@ -722,6 +764,38 @@ mod tests {
         std::fs::write(&config_file, "[server]\nshutdown_grace_s = 3\n").unwrap();
         std::fs::set_permissions(&config_file, std::fs::Permissions::from_mode(0o644)).unwrap();
         from_env.resolve_secrets(Some(&config_file), None).unwrap();
+    }
+
+    #[test]
+    fn the_operations_listener_needs_an_address_and_connections() {
+        assert!(Config::from_toml_str("[server]\nops_addr = \"127.0.0.1:9090\"\n").is_ok());
+        assert!(Config::from_toml_str("[server]\nops_addr = \"localhost:9090\"\n").is_err());
+        assert!(Config::from_toml_str(
+            "[server]\nops_addr = \"127.0.0.1:9090\"\nops_reserved_connections = 0\n"
+        )
+        .is_err());
+        assert!(Config::from_toml_str("[server]\nmax_connections = 0\n").is_err());
+    }
+
+    #[test]
+    fn a_public_url_is_an_http_url_that_fits_in_a_header() {
+        for good in [
+            "",
+            "https://videos.example.com",
+            "http://10.0.0.5:8080/base/",
+        ] {
+            let toml = format!("[server]\npublic_url = \"{good}\"\n");
+            assert!(Config::from_toml_str(&toml).is_ok(), "{good}");
+        }
+        for bad in [
+            "videos.example.com",
+            "https://a b",
+            "https://x;script-src *",
+            "ftp://x",
+        ] {
+            let toml = format!("[server]\npublic_url = \"{bad}\"\n");
+            assert!(Config::from_toml_str(&toml).is_err(), "{bad}");
+        }
     }
 
     #[test]

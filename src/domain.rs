@@ -182,12 +182,14 @@ pub struct Page {
 }
 
 /// Whether a name, place or title can be shown to others as typed: no control characters
-/// (line breaks, NUL, escapes) and no bidirectional overrides or isolates, which can make a
+/// or line and paragraph separators (line breaks, NUL, escapes) and no bidirectional
+/// overrides or isolates, which can make a
 /// listing display text in an order other than the one stored (a player appearing to be
 /// another, a title hiding what follows it).
 pub fn is_displayable(text: &str) -> bool {
     !text.chars().any(|c| {
         c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}')
             || ('\u{202A}'..='\u{202E}').contains(&c)
             || ('\u{2066}'..='\u{2069}').contains(&c)
     })
@@ -202,6 +204,7 @@ mod tests {
         assert!(is_displayable("José Pérez · Bogotá D.C."));
         assert!(is_displayable("مرحبا 123 שלום"));
         for bad in [
+            "a\u{2028}b",
             "a\nb",
             "a\0b",
             "\u{1b}[31mrojo",

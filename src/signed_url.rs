@@ -18,6 +18,25 @@ pub enum SignatureError {
     Invalid,
 }
 
+/// A parameter given more than once: which of its values was meant cannot be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the parameter is given more than once")]
+pub struct Repeated;
+
+/// The value of `name` among decoded `key=value` pairs: `None` when absent, [`Repeated`] when
+/// it is given more than once.
+pub fn only_value<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, Repeated> {
+    let mut values = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => Ok(Some(value.as_str())),
+        (Some(_), Some(_)) => Err(Repeated),
+    }
+}
+
 #[derive(Clone)]
 pub struct UrlSigner {
     key: Vec<u8>,
@@ -56,12 +75,9 @@ impl UrlSigner {
         query: &[(String, String)],
         now: u64,
     ) -> Result<(), SignatureError> {
-        let only = |name: &str| {
-            let mut values = query.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
-            match (values.next(), values.next()) {
-                (Some(value), None) => Ok(value.as_str()),
-                _ => Err(SignatureError::Invalid),
-            }
+        let only = |name: &str| match only_value(query, name) {
+            Ok(Some(value)) => Ok(value),
+            _ => Err(SignatureError::Invalid),
         };
         let raw_expires = only("expires")?;
         let signature = only("signature")?;

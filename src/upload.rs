@@ -213,6 +213,71 @@ pub fn clear_temp_dir(data_dir: &Path) -> std::io::Result<usize> {
     Ok(removed)
 }
 
+/// Probes abandoned past their deadline whose threads have not ended (a parser stuck without
+/// reading: it holds a blocking thread and its upload's open file). Bounded: past
+/// [`MAX_STUCK_PROBES`] the node refuses uploads and says so in its readiness, rather than
+/// abandon threads without end.
+#[derive(Debug, Default)]
+pub struct StuckProbes(std::sync::atomic::AtomicUsize);
+
+/// Stuck probes a node tolerates before it refuses uploads.
+pub const MAX_STUCK_PROBES: usize = 4;
+
+impl StuckProbes {
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn too_many(&self) -> bool {
+        self.count() >= MAX_STUCK_PROBES
+    }
+}
+
+/// One probe's fate, shared by the request that waits for it and the thread that runs it:
+/// whichever of "finished" and "abandoned" comes first decides whether it counts as stuck.
+#[derive(Debug)]
+pub struct ProbeRun {
+    state: std::sync::atomic::AtomicU8,
+    stuck: std::sync::Arc<StuckProbes>,
+}
+
+const RUNNING: u8 = 0;
+const FINISHED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl ProbeRun {
+    pub fn new(stuck: std::sync::Arc<StuckProbes>) -> Self {
+        Self {
+            state: std::sync::atomic::AtomicU8::new(RUNNING),
+            stuck,
+        }
+    }
+
+    /// Called by the probe's thread when it ends.
+    pub fn finished(&self) {
+        use std::sync::atomic::Ordering;
+        if self.state.swap(FINISHED, Ordering::AcqRel) == ABANDONED {
+            self.stuck.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Called by the request when the deadline passed; the probe counts as stuck until its
+    /// thread ends.
+    pub fn abandon(&self) {
+        use std::sync::atomic::Ordering;
+        // Counted first, so that a thread ending at this very moment never takes away more
+        // than was added.
+        self.stuck.0.fetch_add(1, Ordering::AcqRel);
+        if self
+            .state
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.stuck.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Why a well-formed MP4 is still refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyViolation {
@@ -360,6 +425,25 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "files left behind");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    #[test]
+    fn a_probe_counts_as_stuck_only_while_abandoned_and_running() {
+        let stuck = std::sync::Arc::new(StuckProbes::default());
+        let done_first = ProbeRun::new(stuck.clone());
+        done_first.finished();
+        done_first.abandon();
+        assert_eq!(stuck.count(), 0);
+        let runs: Vec<ProbeRun> = (0..MAX_STUCK_PROBES)
+            .map(|_| ProbeRun::new(stuck.clone()))
+            .collect();
+        for run in &runs {
+            run.abandon();
+        }
+        assert!(stuck.too_many());
+        runs[0].finished();
+        assert_eq!(stuck.count(), MAX_STUCK_PROBES - 1);
+        assert!(!stuck.too_many());
     }
 
     #[test]

@@ -243,6 +243,18 @@ async fn the_operations_listener_answers_while_the_main_one_is_full() {
     );
     assert!(took[10] < Duration::from_millis(100), "{took:?}");
     assert!(took[19] < Duration::from_secs(2), "{took:?}");
+    // Idle sockets cannot crowd it out either: it sheds those that do not speak at once.
+    let _idle_ops = idle_sockets(ops, 16 + 48).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let took = timed_gets(ops, "/api/health", 10, |status, head, _| {
+        assert_eq!(status, 200, "{head}");
+    })
+    .await;
+    println!(
+        "operations listener full of idle sockets too: median {:?}",
+        took[5]
+    );
+    assert!(took[5] < Duration::from_millis(100), "{took:?}");
     // It serves the operations routes only.
     timed_gets(ops, "/api/public/videos", 1, |status, head, body| {
         assert_eq!(status, 404, "{head}");

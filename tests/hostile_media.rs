@@ -26,6 +26,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use showcase::config::UploadConfig;
 use showcase::engine::probe::{probe_source, ProbeError};
+use showcase::system::thread_cpu_time;
 use showcase::upload::check_policy;
 
 const ADMIN: &str = "admin-token-for-hostile-media";
@@ -454,16 +455,6 @@ fn apply(seed: &[u8], nodes: &[Node], mutation: &Mutation, rng: &mut StdRng) -> 
             )
         }
     }
-}
-
-/// The CPU time the calling thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// What one probe of a mutant gave.

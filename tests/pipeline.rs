@@ -553,6 +553,9 @@ async fn transcode_children_run_with_their_limits_and_no_new_privileges() {
     );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Nothing of the server's environment (where secrets may be) reaches the child.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&environ), "MALLOC_ARENA_MAX=2\0");
     // Stop it: deleting the video cancels the transcode.
     let (status, _) = common::read(
         t.http

@@ -295,7 +295,8 @@ fn a_child_cannot_read_outside_its_input_and_job_directory() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["event"], "confined", "{stdout}");
-    assert_eq!(lines[0]["confinement"], "full", "{stdout}");
+    // Full on kernels with Landlock's sixth ABI (6.12), partial on older ones; never none.
+    assert_ne!(lines[0]["confinement"], "none", "{stdout}");
     let last = lines.last().unwrap();
     assert_eq!(last["event"], "error", "{stdout}");
     assert!(

@@ -138,16 +138,32 @@ fn top_level_boxes<R: Read + Seek>(src: &mut R, len: u64) -> Result<Vec<TopBox>,
 }
 
 /// Bytes of a box's own fields before its child boxes, for the boxes whose payload holds
-/// boxes; `None` for the others, whose payload only the parser reads.
-fn children_offset(kind: &[u8; 4]) -> Option<usize> {
+/// boxes; `None` for the others (leaves), whose payload only the parser reads.
+fn children_offset(kind: &[u8; 4], payload: &[u8]) -> Option<usize> {
     match kind {
         b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"dinf" | b"edts" | b"udta" | b"mvex"
-        | b"tref" | b"sinf" | b"schi" | b"rinf" | b"moof" | b"traf" | b"mfra" => Some(0),
+        | b"tref" | b"sinf" | b"schi" | b"rinf" | b"moof" | b"traf" | b"mfra" | b"ilst"
+        | b"wave" => Some(0),
         // Full box: version and flags, an entry count, then the entries, which are boxes.
         b"stsd" | b"dref" => Some(8),
+        // ISO's `meta` is a full box; QuickTime's is a plain container.
+        b"meta" => Some(if payload.starts_with(&[0, 0, 0, 0]) {
+            4
+        } else {
+            0
+        }),
         // Visual sample entries: 78 bytes of fields, then their configuration boxes.
         b"avc1" | b"avc3" | b"hvc1" | b"hev1" | b"av01" | b"vp08" | b"vp09" | b"mp4v" | b"encv"
         | b"dvh1" | b"dvhe" => Some(78),
+        // Sound sample entries: 28 bytes of fields, more in QuickTime's versions 1 and 2.
+        b"mp4a" | b"enca" | b"Opus" | b"fLaC" | b"ac-3" | b"ec-3" => {
+            match payload.get(8..10).map(|v| u16::from_be_bytes([v[0], v[1]])) {
+                Some(0) => Some(28),
+                Some(1) => Some(44),
+                Some(2) => Some(64),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -218,8 +234,8 @@ pub fn validate_tree(bytes: &[u8], depth: usize, boxes: &mut usize) -> Result<()
                 ));
             }
         }
-        if let Some(fields) = children_offset(&kind) {
-            let payload = &bytes[at + header..at + size];
+        let payload = &bytes[at + header..at + size];
+        if let Some(fields) = children_offset(&kind, payload) {
             if payload.len() < fields {
                 return Err(TreeError::Malformed(
                     "a container is smaller than its fields",
@@ -230,17 +246,6 @@ pub fn validate_tree(bytes: &[u8], depth: usize, boxes: &mut usize) -> Result<()
         at += size;
     }
     Ok(())
-}
-
-/// Seconds of the current thread's CPU time.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A reader that fails once the thread has spent its CPU budget or read its byte budget, so
@@ -257,7 +262,7 @@ impl<R: Read> Budgeted<R> {
         Self {
             inner,
             bytes_left: max_bytes,
-            cpu_until: thread_cpu_time() + cpu,
+            cpu_until: crate::system::thread_cpu_time() + cpu,
             exhausted: false,
         }
     }
@@ -270,7 +275,7 @@ impl<R: Read> Budgeted<R> {
 
 impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.bytes_left == 0 || thread_cpu_time() > self.cpu_until {
+        if self.bytes_left == 0 || crate::system::thread_cpu_time() > self.cpu_until {
             self.exhausted = true;
             return Err(std::io::Error::other("the probe's budget is spent"));
         }

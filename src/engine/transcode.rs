@@ -683,14 +683,22 @@ pub fn run_child(
         detail,
     });
     if let (Some(ChildFault::Escape), Some(target)) = (fault, escape_target) {
+        // Only a refusal proves the sandbox; a missing file proves nothing.
         let (permanent, message) = match std::fs::read(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+                true,
+                format!("the sandbox refused to read {}: {e}", target.display()),
+            ),
             Ok(_) => (
                 false,
                 format!("the sandbox let the transcoder read {}", target.display()),
             ),
             Err(e) => (
-                true,
-                format!("the sandbox refused to read {}: {e}", target.display()),
+                false,
+                format!(
+                    "the escape target {} could not be tried: {e}",
+                    target.display()
+                ),
             ),
         };
         emit(&ChildEvent::Error { permanent, message });

@@ -109,14 +109,11 @@ impl FormFields {
 
     /// A field that may be absent.
     pub fn optional(&self, field: &str) -> Result<Option<String>, ApiError> {
-        let mut values = self.0.iter().filter(|(k, _)| k == field).map(|(_, v)| v);
-        match (values.next(), values.next()) {
-            (None, _) => Ok(None),
-            (Some(value), None) => Ok(Some(value.clone())),
-            (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
-                "El campo '{field}' aparece más de una vez."
-            ))),
-        }
+        crate::signed_url::only_value(&self.0, field)
+            .map(|value| value.map(str::to_string))
+            .map_err(|_| {
+                ApiError::bad_request(format!("El campo '{field}' aparece más de una vez."))
+            })
     }
 
     /// A required field.

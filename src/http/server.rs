@@ -56,8 +56,9 @@ const LINGER_HOLD: Duration = Duration::from_millis(250);
 /// closed unserved. A load balancer's health check sends its request with the handshake; an
 /// idle socket (a slow-loris) holds a reserved place no longer than this.
 const RESERVE_FIRST_BYTE: Duration = Duration::from_millis(200);
-/// Header-read timeout of a connection from the operations reserve.
-const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Header-read timeout of a connection from the operations reserve. A health check's head is
+/// one small packet.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -66,6 +67,10 @@ pub struct ServerLimits {
     /// Connections accepted past `max_connections` to serve the operations routes only
     /// (anything else on them is answered 503 at once); 0 for none.
     pub reserved_for_operations: usize,
+    /// Every connection is treated as the reserve's are: served only if it speaks within
+    /// [`RESERVE_FIRST_BYTE`], with [`RESERVE_HEADER_TIMEOUT`] and no keep-alive (the
+    /// operations listener, which idle sockets must not crowd out either).
+    pub impatient: bool,
 }
 
 /// Paths of the operations routes: health, readiness, actors, metrics.
@@ -86,6 +91,8 @@ struct RouteService {
     peer: std::net::IpAddr,
     /// A connection over the cap: only the operations routes are served, the rest refused.
     operations_only: bool,
+    /// Set once this connection has carried a request to the routes (see `shaped_io`).
+    served: Arc<AtomicBool>,
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for RouteService {
@@ -94,6 +101,7 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        self.served.store(true, Ordering::Release);
         normalize_path(&mut request);
         request
             .extensions_mut()
@@ -281,6 +289,7 @@ pub async fn serve(
         routes,
         peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
         operations_only: false,
+        served: Arc::default(),
     };
     let full = Arc::new(Semaphore::new(limits.max_connections));
     let reserve = Arc::new(Semaphore::new(limits.reserved_for_operations));
@@ -336,39 +345,32 @@ pub async fn serve(
             full => full,
         };
         let shutdown = shutdown.clone();
-        match place {
-            Place::Full(permit) => {
-                let service = RouteService {
-                    peer: peer.ip(),
-                    ..service.clone()
-                };
-                let builder = builder.clone();
-                connections.spawn(async move {
-                    serve_connection(stream, peer, service, &builder, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Place::Reserve(permit) => {
-                let service = RouteService {
-                    peer: peer.ip(),
-                    operations_only: true,
-                    ..service.clone()
-                };
-                let builder = reserve_builder.clone();
-                connections.spawn(async move {
-                    // `peek` waits for a byte, not merely for readiness (which can be spurious).
-                    let mut first = [0u8; 1];
-                    let speaks =
-                        tokio::time::timeout(RESERVE_FIRST_BYTE, stream.peek(&mut first)).await;
-                    if matches!(speaks, Ok(Ok(n)) if n > 0) {
-                        serve_connection(stream, peer, service, &builder, shutdown).await;
-                    } else {
-                        crate::events::emit(crate::events::Event::IdleConnectionShed);
-                    }
-                    drop(permit);
-                });
-            }
+        // Reserve places, and every place of an impatient listener, go to clients that speak
+        // at once, for a request or two.
+        let (permit, operations_only, impatient) = match place {
+            Place::Full(permit) => (permit, false, limits.impatient),
+            Place::Reserve(permit) => (permit, true, true),
+        };
+        let service = RouteService {
+            routes: service.routes.clone(),
+            peer: peer.ip(),
+            operations_only,
+            served: Arc::default(),
+        };
+        let builder = if impatient {
+            &reserve_builder
+        } else {
+            &builder
         }
+        .clone();
+        connections.spawn(async move {
+            if !impatient || speaks_at_once(&stream).await {
+                serve_connection(stream, peer, service, &builder, shutdown).await;
+            } else {
+                crate::events::emit(crate::events::Event::IdleConnectionShed);
+            }
+            drop(permit);
+        });
     }
     drop(listener);
     connections.close();
@@ -383,6 +385,14 @@ pub async fn serve(
     0
 }
 
+/// Whether the client sends its first byte within [`RESERVE_FIRST_BYTE`]. `peek` waits for a
+/// byte, not merely for readiness (which can be spurious on a fresh socket).
+async fn speaks_at_once(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(RESERVE_FIRST_BYTE, stream.peek(&mut first)).await;
+    matches!(peeked, Ok(Ok(n)) if n > 0)
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -390,7 +400,8 @@ async fn serve_connection(
     builder: &hyper::server::conn::http1::Builder,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let io = TokioIo::new(super::shaped_io::ShapedIo::new(stream));
+    let served = service.served.clone();
+    let io = TokioIo::new(super::shaped_io::ShapedIo::new(stream, served));
     let mut connection = builder.serve_connection(io, service);
     let mut shutting_down = false;
     let result = loop {

@@ -7,9 +7,17 @@
 //! 400, 414 or 431 head with `content-length: 0` and no `content-type`, which none of our own
 //! responses is: every error of ours has a JSON body) and writes in its place the same status
 //! with a `{"detail"}` body. Everything else passes through untouched.
+//!
+//! Only on a connection that has not yet carried a request to our routes: after one, writes
+//! may be response bodies (an uploaded original, chosen by its uploader and sliced by a
+//! `Range` of the client's choosing) that could be crafted to look like that answer, and a
+//! rewritten body would no longer match its `Content-Length`. A malformed request after a
+//! good one on the same connection gets hyper's own, bodiless answer.
 
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,17 +25,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A socket whose writes are watched for hyper's own error answers.
 pub struct ShapedIo<S> {
     inner: S,
+    /// Set once the connection has carried a request to our routes; from then on nothing is
+    /// shaped (see the module docs).
+    served: Arc<AtomicBool>,
     /// A replacement being written: its bytes, how many are written, and the length of the
     /// answer it replaces (what hyper is told was written once it is all out).
     replacing: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl<S> ShapedIo<S> {
-    pub fn new(inner: S) -> Self {
+    /// `served` is the connection's flag, set by the request handler.
+    pub fn new(inner: S, served: Arc<AtomicBool>) -> Self {
         Self {
             inner,
+            served,
             replacing: None,
         }
+    }
+
+    /// The replacement for `buf`, when it is hyper's own answer on an unserved connection.
+    fn replacement(&self, buf: &[u8]) -> Option<Vec<u8>> {
+        if self.served.load(Ordering::Acquire) || !buf.starts_with(b"HTTP/1.1 4") {
+            return None;
+        }
+        shaped_answer(buf)
     }
 
     pub fn into_inner(self) -> S {
@@ -69,7 +90,8 @@ pub fn shaped_answer(head: &[u8]) -> Option<Vec<u8>> {
     }
     let body = serde_json::json!({ "detail": detail }).to_string();
     let mut shaped = format!(
-        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\
+         x-content-type-options: nosniff\r\nreferrer-policy: no-referrer\r\n",
         body.len()
     );
     for line in kept {
@@ -121,7 +143,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ShapedIo<S> {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         if this.replacing.is_none() {
-            match shaped_answer(buf) {
+            match this.replacement(buf) {
                 Some(shaped) => this.replacing = Some((shaped, 0, buf.len())),
                 None => return Pin::new(&mut this.inner).poll_write(cx, buf),
             }
@@ -139,7 +161,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ShapedIo<S> {
             // hyper's own answer has no body: it is one slice, alone.
             let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
             let shaped = match (nonempty.next(), nonempty.next()) {
-                (Some(only), None) => shaped_answer(only).map(|s| (s, only.len())),
+                (Some(only), None) => this.replacement(only).map(|s| (s, only.len())),
                 _ => None,
             };
             match shaped {
@@ -207,7 +229,7 @@ mod tests {
     async fn the_replacement_is_written_whole_and_reported_as_the_original() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, server) = tokio::io::duplex(16);
-        let mut shaped = ShapedIo::new(server);
+        let mut shaped = ShapedIo::new(server, Arc::default());
         let hyper = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n\r\n";
         let reader = tokio::spawn(async move {
             let mut client = client;
@@ -226,5 +248,21 @@ mod tests {
         let all = String::from_utf8(reader.await.unwrap()).unwrap();
         assert!(all.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{all}");
         assert!(all.ends_with("}after"), "{all}");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_shaped_once_the_connection_has_served_a_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let served = Arc::new(AtomicBool::new(true));
+        let mut shaped = ShapedIo::new(server, served);
+        // A body slice crafted to look like hyper's answer passes through as it is.
+        let lookalike = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        shaped.write_all(lookalike).await.unwrap();
+        shaped.shutdown().await.unwrap();
+        drop(shaped);
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, lookalike);
     }
 }

@@ -23,7 +23,7 @@ use crate::app::AppState;
 use crate::domain::{format_ts, MediaInfo, UserId, Video, VideoStatus};
 use crate::engine::probe::{probe_mp4, ProbeError};
 use crate::events::{self, Event};
-use crate::upload::{check_policy, FileSink, TempUpload};
+use crate::upload::{check_policy, FileSink, ProbeRun, TempUpload};
 
 /// Room for the multipart framing and the other fields around the file.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
@@ -41,6 +41,8 @@ pub const TITLE_FIELD: &str = "title";
 /// reads within a fraction of this; the deadline answers even for one that does not (its
 /// thread is then abandoned, see `engine::probe`).
 const PROBE_DEADLINE: Duration = Duration::from_millis(750);
+/// Longest wait for a blocking thread to start on a probe.
+const PROBE_START_WAIT: Duration = Duration::from_secs(2);
 
 fn too_big(max_bytes: u64) -> ApiError {
     ApiError::bad_request(format!(
@@ -124,6 +126,13 @@ async fn receive_upload(
     if content_length(&headers).is_some_and(|len| len > policy.max_bytes + MULTIPART_OVERHEAD_BYTES)
     {
         return Err(too_big(policy.max_bytes));
+    }
+    if state.stuck_probes.too_many() {
+        return Err(ApiError::unavailable_because(
+            "El análisis de videos está detenido; intente más tarde.",
+            60,
+            "probes_stuck",
+        ));
     }
     let slot = state
         .ingest
@@ -218,21 +227,42 @@ async fn receive_upload(
     Ok((response, accepted))
 }
 
-/// Probes the upload on a blocking thread, within [`PROBE_DEADLINE`].
+/// Probes the upload on a blocking thread, within [`PROBE_DEADLINE`] from the moment the
+/// thread starts on it; a probe that no thread takes up within [`PROBE_START_WAIT`] means the
+/// node is too busy (503), not that the file is bad.
 async fn probe(state: &AppState, path: &std::path::Path) -> Result<MediaInfo, ApiError> {
     let path = path.to_path_buf();
     let wedged = state.faults.wedged_probe();
-    let probing = tokio::task::spawn_blocking(move || {
-        if wedged {
-            crate::faults::wedge_this_thread();
+    let run = Arc::new(ProbeRun::new(state.stuck_probes.clone()));
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let probing = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || {
+            let _ = started_tx.send(());
+            if wedged {
+                crate::faults::wedge_this_thread();
+            }
+            let probed = probe_mp4(&path);
+            run.finished();
+            probed
         }
-        probe_mp4(&path)
     });
+    if !matches!(
+        tokio::time::timeout(PROBE_START_WAIT, started).await,
+        Ok(Ok(()))
+    ) {
+        return Err(ApiError::unavailable_because(
+            "Servidor ocupado analizando videos; intente de nuevo en unos segundos.",
+            1,
+            "probe_busy",
+        ));
+    }
     match tokio::time::timeout(PROBE_DEADLINE, probing).await {
         Ok(joined) => joined
             .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
             .map_err(probe_error),
         Err(_) => {
+            run.abandon();
             events::emit(Event::ProbeAbandoned {
                 deadline_ms: PROBE_DEADLINE.as_millis() as u64,
             });
