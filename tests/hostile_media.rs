@@ -673,6 +673,18 @@ async fn the_crafted_zero_size_box_is_refused_at_once() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Turns on the `wedged_probe` fault of the node at `base`.
+async fn wedge_probes(http: &reqwest::Client, base: &str) {
+    let switched = http
+        .post(format!("{base}/api/admin/faults"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"wedged_probe": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(switched.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_probe_stuck_without_reading_still_gets_a_400() {
     let t = TestApp::start_with(|c| {
@@ -680,34 +692,32 @@ async fn a_probe_stuck_without_reading_still_gets_a_400() {
         c.admin.token = ADMIN.into();
     });
     let (_, token) = t.quick_player("Ana", "Ruiz", "Bogotá").await;
-    let switched = t
-        .http
-        .post(t.url("/api/admin/faults"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"wedged_probe": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(switched.status(), StatusCode::OK);
+    wedge_probes(&t.http, &t.url("")).await;
     let bytes = std::fs::read(seed_clip(true)).unwrap();
     let (status, body, took) = upload_bytes(&t, &token, bytes).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(detail_of(&body).contains("video_file"), "{body}");
     println!("wedged probe answered in {took:?}");
     assert!(took < Duration::from_secs(3), "answered in {took:?}");
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("showcase_probes_abandoned_total 1"),
-        "{metrics}"
+    // Stuck probes are bounded: after a few, uploads are refused and readiness says why.
+    for _ in 1..showcase::upload::MAX_STUCK_PROBES {
+        let bytes = std::fs::read(seed_clip(true)).unwrap();
+        let (status, body, _) = upload_bytes(&t, &token, bytes).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let bytes = std::fs::read(seed_clip(true)).unwrap();
+    let (status, body, _) = upload_bytes(&t, &token, bytes).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, ready) = t.get("/api/health/ready", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.to_string().contains("probes"), "{ready}");
+    let metrics = t.http.get(t.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let abandoned = format!(
+        "showcase_probes_abandoned_total {}",
+        showcase::upload::MAX_STUCK_PROBES
     );
+    assert!(metrics.contains(&abandoned), "{metrics}");
     // An in-process node cannot stop past a wedged thread (its runtime waits for it); the
     // process test below shows that the binary exits anyway.
     let TestApp { app, dir, .. } = t;
@@ -729,14 +739,7 @@ async fn sigterm_exits_in_time_even_with_a_wedged_blocking_thread() {
     let http = reqwest::Client::new();
     let base = server.url("");
     let token = common::signup_and_login(&http, &base, "ana@example.com").await;
-    let switched = http
-        .post(server.url("/api/admin/faults"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"wedged_probe": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(switched.status(), StatusCode::OK);
+    wedge_probes(&http, &base).await;
     let bytes = std::fs::read(seed_clip(true)).unwrap();
     let response = common::send_upload(&http, &base, &token, bytes, "Atascado")
         .await
