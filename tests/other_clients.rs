@@ -90,15 +90,7 @@ async fn the_upload_takes_its_file_in_a_field_named_file() {
     let form = reqwest::multipart::Form::new()
         .text("title", "Campo file")
         .part(name, file);
-    let response = t
-        .http
-        .post(t.url("/api/videos/upload"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = common::read(response).await;
+    let (status, body) = t.upload_form(&token, form).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(body["video_id"].as_u64().is_some());
     // Both names at once is one file too many.
@@ -108,15 +100,7 @@ async fn the_upload_takes_its_file_in_a_field_named_file() {
         .text("title", "Dos archivos")
         .part(a, first)
         .part(b, second);
-    let response = t
-        .http
-        .post(t.url("/api/videos/upload"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = common::read(response).await;
+    let (status, body) = t.upload_form(&token, form).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(t.files_under("tmp").is_empty());
 }

@@ -118,15 +118,7 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
         ),
     ];
     for (form, field) in forms {
-        let response = t
-            .http
-            .post(t.url("/api/videos/upload"))
-            .bearer_auth(&token)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = common::read(response).await;
+        let (status, body) = t.upload_form(&token, form).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
         assert!(detail_of(&body).contains(field), "{field}: {body}");
     }

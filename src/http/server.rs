@@ -109,36 +109,27 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
         let started = std::time::Instant::now();
         let route = route_label(request.uri().path());
         let method = method_label(request.method());
-        if self.operations_only && !is_operations_path(request.uri().path()) {
-            let mut refused = crate::http::error::over_connection_cap().into_response();
-            secure(refused.headers_mut());
-            refused.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            crate::events::emit(crate::events::Event::HttpRequest {
-                route,
-                method,
-                status: refused.status().as_u16(),
-                seconds: started.elapsed().as_secs_f64(),
+        let refused = self.operations_only && !is_operations_path(request.uri().path());
+        let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream() && !refused));
+        let answered: Self::Future = if refused {
+            // Over the cap: only the operations routes are served; the connection closes after.
+            let refusal = crate::http::error::over_connection_cap().into_response();
+            Box::pin(std::future::ready(Ok(refusal)))
+        } else {
+            let request = request.map(|inner| TrackedBody {
+                inner,
+                done: body_done.clone(),
             });
-            return Box::pin(async move { Ok(refused) });
-        }
-        let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream()));
-        let request = request.map(|inner| TrackedBody {
-            inner,
-            done: body_done.clone(),
-        });
-        // Wrapping the boxed filter is a pointer copy; its future owns everything it needs.
-        let mut routes = warp::service(self.routes.clone());
-        let answered = routes.call(request);
+            // Wrapping the boxed filter is a pointer copy; its future owns everything it needs.
+            Box::pin(warp::service(self.routes.clone()).call(request))
+        };
         Box::pin(async move {
             let mut response = answered.await?;
             secure(response.headers_mut());
             if !body_done.load(Ordering::Acquire) {
-                // Answered before the body was read (a refused upload): the rest of the body
-                // is still on the wire, so the connection cannot carry another request. Say so,
-                // or a client would reuse it and find it closed.
+                // Answered before the body was read (a refused upload, a request over the cap):
+                // the rest of the body may still be on the wire, so the connection cannot carry
+                // another request. Say so, or a client would reuse it and find it closed.
                 response.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),

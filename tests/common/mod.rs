@@ -150,6 +150,24 @@ impl TestApp {
         (user.id, self.app.state.auth.issue(user.id).token)
     }
 
+    /// Posts `form` to the upload route as `token`'s player.
+    pub async fn upload_form(
+        &self,
+        token: &str,
+        form: reqwest::multipart::Form,
+    ) -> (StatusCode, Value) {
+        let request = self.http.post(self.url("/api/videos/upload"));
+        read(
+            request
+                .bearer_auth(token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn upload(&self, token: &str, file: &Path, title: &str) -> (StatusCode, Value) {
         let video = std::fs::read(file).unwrap();
         read(

@@ -123,23 +123,19 @@ impl ServerProcess {
 
     /// SIGTERM, then the exit status if the process is gone within `within` (else SIGKILL and
     /// a failed test).
-    pub fn terminate_within(mut self, within: Duration) -> ExitStatus {
+    pub fn terminate_within(self, within: Duration) -> ExitStatus {
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("the server did not exit within {within:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.exit_status_within(within, "of SIGTERM")
     }
 
     /// Waits for the process to exit by itself (at most `within`, then SIGKILL).
-    pub fn terminate_after_exit(mut self, within: Duration) -> ExitStatus {
+    pub fn terminate_after_exit(self, within: Duration) -> ExitStatus {
+        self.exit_status_within(within, "by itself")
+    }
+
+    /// The exit status, if the process is gone within `within`; else SIGKILL and a failed
+    /// test that says what it was waiting for.
+    fn exit_status_within(mut self, within: Duration, waiting_for: &str) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -147,7 +143,7 @@ impl ServerProcess {
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!("the server did not exit by itself within {within:?}");
+                panic!("the server did not exit within {within:?} {waiting_for}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
