@@ -20,16 +20,8 @@ use actix::prelude::SendError;
 use actix::{Actor, Addr, Handler, Message};
 use tokio::sync::oneshot;
 
+pub use crate::faults::ActorFault;
 use crate::health::{ActorHealth, MailboxTicket};
-
-/// A failure an actor is told to suffer (fault injection; only reachable when enabled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorFault {
-    /// Panic inside a handler: the actor dies.
-    Panic,
-    /// Block the actor's thread: its heartbeat stops.
-    Stall(Duration),
-}
 
 /// Makes the receiving actor suffer a fault, after answering.
 #[derive(actix::Message)]

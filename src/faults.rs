@@ -128,3 +128,12 @@ mod tests {
         assert_eq!(on.free_disk_bytes(std::path::Path::new("/")).unwrap(), 0);
     }
 }
+
+/// A failure an actor is told to suffer (fault injection; only reachable when enabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorFault {
+    /// Panic inside a handler: the actor dies.
+    Panic,
+    /// Block the actor's thread: its heartbeat stops.
+    Stall(std::time::Duration),
+}

@@ -15,6 +15,8 @@ pub mod faults;
 pub mod health;
 pub mod http;
 pub mod load;
+pub mod media;
+pub mod node;
 pub mod notify;
 pub mod panics;
 pub mod rate_limit;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::app::{AppState, HEARTBEAT_STALE_MS};
+use crate::node::Node;
 
 /// How often STATUS is refreshed when systemd asked for no watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -20,45 +20,15 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// One line for `systemctl status`.
-pub async fn status_line(state: &AppState) -> String {
-    let streams = state.streams.active();
-    let queue = state.engine.queue.stats().await.unwrap_or_default();
-    let actors = state.registry.reports();
-    let running = actors
-        .iter()
-        .filter(|a| a.state == crate::health::ActorState::Running)
-        .count();
-    match state.registry.escalated() {
-        Some(reason) => format!("escalated: {reason}"),
-        None => format!(
-            "{running}/{} actors running; queue {} waiting, {} processing, {} dead; {streams} streams",
-            actors.len(),
-            queue.depth,
-            queue.in_flight,
-            queue.dead
-        ),
-    }
-}
-
-pub async fn ready(state: &AppState) {
+pub async fn ready(node: &Node) {
     send(&[
         NotifyState::Ready,
-        NotifyState::Status(&status_line(state).await),
+        NotifyState::Status(&node.status_line().await),
     ]);
 }
 
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
-}
-
-/// Whether the Supervisor is doing its job: not escalated, and its own heartbeat fresh.
-pub fn supervisor_healthy(state: &AppState) -> bool {
-    state.registry.escalated().is_none()
-        && state
-            .registry
-            .get("supervisor")
-            .is_some_and(|s| s.heartbeat_age_ms() <= HEARTBEAT_STALE_MS)
 }
 
 /// The watchdog interval systemd asked for, as libsystemd's `sd_watchdog_enabled` reads it:
@@ -73,15 +43,15 @@ fn watchdog_interval() -> Option<Duration> {
 
 /// Pings the watchdog (at half its interval) while the Supervisor is healthy, and refreshes
 /// STATUS. Never returns; aborted at shutdown.
-pub async fn keep_alive(state: Arc<AppState>) {
+pub async fn keep_alive(node: Arc<Node>) {
     let interval = watchdog_interval();
     let watchdog = interval.is_some();
     let every = interval.map_or(STATUS_EVERY, |i| (i / 2).max(Duration::from_millis(100)));
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let status = status_line(&state).await;
-        if watchdog && supervisor_healthy(&state) {
+        let status = node.status_line().await;
+        if watchdog && node.supervisor_healthy() {
             send(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
         } else {
             send(&[NotifyState::Status(&status)]);

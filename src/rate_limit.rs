@@ -21,10 +21,6 @@ use ipnet::IpNet;
 
 use crate::config::RateLimitConfig;
 
-/// The address a request is attributed to, put into the request's extensions by the server loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub IpAddr);
-
 /// The routes with a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {

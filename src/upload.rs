@@ -7,8 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::config::UploadConfig;
-use crate::domain::MediaInfo;
+use crate::domain::{MediaInfo, UserId};
+use crate::engine::StoreError;
+use crate::load::Load;
 
 /// Name of the temp directory under the data dir.
 pub const TEMP_DIR: &str = "tmp";
@@ -45,6 +51,49 @@ impl Drop for TempUpload {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Permission to stream one upload, granted by the node's admission; the slot is free again
+/// when this is dropped.
+#[derive(Debug)]
+pub struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+    load: Arc<Load>,
+}
+
+impl UploadSlot {
+    pub fn new(permit: OwnedSemaphorePermit, load: Arc<Load>) -> Self {
+        Self {
+            _permit: permit,
+            load,
+        }
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.load.slots_freed.record();
+    }
+}
+
+/// A finished, fsynced and probed upload waiting to be committed. It carries its slot, so the
+/// slot stays taken until the commit is over even if the client has gone.
+#[derive(Debug)]
+pub struct PreparedUpload {
+    pub owner_id: UserId,
+    pub title: String,
+    pub file: TempUpload,
+    pub media: MediaInfo,
+    pub slot: UploadSlot,
+}
+
+/// Why a prepared upload was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("storing the file failed: {0}")]
+    Blob(String),
+    #[error("recording the upload failed: {0}")]
+    Store(StoreError),
 }
 
 /// Chunks queued between the request and the writer thread (each at most about 1 MiB).

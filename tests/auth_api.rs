@@ -149,7 +149,7 @@ async fn missing_malformed_tampered_and_expired_tokens_are_401() {
     let i = tampered.len() - 5;
     tampered[i] = if tampered[i] == b'a' { b'b' } else { b'a' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let expired = t.app.state.auth.issue_expiring_at(id, 1_000_000);
+    let expired = t.app.node.auth().issue_expiring_at(id, 1_000_000);
     let foreign =
         showcase::auth::Auth::new(b"another-secret", std::time::Duration::from_secs(60), 1)
             .issue(id)

@@ -94,7 +94,7 @@ async fn a_valid_token_for_a_player_who_does_not_exist_is_401_before_any_body() 
     let video = t.uploaded_video(&token, "Mío").await;
     // Signed with the node's own key, for an id no player has (a deleted account, a restored
     // backup).
-    let ghost = t.app.state.auth.issue(987_654).token;
+    let ghost = t.app.node.auth().issue(987_654).token;
 
     // The upload is refused before a byte of its 50 MiB body is sent.
     let mut stream = TcpStream::connect(t.app.addr).await.unwrap();

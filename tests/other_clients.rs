@@ -36,8 +36,8 @@ async fn login_takes_the_oauth2_password_form_with_the_same_answers() {
         let token = body["access_token"].as_str().unwrap();
         assert_eq!(
             t.app
-                .state
-                .auth
+                .node
+                .auth()
                 .verify_header(Some(&format!("Bearer {token}")))
                 .unwrap(),
             id

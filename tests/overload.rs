@@ -229,7 +229,7 @@ async fn ten_thousand_clients_are_told_apart_and_their_idle_buckets_evicted() {
         c.rate_limit.evict_every_s = 3600;
         c.server.trusted_proxies = "127.0.0.1".into();
     });
-    let limits = t.app.state.rate_limits.clone();
+    let limits = t.app.node.rate_limits().clone();
     for batch in 0..40u32 {
         let requests = (0..250u32).map(|i| {
             let n = batch * 250 + i;
@@ -261,7 +261,7 @@ async fn the_server_evicts_idle_buckets_by_itself() {
         c.rate_limit.vote_burst = 1;
         c.rate_limit.evict_every_s = 1;
     });
-    let limits = t.app.state.rate_limits.clone();
+    let limits = t.app.node.rate_limits().clone();
     let vote = || t.http.post(t.url("/api/public/videos/1/vote")).send();
     assert_eq!(vote().await.unwrap().status(), StatusCode::UNAUTHORIZED);
     // The refusal proves the client's bucket exists right now.

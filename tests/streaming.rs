@@ -283,7 +283,7 @@ async fn originals_need_a_valid_unexpired_signature() {
         &format!("/media/originals/{}.mp4", id + 1),
     );
     let path = format!("/media/originals/{id}.mp4");
-    let expired = t.app.state.signer.sign(&path, 1_000);
+    let expired = t.app.node.signer().sign(&path, 1_000);
     let mut bad_signature = url.to_string();
     bad_signature.pop();
     bad_signature.push(if url.ends_with('0') { '1' } else { '0' });

@@ -1,20 +1,15 @@
 //! Signup and login.
 
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
-use warp::reply::Response;
 
-use super::body::{
-    content_length, is_form_urlencoded, read_limited, BodyStream, FormFields, JsonObject,
-};
+use super::body::{content_length, is_form_urlencoded, read_limited, FormFields, JsonObject};
 use super::error::ApiError;
-use super::{json, within_budget};
-use crate::app::AppState;
-use crate::domain::NewUser;
+use super::response::{json, Response};
+use super::Request;
+use crate::node::{Node, SignUp};
 use crate::rate_limit::Limited;
 
 const MIN_PASSWORD_CHARS: usize = 8;
@@ -22,27 +17,19 @@ const MIN_PASSWORD_CHARS: usize = 8;
 const MAX_PASSWORD_CHARS: usize = 256;
 
 /// The whole (small) body of a signup or login request.
-async fn small_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: BodyStream,
-) -> Result<bytes::Bytes, ApiError> {
-    let server = &state.config.server;
-    read_limited(
-        body,
-        content_length(headers),
+pub(super) async fn small_body(node: &Node, request: Request) -> Result<bytes::Bytes, ApiError> {
+    let server = &node.config().server;
+    Ok(read_limited(
+        request.body,
+        content_length(&request.headers),
         server.max_json_bytes,
         Duration::from_secs(server.body_idle_timeout_s),
     )
-    .await
+    .await?)
 }
 
-async fn json_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: BodyStream,
-) -> Result<JsonObject, ApiError> {
-    JsonObject::parse(&small_body(state, headers, body).await?)
+async fn json_body(node: &Node, request: Request) -> Result<JsonObject, ApiError> {
+    Ok(JsonObject::parse(&small_body(node, request).await?)?)
 }
 
 /// A trimmed text field of 1..=100 characters.
@@ -71,14 +58,9 @@ struct SignupResponse {
     message: &'static str,
 }
 
-pub async fn signup(
-    state: Arc<AppState>,
-    peer: IpAddr,
-    headers: HeaderMap,
-    body: BodyStream,
-) -> Result<Response, ApiError> {
-    within_budget(&state, Limited::Signup, peer, &headers)?;
-    let obj = json_body(&state, &headers, body).await?;
+pub async fn signup(node: &Node, request: Request) -> Result<Response, ApiError> {
+    node.within_budget(Limited::Signup, request.peer, &request.headers)?;
+    let obj = json_body(node, request).await?;
     let first_name = short_text(&obj, "first_name")?;
     let last_name = short_text(&obj, "last_name")?;
     let email = obj.string("email")?.trim().to_lowercase();
@@ -115,24 +97,16 @@ pub async fn signup(
     if password1 != password2 {
         return Err(ApiError::bad_request("Las contraseñas no coinciden."));
     }
-    // Cheap check first, so a taken email costs no hashing; the store checks again atomically.
-    if state.engine.store.user_by_email(&email).await?.is_some() {
-        return Err(crate::engine::StoreError::EmailTaken.into());
-    }
-    let password_hash = state.auth.hash_password(password1).await?;
-    let user = state
-        .engine
-        .store
-        .create_user(NewUser {
+    let user = node
+        .sign_up(SignUp {
             first_name,
             last_name,
             email,
-            password_hash,
+            password: password1,
             city,
             country,
         })
         .await?;
-    tracing::info!(user_id = user.id, "user signed up");
     Ok(json(
         StatusCode::CREATED,
         &SignupResponse {
@@ -154,16 +128,11 @@ struct LoginResponse {
     expires_in: u64,
 }
 
-pub async fn login(
-    state: Arc<AppState>,
-    peer: IpAddr,
-    headers: HeaderMap,
-    body: BodyStream,
-) -> Result<Response, ApiError> {
-    within_budget(&state, Limited::Login, peer, &headers)?;
-    let (email, password) = if is_form_urlencoded(&headers) {
+pub async fn login(node: &Node, request: Request) -> Result<Response, ApiError> {
+    node.within_budget(Limited::Login, request.peer, &request.headers)?;
+    let (email, password) = if is_form_urlencoded(&request.headers) {
         // The OAuth2 password flow: `username` (or `email`) and `password` in a form.
-        let form = FormFields::parse(&small_body(&state, &headers, body).await?)?;
+        let form = FormFields::parse(&small_body(node, request).await?)?;
         let email = match form.optional("username")? {
             Some(username) => username,
             None => form
@@ -172,28 +141,16 @@ pub async fn login(
         };
         (email, form.string("password")?)
     } else {
-        let obj = json_body(&state, &headers, body).await?;
+        let obj = json_body(node, request).await?;
         (obj.string("email")?, obj.string("password")?)
     };
-    let user = state.engine.store.user_by_email(&email).await?;
-    let (id, hash) = match user {
-        Some(user) => (Some(user.id), Some(user.password_hash)),
-        None => (None, None),
-    };
-    // Verified even for an unknown email, so the answer takes as long either way.
-    let valid = state.auth.verify_password(password, hash).await?;
-    match (valid, id) {
-        (true, Some(id)) => {
-            let token = state.auth.issue(id);
-            Ok(json(
-                StatusCode::OK,
-                &LoginResponse {
-                    access_token: token.token,
-                    token_type: "bearer",
-                    expires_in: token.expires_in,
-                },
-            ))
-        }
-        _ => Err(ApiError::Unauthorized("Credenciales inválidas.".into())),
-    }
+    let token = node.log_in(&email, password).await?;
+    Ok(json(
+        StatusCode::OK,
+        &LoginResponse {
+            access_token: token.token,
+            token_type: "bearer",
+            expires_in: token.expires_in,
+        },
+    ))
 }

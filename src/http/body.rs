@@ -1,36 +1,50 @@
 //! Reading request bodies with bounds: a size limit (checked against `Content-Length` before a
 //! byte is read, then counted while reading) and an idle timeout between chunks, so a client
 //! can neither make us buffer without limit nor hold a handler by sending nothing.
+//!
+//! Errors are [`BodyError`]s; `error.rs` gives each its status.
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
-
-/// Boxed body stream handed to handlers (warp's own stream type cannot be named).
+/// A request body as a stream of the chunks the connection received.
 pub type BodyStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>>;
 
-/// Converts warp's body stream into [`BodyStream`] without copying.
-pub fn boxed<S, B>(stream: S) -> BodyStream
+/// Turns a request body into a [`BodyStream`] without copying.
+pub fn stream_of<B>(body: B) -> BodyStream
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
-    B: Buf + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
 {
-    Box::pin(stream.map(|chunk| {
-        chunk
-            .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
-            .map_err(std::io::Error::other)
-    }))
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
 }
 
-pub fn too_large(limit: u64) -> ApiError {
-    ApiError::PayloadTooLarge(format!(
-        "El cuerpo de la solicitud supera el máximo de {limit} bytes."
-    ))
+/// Why a body or one of its fields was refused. The text is the answer's `detail`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("El cuerpo de la solicitud supera el máximo de {0} bytes.")]
+    TooLarge(u64),
+    #[error("El cliente dejó de enviar el cuerpo.")]
+    Idle,
+    #[error("El cuerpo de la solicitud llegó incompleto.")]
+    Incomplete,
+    #[error("El cuerpo debe ser un objeto JSON.")]
+    NotAnObject,
+    #[error("El cuerpo no es JSON válido: {0}.")]
+    NotJson(String),
+    #[error("El formulario no es texto UTF-8.")]
+    FormNotUtf8,
+    #[error("El campo '{0}' es obligatorio.")]
+    Missing(String),
+    #[error("El campo '{0}' debe ser un texto.")]
+    NotText(String),
+    #[error("El campo '{0}' aparece más de una vez.")]
+    Repeated(String),
 }
 
 /// Reads a whole (small) body.
@@ -39,28 +53,24 @@ pub async fn read_limited(
     content_length: Option<u64>,
     limit: u64,
     idle: Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, BodyError> {
     if content_length.is_some_and(|len| len > limit) {
-        return Err(too_large(limit));
+        return Err(BodyError::TooLarge(limit));
     }
     let mut out = BytesMut::new();
     loop {
         let next = tokio::time::timeout(idle, body.next())
             .await
-            .map_err(|_| ApiError::RequestTimeout("El cliente dejó de enviar el cuerpo.".into()))?;
+            .map_err(|_| BodyError::Idle)?;
         match next {
             None => return Ok(out.freeze()),
             Some(Ok(chunk)) => {
                 if out.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(too_large(limit));
+                    return Err(BodyError::TooLarge(limit));
                 }
                 out.extend_from_slice(&chunk);
             }
-            Some(Err(_)) => {
-                return Err(ApiError::bad_request(
-                    "El cuerpo de la solicitud llegó incompleto.",
-                ))
-            }
+            Some(Err(_)) => return Err(BodyError::Incomplete),
         }
     }
 }
@@ -70,26 +80,20 @@ pub async fn read_limited(
 pub struct JsonObject(Map<String, Value>);
 
 impl JsonObject {
-    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(ApiError::bad_request("El cuerpo debe ser un objeto JSON.")),
-            Err(e) => Err(ApiError::bad_request(format!(
-                "El cuerpo no es JSON válido: {e}."
-            ))),
+            Ok(_) => Err(BodyError::NotAnObject),
+            Err(e) => Err(BodyError::NotJson(e.to_string())),
         }
     }
 
     /// A required string field.
-    pub fn string(&self, field: &str) -> Result<String, ApiError> {
+    pub fn string(&self, field: &str) -> Result<String, BodyError> {
         match self.0.get(field) {
             Some(Value::String(s)) => Ok(s.clone()),
-            None | Some(Value::Null) => Err(ApiError::bad_request(format!(
-                "El campo '{field}' es obligatorio."
-            ))),
-            Some(_) => Err(ApiError::bad_request(format!(
-                "El campo '{field}' debe ser un texto."
-            ))),
+            None | Some(Value::Null) => Err(BodyError::Missing(field.into())),
+            Some(_) => Err(BodyError::NotText(field.into())),
         }
     }
 }
@@ -100,26 +104,24 @@ impl JsonObject {
 pub struct FormFields(Vec<(String, String)>);
 
 impl FormFields {
-    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
         if std::str::from_utf8(bytes).is_err() {
-            return Err(ApiError::bad_request("El formulario no es texto UTF-8."));
+            return Err(BodyError::FormNotUtf8);
         }
         Ok(Self(form_urlencoded::parse(bytes).into_owned().collect()))
     }
 
     /// A field that may be absent.
-    pub fn optional(&self, field: &str) -> Result<Option<String>, ApiError> {
+    pub fn optional(&self, field: &str) -> Result<Option<String>, BodyError> {
         crate::signed_url::only_value(&self.0, field)
             .map(|value| value.map(str::to_string))
-            .map_err(|_| {
-                ApiError::bad_request(format!("El campo '{field}' aparece más de una vez."))
-            })
+            .map_err(|_| BodyError::Repeated(field.into()))
     }
 
     /// A required field.
-    pub fn string(&self, field: &str) -> Result<String, ApiError> {
+    pub fn string(&self, field: &str) -> Result<String, BodyError> {
         self.optional(field)?
-            .ok_or_else(|| ApiError::bad_request(format!("El campo '{field}' es obligatorio.")))
+            .ok_or_else(|| BodyError::Missing(field.into()))
     }
 }
 
@@ -150,7 +152,7 @@ pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn stream_of(chunks: Vec<&'static [u8]>) -> BodyStream {
+    fn chunks_of(chunks: Vec<&'static [u8]>) -> BodyStream {
         Box::pin(futures_util::stream::iter(
             chunks
                 .into_iter()
@@ -162,21 +164,21 @@ mod tests {
     #[tokio::test]
     async fn limits_apply_to_declared_and_counted_lengths() {
         let idle = Duration::from_secs(1);
-        let ok = read_limited(stream_of(vec![b"ab", b"cd"]), None, 4, idle)
+        let ok = read_limited(chunks_of(vec![b"ab", b"cd"]), None, 4, idle)
             .await
             .unwrap();
         assert_eq!(&ok[..], b"abcd");
-        let counted = read_limited(stream_of(vec![b"ab", b"cde"]), None, 4, idle).await;
-        assert!(matches!(counted, Err(ApiError::PayloadTooLarge(_))));
-        let declared = read_limited(stream_of(vec![]), Some(5), 4, idle).await;
-        assert!(matches!(declared, Err(ApiError::PayloadTooLarge(_))));
+        let counted = read_limited(chunks_of(vec![b"ab", b"cde"]), None, 4, idle).await;
+        assert!(matches!(counted, Err(BodyError::TooLarge(4))));
+        let declared = read_limited(chunks_of(vec![]), Some(5), 4, idle).await;
+        assert!(matches!(declared, Err(BodyError::TooLarge(4))));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_times_out() {
         let silent: BodyStream = Box::pin(futures_util::stream::pending());
         let result = read_limited(silent, None, 10, Duration::from_secs(5)).await;
-        assert!(matches!(result, Err(ApiError::RequestTimeout(_))));
+        assert!(matches!(result, Err(BodyError::Idle)));
     }
 
     #[test]

@@ -1,19 +1,20 @@
 //! Every error the HTTP layer can answer, and the one place where errors become responses.
 //!
-//! Handlers return `Result<_, ApiError>`; engine, actor and auth errors convert into `ApiError`
-//! here, and warp's own rejections (unknown route, wrong method) are mapped in [`recover`]. Every
-//! error body is `{"detail": "..."}`.
-
-use std::convert::Infallible;
+//! Handlers return `Result<_, ApiError>`; the node's errors (and the store, queue, auth, body
+//! and form errors inside them) convert into `ApiError` here, and so do requests that match no
+//! endpoint. Every error body is `{"detail": "..."}`.
 
 use http::StatusCode;
 use serde::Serialize;
-use warp::reply::Response;
-use warp::{Rejection, Reply};
 
-use crate::actors::CallError;
+use super::body::BodyError;
+use super::endpoint::Unrouted;
+use super::form::{FormError, FILE_FIELD};
+use super::response::{json, Response};
 use crate::auth::AuthError;
+use crate::engine::probe::ProbeError;
 use crate::engine::{QueueError, StoreError};
+use crate::node::{Error as NodeError, Refusal};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -46,8 +47,6 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(String),
 }
-
-impl warp::reject::Reject for ApiError {}
 
 pub const VIDEO_NOT_FOUND: &str = "Video no encontrado.";
 pub const NOT_OWNER: &str = "No tiene permiso sobre este video.";
@@ -120,9 +119,7 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let mut response =
-            warp::reply::with_status(warp::reply::json(&ErrorBody { detail: &detail }), status)
-                .into_response();
+        let mut response = json(status, &ErrorBody { detail: &detail });
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after_s, .. }
             | ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),
@@ -225,9 +222,8 @@ impl From<crate::rate_limit::OverBudget> for ApiError {
     }
 }
 
-impl From<super::form::FormError> for ApiError {
-    fn from(e: super::form::FormError) -> Self {
-        use super::form::FormError;
+impl From<FormError> for ApiError {
+    fn from(e: FormError) -> Self {
         match e {
             FormError::Idle | FormError::TooSlow(_) => ApiError::RequestTimeout(e.to_string()),
             FormError::Malformed(_)
@@ -238,16 +234,100 @@ impl From<super::form::FormError> for ApiError {
     }
 }
 
-impl From<CallError> for ApiError {
-    fn from(e: CallError) -> Self {
-        let retry_after_s = match e {
-            CallError::Full(_) => 1,
-            CallError::Down(_) | CallError::Timeout(_) => 2,
-        };
-        ApiError::unavailable(
-            format!("Servicio temporalmente no disponible: {e}."),
-            retry_after_s,
-        )
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
+            BodyError::Idle => ApiError::RequestTimeout(e.to_string()),
+            _ => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<Unrouted> for ApiError {
+    fn from(e: Unrouted) -> Self {
+        match e {
+            Unrouted::NotFound => not_found(),
+            Unrouted::MethodNotAllowed { allow } => ApiError::MethodNotAllowed { allow },
+        }
+    }
+}
+
+/// A path that names nothing this node serves.
+pub fn not_found() -> ApiError {
+    ApiError::NotFound("Recurso no encontrado.".into())
+}
+
+/// A path id that names no video.
+pub fn no_video() -> ApiError {
+    ApiError::NotFound(VIDEO_NOT_FOUND.into())
+}
+
+fn refused(refusal: &Refusal) -> ApiError {
+    let detail = match refusal {
+        Refusal::NoSlot { .. } => "Capacidad de subida agotada; intente de nuevo en unos segundos.",
+        Refusal::DiskFull { .. } | Refusal::DiskUnknown(_) => {
+            "Espacio de almacenamiento insuficiente; intente más tarde."
+        }
+        Refusal::QueueFull { .. } => "La cola de procesamiento está llena; intente más tarde.",
+        Refusal::QueueUnavailable(_) => {
+            "La cola de procesamiento no está disponible; intente más tarde."
+        }
+        Refusal::ProbesStuck { .. } => "El análisis de videos está detenido; intente más tarde.",
+    };
+    ApiError::unavailable_because(detail, refusal.retry_after_s(), refusal.reason())
+}
+
+fn invalid_media(e: ProbeError) -> ApiError {
+    match e {
+        ProbeError::Empty => ApiError::bad_request(format!("El campo '{FILE_FIELD}' está vacío.")),
+        other => ApiError::bad_request(format!(
+            "El campo '{FILE_FIELD}' no es un video MP4 válido: {other}."
+        )),
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Store(e) => e.into(),
+            NodeError::Queue(e) => e.into(),
+            NodeError::Auth(e) => e.into(),
+            NodeError::OverBudget(e) => e.into(),
+            NodeError::Refused(refusal) => refused(&refusal),
+            NodeError::InvalidMedia(e) => invalid_media(e),
+            NodeError::Policy(violation) => ApiError::bad_request(violation.to_string()),
+            NodeError::ProbeBusy => ApiError::unavailable_because(
+                "Servidor ocupado analizando videos; intente de nuevo en unos segundos.",
+                1,
+                "probe_busy",
+            ),
+            NodeError::BadCredentials => ApiError::Unauthorized("Credenciales inválidas.".into()),
+            NodeError::NotAdmin => {
+                ApiError::Unauthorized("Token de administración inválido.".into())
+            }
+            NodeError::Absent => not_found(),
+            NodeError::NoMedia => no_video(),
+            NodeError::StreamsBusy { retry_after_s } => ApiError::unavailable(
+                "Demasiadas reproducciones simultáneas; intente de nuevo.",
+                retry_after_s,
+            ),
+            NodeError::LinkExpired => ApiError::Forbidden("El enlace ha expirado.".into()),
+            NodeError::LinkInvalid => {
+                ApiError::Forbidden("El enlace no es válido o ha expirado.".into())
+            }
+            NodeError::NoDeadLetter => {
+                ApiError::NotFound("Mensaje no encontrado en la cola de fallidos.".into())
+            }
+            NodeError::Unavailable {
+                reason,
+                retry_after_s,
+            } => ApiError::unavailable(
+                format!("Servicio temporalmente no disponible: {reason}."),
+                retry_after_s,
+            ),
+            NodeError::Internal(cause) => ApiError::Internal(cause),
+        }
     }
 }
 
@@ -278,29 +358,4 @@ pub fn over_connection_cap() -> ApiError {
         1,
         "connections",
     )
-}
-
-/// Turns any rejection into a JSON error response.
-pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    if let Some(e) = rejection.find::<ApiError>() {
-        return Ok(e.clone().into_response());
-    }
-    let error = if rejection.is_not_found() {
-        ApiError::NotFound("Recurso no encontrado.".into())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed {
-            allow: "GET, HEAD, POST, DELETE",
-        }
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::PayloadTooLarge("El cuerpo de la solicitud es demasiado grande.".into())
-    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        ApiError::bad_request("Parámetro inválido en la consulta: cadena de consulta mal formada")
-    } else if rejection.find::<warp::reject::MissingHeader>().is_some()
-        || rejection.find::<warp::reject::InvalidHeader>().is_some()
-    {
-        ApiError::bad_request("Encabezado inválido o ausente.")
-    } else {
-        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
-    };
-    Ok(error.into_response())
 }

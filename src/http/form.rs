@@ -19,6 +19,12 @@ use tokio::time::Instant;
 use super::body::BodyStream;
 use super::multipart::{Event, MultipartError, Parser, PartHead};
 
+/// The upload form's file field.
+pub const FILE_FIELD: &str = "video_file";
+/// The name many form-upload clients give the file (FastAPI's `UploadFile` examples).
+pub const FILE_FIELD_ALIAS: &str = "file";
+pub const TITLE_FIELD: &str = "title";
+
 /// Fields accepted in one form (the contract has two).
 pub const MAX_FIELDS: usize = 8;
 

@@ -1,111 +1,60 @@
 //! The media routes: published videos and posters (public), originals (owner only, through a
 //! signed expiring URL). GET and HEAD, with RFC 9110 ranges and conditional requests; the
-//! rules are in [`super::range`], the bytes come from the Streamer's mapping of the file.
+//! rules are in [`super::range`], the file and its stream permit come from the node, and the
+//! body is sent here as slices of the file's mapping.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use warp::reply::Response;
-use warp::Reply;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::error::{ApiError, VIDEO_NOT_FOUND};
+use super::endpoint::media_path;
+use super::error::{no_video, ApiError};
 use super::range::{
     evaluate, http_date, parse_range, ByteRange, Conditions, Decision, RangeRequest, Validators,
 };
-use crate::actors::streamer::{
-    MediaBody, MediaKey, MediaKind, OpenError, OpenMedia, Piece, StreamGrant,
-};
-use crate::app::AppState;
-use crate::signed_url::SignatureError;
+use super::response::{empty, stream, Response};
+use super::Request;
+use crate::media::{MediaGrant, MediaKey, MediaKind, MediaMeta, StreamPermit};
+use crate::node::Node;
 
-/// Which media a path under `/media/` names.
-pub fn media_key(tail: &str) -> Option<MediaKey> {
-    let id = |digits: &str| -> Option<u64> {
-        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| digits.parse().ok())
-            .flatten()
-    };
-    if let Some(rest) = tail.strip_prefix("originals/") {
-        let video_id = id(rest.strip_suffix(".mp4")?)?;
-        return Some(MediaKey {
-            kind: MediaKind::Original,
-            video_id,
-        });
+/// Size of the slices a body is sent in.
+const CHUNK_BYTES: u64 = 512 * 1024;
+
+/// Published media never change: caches may keep them for good. Originals stay private.
+fn cache_control(kind: MediaKind) -> &'static str {
+    if kind.is_published() {
+        "public, max-age=31536000, immutable"
+    } else {
+        "private, no-store"
     }
-    if let Some(digits) = tail.strip_suffix(".mp4") {
-        return Some(MediaKey {
-            kind: MediaKind::Processed,
-            video_id: id(digits)?,
-        });
-    }
-    if let Some(digits) = tail.strip_suffix(".jpg") {
-        return Some(MediaKey {
-            kind: MediaKind::Poster,
-            video_id: id(digits)?,
-        });
-    }
-    None
 }
 
 fn header(headers: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks the signature of an original's URL.
-fn check_signature(
-    state: &AppState,
-    path: &str,
-    query: &[(String, String)],
-) -> Result<(), ApiError> {
-    let forbidden = || ApiError::Forbidden("El enlace no es válido o ha expirado.".into());
-    let now = crate::domain::now_ts() as u64;
-    state
-        .signer
-        .verify_query(path, query, now)
-        .map_err(|e| match e {
-            SignatureError::Expired => ApiError::Forbidden("El enlace ha expirado.".into()),
-            SignatureError::Invalid => forbidden(),
-        })
-}
-
 pub async fn serve(
-    state: Arc<AppState>,
-    method: Method,
-    tail: String,
-    query: Vec<(String, String)>,
-    headers: HeaderMap,
+    node: &Node,
+    request: Request,
+    key: Option<MediaKey>,
+    head: bool,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::NotFound(VIDEO_NOT_FOUND.into());
-    let key = media_key(&tail).ok_or_else(not_found)?;
-    if key.kind == MediaKind::Original {
-        check_signature(&state, &format!("/media/{tail}"), &query)?;
-    }
-    let grant = state
-        .streamer
-        .call(|reply| OpenMedia { key, reply })
-        .await?
-        .map_err(|e| match e {
-            OpenError::NotFound => not_found(),
-            OpenError::Busy { retry_after_s } => ApiError::unavailable(
-                "Demasiadas reproducciones simultáneas; intente de nuevo.",
-                retry_after_s,
-            ),
-            OpenError::Failed(cause) => ApiError::Internal(cause),
-        })?;
-    respond(&state, method == Method::HEAD, &headers, grant)
+    let key = key.ok_or_else(no_video)?;
+    let grant = node
+        .open_media(key, &media_path(key), &request.query)
+        .await?;
+    respond(head, &request.headers, grant)
 }
 
-fn respond(
-    state: &AppState,
-    head: bool,
-    headers: &HeaderMap,
-    grant: StreamGrant,
-) -> Result<Response, ApiError> {
+fn respond(head: bool, headers: &HeaderMap, grant: MediaGrant) -> Result<Response, ApiError> {
     let meta = grant.meta.clone();
     let mut out = HeaderMap::new();
     let value =
@@ -113,8 +62,10 @@ fn respond(
     out.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     out.insert(ETAG, value(format!("\"{}\"", meta.etag))?);
     out.insert(LAST_MODIFIED, value(http_date(meta.last_modified))?);
-    out.insert(CACHE_CONTROL, HeaderValue::from_static(meta.cache_control));
-
+    out.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(cache_control(meta.kind)),
+    );
     let conditions = Conditions {
         if_none_match: header(headers, IF_NONE_MATCH),
         if_modified_since: header(headers, IF_MODIFIED_SINCE),
@@ -177,8 +128,7 @@ fn respond(
         // Same headers as GET; the permit is released with the grant.
         return Ok(with(status, out, None));
     }
-    let body = MediaBody::new(grant, pieces, state.stream_counters.clone());
-    Ok(with(status, out, Some(body)))
+    Ok(with(status, out, Some(MediaBody::new(grant, pieces))))
 }
 
 /// The parts of a `multipart/byteranges` body and its exact length.
@@ -212,37 +162,70 @@ pub fn multipart_pieces(
 
 fn with(status: StatusCode, headers: HeaderMap, body: Option<MediaBody>) -> Response {
     let mut response = match body {
-        Some(body) => warp::reply::stream(body).into_response(),
-        None => Response::new(Bytes::new().into()),
+        Some(body) => stream(status, body),
+        None => empty(status),
     };
-    *response.status_mut() = status;
     response.headers_mut().extend(headers);
     response
+}
+
+/// One piece of a response body: framing text, or a byte range of the file.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Text(Bytes),
+    Range { first: u64, last: u64 },
+}
+
+/// A response body made of pieces, sent from the file's mapping; holds its stream permit until
+/// it is finished or dropped (a client that went away frees its permit).
+pub struct MediaBody {
+    meta: Arc<MediaMeta>,
+    pieces: VecDeque<Piece>,
+    permit: StreamPermit,
+}
+
+impl MediaBody {
+    pub fn new(grant: MediaGrant, pieces: Vec<Piece>) -> Self {
+        Self {
+            meta: grant.meta,
+            pieces: pieces.into(),
+            permit: grant.permit,
+        }
+    }
+}
+
+impl futures_util::Stream for MediaBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(piece) = self.pieces.pop_front() else {
+            return Poll::Ready(None);
+        };
+        let chunk = match piece {
+            Piece::Text(text) => text,
+            Piece::Range { first, last } => {
+                let end = last.min(first + CHUNK_BYTES - 1);
+                if end < last {
+                    self.pieces.push_front(Piece::Range {
+                        first: end + 1,
+                        last,
+                    });
+                    // Readahead for the slice after this one, so it rarely faults in on a
+                    // runtime thread.
+                    self.meta.read_ahead(end + 1, CHUNK_BYTES * 2);
+                }
+                let chunk = self.meta.slice(first, end);
+                self.permit.served(chunk.len() as u64);
+                chunk
+            }
+        };
+        Poll::Ready(Some(Ok(chunk)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn media_paths() {
-        let k = |kind, video_id| Some(MediaKey { kind, video_id });
-        assert_eq!(media_key("42.mp4"), k(MediaKind::Processed, 42));
-        assert_eq!(media_key("42.jpg"), k(MediaKind::Poster, 42));
-        assert_eq!(media_key("originals/42.mp4"), k(MediaKind::Original, 42));
-        for bad in [
-            "42",
-            "x.mp4",
-            "+4.mp4",
-            "42.mp4.mp4",
-            "originals/42.jpg",
-            "a/42.mp4",
-            ".mp4",
-            "originals/",
-        ] {
-            assert_eq!(media_key(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn multipart_length_is_exact() {
@@ -266,5 +249,44 @@ mod tests {
             Piece::Text(t) => assert!(t.starts_with(b"--b\r\n")),
             _ => panic!(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_sends_its_pieces_in_order_and_frees_its_permit_when_dropped() {
+        use crate::media::StreamPermits;
+        use futures_util::StreamExt;
+        let permits = Arc::new(StreamPermits::new(1));
+        let data: Vec<u8> = (0..=255u8)
+            .cycle()
+            .take(2 * CHUNK_BYTES as usize + 10)
+            .collect();
+        let meta = Arc::new(MediaMeta::in_memory(
+            MediaKind::Processed,
+            "e",
+            Bytes::from(data.clone()),
+        ));
+        let permit = permits.try_take().unwrap();
+        assert_eq!(permits.active(), 1);
+        let last = data.len() as u64 - 1;
+        let pieces = vec![
+            Piece::Text(Bytes::from_static(b"<")),
+            Piece::Range { first: 5, last },
+            Piece::Text(Bytes::from_static(b">")),
+        ];
+        let mut body = MediaBody::new(MediaGrant { meta, permit }, pieces);
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() as u64 <= CHUNK_BYTES);
+            out.extend_from_slice(&chunk);
+        }
+        let mut expected = b"<".to_vec();
+        expected.extend_from_slice(&data[5..]);
+        expected.push(b'>');
+        assert_eq!(out, expected);
+        assert_eq!(permits.bytes_served(), last - 4);
+        assert_eq!(permits.active(), 1, "held until the body is dropped");
+        drop(body);
+        assert_eq!(permits.active(), 0);
     }
 }

@@ -1,18 +1,16 @@
 //! Public routes: published videos, votes, rankings.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
-use warp::reply::Response;
 
+use super::endpoint::media_path;
 use super::error::ApiError;
 use super::pagination::parse_list_query;
-use super::videos::{poster_path, processed_path};
-use super::{json, signed_in, video_id, within_budget};
-use crate::app::AppState;
-use crate::domain::format_ts;
+use super::response::{json, Response};
+use super::{known, public_url, signed_in, Request};
+use crate::domain::{format_ts, VideoId};
+use crate::media::{MediaKey, MediaKind};
+use crate::node::Node;
 use crate::rate_limit::Limited;
 
 const VIDEOS_DEFAULT_LIMIT: u64 = 20;
@@ -33,24 +31,20 @@ struct PublicVideo {
     votes: u64,
 }
 
-pub async fn videos(
-    state: Arc<AppState>,
-    query: Vec<(String, String)>,
-) -> Result<Response, ApiError> {
-    let query = parse_list_query(&query, VIDEOS_DEFAULT_LIMIT, MAX_LIMIT)?;
-    let listed = state
-        .engine
-        .store
+pub async fn videos(node: &Node, request: Request) -> Result<Response, ApiError> {
+    let query = parse_list_query(&request.query, VIDEOS_DEFAULT_LIMIT, MAX_LIMIT)?;
+    let listed = node
         .public_videos(query.city.as_deref(), query.page)
         .await?;
+    let url = |kind, video_id| public_url(node, &media_path(MediaKey { kind, video_id }));
     let items: Vec<PublicVideo> = listed
         .into_iter()
         .map(|(video, owner)| PublicVideo {
             id: video.id,
             video_id: video.id,
             uploaded_at: format_ts(video.uploaded_at),
-            processed_url: state.public_url(&processed_path(video.id)),
-            poster_url: state.public_url(&poster_path(video.id)),
+            processed_url: url(MediaKind::Processed, video.id),
+            poster_url: url(MediaKind::Poster, video.id),
             owner_name: owner.display_name(),
             owner_city: owner.city,
             votes: video.votes,
@@ -66,15 +60,13 @@ struct Voted {
 }
 
 pub async fn vote(
-    state: Arc<AppState>,
-    peer: IpAddr,
-    headers: HeaderMap,
-    raw_id: String,
+    node: &Node,
+    request: Request,
+    id: Option<VideoId>,
 ) -> Result<Response, ApiError> {
-    within_budget(&state, Limited::Vote, peer, &headers)?;
-    let voter = signed_in(&state, &headers).await?;
-    let id = video_id(&raw_id)?;
-    state.engine.store.vote(id, voter).await?;
+    node.within_budget(Limited::Vote, request.peer, &request.headers)?;
+    let voter = signed_in(node, &request.headers).await?;
+    node.vote(voter, known(id)?).await?;
     Ok(json(
         StatusCode::OK,
         &Voted {
@@ -91,16 +83,9 @@ struct Ranked {
     votes: u64,
 }
 
-pub async fn rankings(
-    state: Arc<AppState>,
-    query: Vec<(String, String)>,
-) -> Result<Response, ApiError> {
-    let query = parse_list_query(&query, RANKINGS_DEFAULT_LIMIT, MAX_LIMIT)?;
-    let ranked = state
-        .engine
-        .store
-        .rankings(query.city.as_deref(), query.page)
-        .await?;
+pub async fn rankings(node: &Node, request: Request) -> Result<Response, ApiError> {
+    let query = parse_list_query(&request.query, RANKINGS_DEFAULT_LIMIT, MAX_LIMIT)?;
+    let ranked = node.rankings(query.city.as_deref(), query.page).await?;
     let items: Vec<Ranked> = ranked
         .into_iter()
         .map(|r| Ranked {

@@ -1,11 +1,12 @@
-//! The HTTP/1.1 server loop under the warp routes.
+//! The HTTP/1.1 server loop on hyper, under the node's handlers.
 //!
-//! warp's own server offers no connection cap, no header-read timeout and no control over how
-//! a connection ends, so the accept loop is ours (in the shape of mini-redis):
+//! The accept loop is ours (in the shape of mini-redis), because a server for hostile clients
+//! needs what ready-made loops do not offer together:
 //! - a semaphore permit is taken *before* `accept`, so open connections never exceed
 //!   `server.max_connections` however fast clients connect;
 //! - hyper's header-read timeout closes a client that does not finish its request head in time;
-//! - request paths are normalised before routing (a trailing slash is accepted on every route);
+//! - every request is routed once ([`super::endpoint::route`]): its endpoint's label names it
+//!   in the metrics, and the operations reserve serves only the operations endpoints;
 //! - shutdown is a broadcast: the loop stops accepting, every connection finishes the request
 //!   in flight and closes, and the caller waits for the last connection up to a grace deadline;
 //! - a connection that answered before reading the whole request body (an upload refused
@@ -34,9 +35,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
-use tower_service::Service as _;
-use warp::filters::BoxedFilter;
-use warp::reply::Response;
+
+use super::endpoint::{route, Route};
+use super::response::Response;
 
 /// How long, at most, a lingering close lasts.
 const LINGER_TOTAL: Duration = Duration::from_secs(5);
@@ -73,20 +74,22 @@ pub struct ServerLimits {
     pub impatient: bool,
 }
 
-/// Paths of the operations routes: health, readiness, actors, metrics.
-pub fn is_operations_path(path: &str) -> bool {
-    matches!(
-        route_label(path),
-        "/api/health" | "/api/health/ready" | "/api/health/actors" | "/metrics"
-    )
-}
+/// What answers a routed request: the router of `http/mod.rs`, given the route, the request
+/// and the connection's peer.
+pub type Handler = Arc<
+    dyn Fn(
+            Route,
+            http::Request<TrackedBody>,
+            std::net::IpAddr,
+        ) -> Pin<Box<dyn Future<Output = Response> + Send>>
+        + Send
+        + Sync,
+>;
 
-type Routes = BoxedFilter<(Response,)>;
-
-/// One connection's request handler: normalises the path, then runs the warp routes.
+/// One connection's request handler: routes the request, then runs its handler.
 #[derive(Clone)]
 struct RouteService {
-    routes: Routes,
+    handler: Handler,
     /// The connection's peer, handed to handlers as a request extension.
     peer: std::net::IpAddr,
     /// A connection over the cap: only the operations routes are served, the rest refused.
@@ -100,31 +103,28 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         self.served.store(true, Ordering::Release);
-        normalize_path(&mut request);
-        request
-            .extensions_mut()
-            .insert(crate::rate_limit::PeerAddr(self.peer));
         let started = std::time::Instant::now();
-        let route = route_label(request.uri().path());
+        let routed = route(request.method(), request.uri().path());
+        let label = routed.label;
         let method = method_label(request.method());
-        let refused = self.operations_only && !is_operations_path(request.uri().path());
+        let refused =
+            self.operations_only && !routed.endpoint.as_ref().is_ok_and(|e| e.is_operations());
         let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream() && !refused));
-        let answered: Self::Future = if refused {
+        let answered: Pin<Box<dyn Future<Output = Response> + Send>> = if refused {
             // Over the cap: only the operations routes are served; the connection closes after.
             let refusal = crate::http::error::over_connection_cap().into_response();
-            Box::pin(std::future::ready(Ok(refusal)))
+            Box::pin(std::future::ready(refusal))
         } else {
             let request = request.map(|inner| TrackedBody {
                 inner,
                 done: body_done.clone(),
             });
-            // Wrapping the boxed filter is a pointer copy; its future owns everything it needs.
-            Box::pin(warp::service(self.routes.clone()).call(request))
+            (self.handler)(routed, request, self.peer)
         };
         Box::pin(async move {
-            let mut response = answered.await?;
+            let mut response = answered.await;
             secure(response.headers_mut());
             if !body_done.load(Ordering::Acquire) {
                 // Answered before the body was read (a refused upload, a request over the cap):
@@ -136,7 +136,7 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
                 );
             }
             crate::events::emit(crate::events::Event::HttpRequest {
-                route,
+                route: label,
                 method,
                 status: response.status().as_u16(),
                 seconds: started.elapsed().as_secs_f64(),
@@ -160,7 +160,7 @@ fn secure(headers: &mut http::HeaderMap) {
 }
 
 /// A request body that records when it has been read to its end.
-struct TrackedBody {
+pub struct TrackedBody {
     inner: Incoming,
     done: Arc<AtomicBool>,
 }
@@ -189,37 +189,6 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The route a path belongs to, as a metric label (ids replaced, so labels stay few). Ids are
-/// written `:id`, not `{id}`: braces inside label values trip many line-based scrapers.
-pub fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    match segments.as_slice() {
-        [""] => "/",
-        ["metrics"] => "/metrics",
-        ["api", "auth", "signup"] => "/api/auth/signup",
-        ["api", "auth", "login"] => "/api/auth/login",
-        ["api", "videos"] => "/api/videos",
-        ["api", "videos", "upload"] => "/api/videos/upload",
-        ["api", "videos", _] => "/api/videos/:id",
-        ["api", "public", "videos"] => "/api/public/videos",
-        ["api", "public", "videos", _, "vote"] => "/api/public/videos/:id/vote",
-        ["api", "public", "rankings"] => "/api/public/rankings",
-        ["api", "health"] => "/api/health",
-        ["api", "health", "ready"] => "/api/health/ready",
-        ["api", "health", "actors"] => "/api/health/actors",
-        ["api", "admin", ..] => "/api/admin",
-        ["media", "originals", _] => "/media/originals/:id.mp4",
-        ["media", file] if file.ends_with(".mp4") && is_id(&file[..file.len() - 4]) => {
-            "/media/:id.mp4"
-        }
-        ["media", file] if file.ends_with(".jpg") && is_id(&file[..file.len() - 4]) => {
-            "/media/:id.jpg"
-        }
-        _ => "other",
-    }
-}
-
 fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
@@ -231,27 +200,6 @@ fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
-/// Drops one trailing slash (`/api/videos/` → `/api/videos`), keeping the query.
-fn normalize_path<B>(request: &mut http::Request<B>) {
-    let uri = request.uri();
-    let path = uri.path();
-    if path.len() <= 1 || !path.ends_with('/') {
-        return;
-    }
-    let trimmed = &path[..path.len() - 1];
-    let rebuilt = match uri.query() {
-        Some(query) => format!("{trimmed}?{query}"),
-        None => trimmed.to_string(),
-    };
-    if let Ok(path_and_query) = rebuilt.parse::<http::uri::PathAndQuery>() {
-        let mut parts = uri.clone().into_parts();
-        parts.path_and_query = Some(path_and_query);
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
-        }
-    }
-}
-
 /// A connection's place under the cap.
 enum Place {
     /// Within `max_connections`: served in full.
@@ -260,7 +208,7 @@ enum Place {
     Reserve(tokio::sync::OwnedSemaphorePermit),
 }
 
-/// Serves `routes` on `listener` until `shutdown` turns true, then waits for open connections
+/// Serves `handler` on `listener` until `shutdown` turns true, then waits for open connections
 /// to finish, at most `grace`. Returns how many connections were still open at the deadline.
 ///
 /// At most `max_connections` connections are served in full; a place is taken before
@@ -271,13 +219,13 @@ enum Place {
 /// kernel's backlog; a silent one is closed after [`RESERVE_FIRST_BYTE`].
 pub async fn serve(
     listener: TcpListener,
-    routes: Routes,
+    handler: Handler,
     limits: ServerLimits,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> usize {
     let service = RouteService {
-        routes,
+        handler,
         peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
         operations_only: false,
         served: Arc::default(),
@@ -343,7 +291,7 @@ pub async fn serve(
             Place::Reserve(permit) => (permit, true, true),
         };
         let service = RouteService {
-            routes: service.routes.clone(),
+            handler: service.handler.clone(),
             peer: peer.ip(),
             operations_only,
             served: Arc::default(),
@@ -536,7 +484,6 @@ fn socket_queue_bytes(stream: &TcpStream, request: libc::Ioctl) -> Option<usize>
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_path;
 
     use super::{
         discard, linger_for, unacknowledged_bytes, unread_bytes, Lingered, LINGER_DRAIN_BUDGET,
@@ -711,41 +658,5 @@ mod tests {
         );
         // Not held until the time limit for an acknowledgement that cannot come.
         assert!(started.elapsed() < LINGER_TOTAL, "{:?}", started.elapsed());
-    }
-
-    fn normalized(uri: &str) -> String {
-        let mut request = http::Request::builder().uri(uri).body(()).unwrap();
-        normalize_path(&mut request);
-        request.uri().to_string()
-    }
-
-    #[test]
-    fn routes_are_labelled_without_ids() {
-        use super::route_label;
-        assert_eq!(route_label("/api/videos/42"), "/api/videos/:id");
-        assert_eq!(
-            route_label("/api/public/videos/7/vote"),
-            "/api/public/videos/:id/vote"
-        );
-        assert_eq!(route_label("/media/3.mp4"), "/media/:id.mp4");
-        assert_eq!(route_label("/media/3.jpg"), "/media/:id.jpg");
-        assert_eq!(
-            route_label("/media/originals/3.mp4"),
-            "/media/originals/:id.mp4"
-        );
-        assert_eq!(route_label("/"), "/");
-        assert_eq!(route_label("/anything/else"), "other");
-        assert_eq!(route_label("/media/../etc"), "other");
-    }
-
-    #[test]
-    fn one_trailing_slash_is_dropped_and_the_query_kept() {
-        assert_eq!(normalized("/api/public/videos/"), "/api/public/videos");
-        assert_eq!(
-            normalized("/api/public/rankings/?page=2"),
-            "/api/public/rankings?page=2"
-        );
-        assert_eq!(normalized("/api/videos"), "/api/videos");
-        assert_eq!(normalized("/"), "/");
     }
 }

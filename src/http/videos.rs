@@ -1,64 +1,39 @@
 //! The signed-in player's videos: upload, list, detail, delete.
 //!
 //! The upload handler decides admission before it reads a byte of the body (token, content
-//! type, declared length, then a slot from the Ingest actor), then streams the file part
-//! straight to a temp file in bounded chunks while counting bytes, fsyncs it, probes it and
-//! hands it to Ingest to be committed. A refusal at any point drops the temp file.
+//! type, declared length, then a slot from the node), streams the file part straight to a temp
+//! file in bounded chunks while counting bytes, fsyncs it, and asks the node to commit it (probe,
+//! policy, record and job). A refusal at any point drops the temp file.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
-use warp::reply::Response;
 
-use super::body::{content_length, BodyStream};
+use super::body::content_length;
+use super::endpoint::media_path;
 use super::error::ApiError;
-use super::form::{FormLimits, FormReader};
+use super::form::{FormLimits, FormReader, FILE_FIELD, FILE_FIELD_ALIAS, TITLE_FIELD};
 use super::multipart::form_data_boundary;
-use super::{json, signed_in, video_id};
-use crate::actors::ingest::{CommitError, CommitUpload, PreparedUpload, Refusal, RequestSlot};
-use crate::actors::transcoder::CancelTranscode;
-use crate::app::AppState;
-use crate::domain::{format_ts, MediaInfo, UserId, Video, VideoStatus};
-use crate::engine::probe::{probe_mp4, ProbeError};
+use super::response::{json, Response};
+use super::{known, public_url, signed_in, Request};
+use crate::domain::{format_ts, Video, VideoId, VideoStatus};
 use crate::events::{self, Event};
-use crate::upload::{check_policy, FileSink, ProbeRun, TempUpload};
+use crate::media::{MediaKey, MediaKind};
+use crate::node::{AcceptedUpload, Node};
+use crate::upload::{FileSink, TempUpload};
 
 /// Room for the multipart framing and the other fields around the file.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
 /// Longest accepted form field other than the file.
 const MAX_TEXT_FIELD_BYTES: usize = 4 * 1024;
 const MAX_TITLE_CHARS: usize = 255;
-/// Time a commit may take beyond the store's confirmation timeout.
-const COMMIT_MARGIN: Duration = Duration::from_secs(20);
-
-pub const FILE_FIELD: &str = "video_file";
-/// The name many form-upload clients give the file (FastAPI's `UploadFile` examples).
-pub const FILE_FIELD_ALIAS: &str = "file";
-pub const TITLE_FIELD: &str = "title";
-/// Longest wait for the probe of an upload. The probe's own budgets end any parser loop that
-/// reads within a fraction of this; the deadline answers even for one that does not (its
-/// thread is then abandoned, see `engine::probe`).
-const PROBE_DEADLINE: Duration = Duration::from_millis(750);
-/// Longest wait for a blocking thread to start on a probe.
-const PROBE_START_WAIT: Duration = Duration::from_secs(2);
 
 fn too_big(max_bytes: u64) -> ApiError {
     ApiError::bad_request(format!(
         "El campo '{FILE_FIELD}' supera el tamaño máximo permitido de {} MiB.",
         max_bytes / (1024 * 1024)
     ))
-}
-
-fn probe_error(e: ProbeError) -> ApiError {
-    match e {
-        ProbeError::Empty => ApiError::bad_request(format!("El campo '{FILE_FIELD}' está vacío.")),
-        ProbeError::Io(cause) => ApiError::Internal(format!("probing the upload: {cause}")),
-        other => ApiError::bad_request(format!(
-            "El campo '{FILE_FIELD}' no es un video MP4 válido: {other}."
-        )),
-    }
 }
 
 fn validate_title(raw: &str) -> Result<String, ApiError> {
@@ -82,39 +57,37 @@ struct UploadAccepted {
     video_id: u64,
 }
 
-pub async fn upload(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    body: BodyStream,
-) -> Result<Response, ApiError> {
-    let result = receive_upload(state, headers, body).await;
+pub async fn upload(node: &Node, request: Request) -> Result<Response, ApiError> {
+    let result = receive_upload(node, request).await;
     match &result {
-        Ok((_, accepted)) => events::emit(Event::UploadAccepted {
+        Ok((accepted, owner_id, bytes)) => events::emit(Event::UploadAccepted {
             video_id: accepted.video_id,
-            owner_id: accepted.owner_id,
-            bytes: accepted.bytes,
+            owner_id: *owner_id,
+            bytes: *bytes,
         }),
         Err(e) => events::emit(Event::UploadRefused { reason: e.cause() }),
     }
-    result.map(|(response, _)| response)
+    let (accepted, _, _) = result?;
+    Ok(json(
+        StatusCode::CREATED,
+        &UploadAccepted {
+            message: "Video subido exitosamente. Procesamiento en curso.",
+            task_id: accepted.task_id,
+            video_id: accepted.video_id,
+        },
+    ))
 }
 
-/// What an accepted upload was.
-struct Accepted {
-    video_id: u64,
-    owner_id: u64,
-    bytes: u64,
-}
-
+/// The accepted upload, its owner and its size in bytes.
 async fn receive_upload(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    body: BodyStream,
-) -> Result<(Response, Accepted), ApiError> {
+    node: &Node,
+    request: Request,
+) -> Result<(AcceptedUpload, u64, u64), ApiError> {
     // Everything up to the slot is decided without reading the body.
-    let owner_id = signed_in(&state, &headers).await?;
-    let policy = &state.config.upload;
-    let content_type = headers
+    let owner_id = signed_in(node, &request.headers).await?;
+    let max_bytes = node.config().upload.max_bytes;
+    let content_type = request
+        .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -123,31 +96,22 @@ async fn receive_upload(
             "La solicitud debe ser multipart/form-data con los campos 'video_file' y 'title'.",
         )
     })?;
-    if content_length(&headers).is_some_and(|len| len > policy.max_bytes + MULTIPART_OVERHEAD_BYTES)
+    if content_length(&request.headers)
+        .is_some_and(|len| len > max_bytes + MULTIPART_OVERHEAD_BYTES)
     {
-        return Err(too_big(policy.max_bytes));
+        return Err(too_big(max_bytes));
     }
-    if state.stuck_probes.too_many() {
-        return Err(ApiError::unavailable_because(
-            "El análisis de videos está detenido; intente más tarde.",
-            60,
-            "probes_stuck",
-        ));
-    }
-    let slot = state
-        .ingest
-        .call(|reply| RequestSlot { reply })
-        .await?
-        .map_err(|refusal| refused(&refusal))?;
+    let admitted = node.admit_upload(owner_id).await?;
 
+    let config = node.config();
     let mut form = FormReader::new(
-        body,
+        request.body,
         &boundary,
         FormLimits {
-            max_body_bytes: policy.max_bytes + MULTIPART_OVERHEAD_BYTES,
-            idle: Duration::from_secs(state.config.server.body_idle_timeout_s),
-            min_bytes_per_s: policy.min_bytes_per_s,
-            rate_grace: Duration::from_secs(policy.rate_grace_s),
+            max_body_bytes: max_bytes + MULTIPART_OVERHEAD_BYTES,
+            idle: Duration::from_secs(config.server.body_idle_timeout_s),
+            min_bytes_per_s: config.upload.min_bytes_per_s,
+            rate_grace: Duration::from_secs(config.upload.rate_grace_s),
         },
     )?;
     let mut title = None;
@@ -160,8 +124,7 @@ async fn receive_upload(
                         "El campo '{FILE_FIELD}' aparece dos veces."
                     )));
                 }
-                let temp = TempUpload::new_in(&state.data_dir);
-                file = Some(stream_to_file(&mut form, temp, policy.max_bytes).await?);
+                file = Some(stream_to_file(&mut form, admitted.temp_file(), max_bytes).await?);
             }
             TITLE_FIELD => {
                 let raw = read_text_field(&mut form).await?;
@@ -182,102 +145,8 @@ async fn receive_upload(
             "El campo '{FILE_FIELD}' está vacío."
         )));
     }
-
-    let media = probe(&state, temp.path()).await?;
-    check_policy(&media, policy).map_err(|v| ApiError::bad_request(v.to_string()))?;
-
-    let prepared = PreparedUpload {
-        owner_id,
-        title,
-        file: temp,
-        media,
-        slot,
-    };
-    // Admitted work: it waits for mailbox room, and for as long as a commit may take (the
-    // store's own confirmation timeout plus the file's rename and fsyncs), so that a commit is
-    // never reported failed while it is still going on.
-    let commit_timeout = Duration::from_secs(state.config.storage.commit_timeout_s) + COMMIT_MARGIN;
-    let (video, job) = state
-        .ingest
-        .call_admitted(
-            |reply| CommitUpload {
-                upload: prepared,
-                reply,
-            },
-            commit_timeout,
-        )
-        .await?
-        .map_err(|e| match e {
-            CommitError::Store(e) => ApiError::from(e),
-            CommitError::Blob(cause) => ApiError::Internal(cause),
-        })?;
-    let accepted = Accepted {
-        video_id: video.id,
-        owner_id,
-        bytes: written,
-    };
-    let response = json(
-        StatusCode::CREATED,
-        &UploadAccepted {
-            message: "Video subido exitosamente. Procesamiento en curso.",
-            task_id: job.task_id,
-            video_id: video.id,
-        },
-    );
-    Ok((response, accepted))
-}
-
-/// Probes the upload on a blocking thread, within [`PROBE_DEADLINE`] from the moment the
-/// thread starts on it; a probe that no thread takes up within [`PROBE_START_WAIT`] means the
-/// node is too busy (503), not that the file is bad.
-async fn probe(state: &AppState, path: &std::path::Path) -> Result<MediaInfo, ApiError> {
-    let path = path.to_path_buf();
-    let wedged = state.faults.wedged_probe();
-    let run = Arc::new(ProbeRun::new(state.stuck_probes.clone()));
-    let (started_tx, started) = tokio::sync::oneshot::channel();
-    let probing = tokio::task::spawn_blocking({
-        let run = run.clone();
-        move || {
-            let _ = started_tx.send(());
-            if wedged {
-                crate::faults::wedge_this_thread();
-            }
-            let probed = probe_mp4(&path);
-            run.finished();
-            probed
-        }
-    });
-    if !matches!(
-        tokio::time::timeout(PROBE_START_WAIT, started).await,
-        Ok(Ok(()))
-    ) {
-        return Err(ApiError::unavailable_because(
-            "Servidor ocupado analizando videos; intente de nuevo en unos segundos.",
-            1,
-            "probe_busy",
-        ));
-    }
-    match tokio::time::timeout(PROBE_DEADLINE, probing).await {
-        Ok(joined) => joined
-            .map_err(|e| ApiError::Internal(format!("probe task: {e}")))?
-            .map_err(probe_error),
-        Err(_) => {
-            run.abandon();
-            events::emit(Event::ProbeAbandoned {
-                deadline_ms: PROBE_DEADLINE.as_millis() as u64,
-            });
-            Err(probe_error(ProbeError::TooComplex))
-        }
-    }
-}
-
-fn refused(refusal: &Refusal) -> ApiError {
-    let detail = match refusal {
-        Refusal::NoSlot { .. } => "Capacidad de subida agotada; intente de nuevo en unos segundos.",
-        Refusal::DiskFull { .. } => "Espacio de almacenamiento insuficiente; intente más tarde.",
-        Refusal::QueueFull { .. } => "La cola de procesamiento está llena; intente más tarde.",
-    };
-    ApiError::unavailable_because(detail, refusal.retry_after_s(), refusal.reason())
+    let accepted = admitted.commit(title, temp).await?;
+    Ok((accepted, owner_id, written))
 }
 
 /// Streams one multipart field into `temp`, fsynced; refuses as soon as it exceeds `max_bytes`.
@@ -333,25 +202,22 @@ struct VideoSummary {
     processed_url: Option<String>,
 }
 
-pub fn processed_path(id: u64) -> String {
-    format!("/media/{id}.mp4")
+/// The public URL of a published video's `kind` of media, `None` while it is not published.
+fn published_url(node: &Node, video: &Video, kind: MediaKind) -> Option<String> {
+    (video.status == VideoStatus::Processed).then(|| {
+        public_url(
+            node,
+            &media_path(MediaKey {
+                kind,
+                video_id: video.id,
+            }),
+        )
+    })
 }
 
-pub fn poster_path(id: u64) -> String {
-    format!("/media/{id}.jpg")
-}
-
-pub fn original_path(id: u64) -> String {
-    format!("/media/originals/{id}.mp4")
-}
-
-fn published_url(state: &AppState, video: &Video, path: fn(u64) -> String) -> Option<String> {
-    (video.status == VideoStatus::Processed).then(|| state.public_url(&path(video.id)))
-}
-
-pub async fn list(state: Arc<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let owner = signed_in(&state, &headers).await?;
-    let videos = state.engine.store.videos_of(owner).await?;
+pub async fn list(node: &Node, request: Request) -> Result<Response, ApiError> {
+    let owner = signed_in(node, &request.headers).await?;
+    let videos = node.videos_of(owner).await?;
     let items: Vec<VideoSummary> = videos
         .iter()
         .map(|v| VideoSummary {
@@ -360,7 +226,7 @@ pub async fn list(state: Arc<AppState>, headers: HeaderMap) -> Result<Response, 
             status: v.status.as_str(),
             uploaded_at: format_ts(v.uploaded_at),
             processed_at: v.processed_at.map(format_ts),
-            processed_url: published_url(&state, v, processed_path),
+            processed_url: published_url(node, v, MediaKind::Processed),
         })
         .collect();
     Ok(json(StatusCode::OK, &items))
@@ -382,30 +248,17 @@ struct VideoDetail {
     error: Option<String>,
 }
 
-/// The video, if it exists and belongs to `user`.
-async fn owned_video(state: &AppState, user: UserId, raw_id: &str) -> Result<Video, ApiError> {
-    let id = video_id(raw_id)?;
-    let video = state
-        .engine
-        .store
-        .video(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(super::error::VIDEO_NOT_FOUND.into()))?;
-    if video.owner_id != user {
-        return Err(ApiError::Forbidden(super::error::NOT_OWNER.into()));
-    }
-    Ok(video)
-}
-
 pub async fn detail(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    raw_id: String,
+    node: &Node,
+    request: Request,
+    id: Option<VideoId>,
 ) -> Result<Response, ApiError> {
-    let user = signed_in(&state, &headers).await?;
-    let video = owned_video(&state, user, &raw_id).await?;
-    let expires = crate::domain::now_ts() as u64 + state.config.media.signed_url_ttl_s;
-    let original_url = state.public_url(&state.signer.sign(&original_path(video.id), expires));
+    let user = signed_in(node, &request.headers).await?;
+    let video = node.video_of(user, known(id)?).await?;
+    let original = media_path(MediaKey {
+        kind: MediaKind::Original,
+        video_id: video.id,
+    });
     let body = VideoDetail {
         video_id: video.id,
         title: video.title.clone(),
@@ -413,9 +266,9 @@ pub async fn detail(
         progress: video.progress,
         uploaded_at: format_ts(video.uploaded_at),
         processed_at: video.processed_at.map(format_ts),
-        original_url,
-        processed_url: published_url(&state, &video, processed_path),
-        poster_url: published_url(&state, &video, poster_path),
+        original_url: public_url(node, &node.signed_path(&original)),
+        processed_url: published_url(node, &video, MediaKind::Processed),
+        poster_url: published_url(node, &video, MediaKind::Poster),
         votes: video.votes,
         error: video
             .error
@@ -432,40 +285,17 @@ struct Deleted {
 }
 
 pub async fn delete(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    raw_id: String,
+    node: &Node,
+    request: Request,
+    id: Option<VideoId>,
 ) -> Result<Response, ApiError> {
-    let user = signed_in(&state, &headers).await?;
-    let id = video_id(&raw_id)?;
-    // The record and its job go in one durable step; the files follow. A crash in between
-    // leaves only files without a record, which startup removes.
-    let video = state.engine.store.delete_video(id, user).await?;
-    // Its job is gone with the record; a transcode already running is stopped now rather
-    // than at its next lease heartbeat.
-    let _ = state
-        .transcoder
-        .call(|reply| CancelTranscode {
-            video_id: id,
-            reply,
-        })
-        .await;
-    let keys = [
-        Some(video.original_key.clone()),
-        video.processed_key.clone(),
-        video.poster_key.clone(),
-    ];
-    for key in keys.into_iter().flatten() {
-        if let Err(error) = state.engine.blobs.delete(&key).await {
-            tracing::warn!(video_id = id, key, %error, "could not remove a deleted video's file");
-        }
-    }
-    tracing::info!(video_id = id, "video deleted");
+    let user = signed_in(node, &request.headers).await?;
+    let video = node.delete_video(user, known(id)?).await?;
     Ok(json(
         StatusCode::OK,
         &Deleted {
             message: "El video ha sido eliminado exitosamente.",
-            video_id: id,
+            video_id: video.id,
         },
     ))
 }

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use http::HeaderValue;
 use sha2::Digest;
-use warp::reply::Response;
-use warp::Reply;
+
+use super::response::{full, Response};
 
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 
@@ -63,7 +63,7 @@ pub fn content_security_policy(public_url: &str) -> String {
 }
 
 pub fn index(public_url: &str) -> Response {
-    let mut response = warp::reply::html(INDEX_HTML).into_response();
+    let mut response = full(http::StatusCode::OK, INDEX_HTML);
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,

@@ -147,7 +147,7 @@ impl TestApp {
             })
             .await
             .unwrap();
-        (user.id, self.app.state.auth.issue(user.id).token)
+        (user.id, self.app.node.auth().issue(user.id).token)
     }
 
     /// Posts `form` to the upload route as `token`'s player.

@@ -1,0 +1,438 @@
+//! Building a node: open its durable state and recover, start the Supervisor and this node's
+//! actors, assemble the [`Node`] the HTTP layer holds, and bind the listeners.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{io_error, Application, StartupError};
+use crate::actors::ingest::Ingest;
+use crate::actors::queue_consumer::{ConsumerSettings, QueueConsumer};
+use crate::actors::streamer::Streamer;
+use crate::actors::supervisor::{ChildSpec, Intensity, Supervisor, SupervisorSettings};
+use crate::actors::transcoder::{Transcoder, TranscoderChildren, TranscoderSettings};
+use crate::actors::ActorRef;
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::domain::VideoStatus;
+use crate::engine::blobs::video_id_in;
+use crate::engine::sled_engine::SledEngine;
+use crate::engine::{BlobStore, Engine, LocalBlobs};
+use crate::faults::Faults;
+use crate::health::HealthRegistry;
+use crate::load::Load;
+use crate::media::StreamPermits;
+use crate::node::{Node, NodeActors, NodeParts, UploadAdmission};
+use crate::rate_limit::{ClientAddressing, RateLimits};
+use crate::signed_url::UrlSigner;
+
+/// Longest wait for every actor to run at startup.
+const ACTOR_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sub-directories of the data dir.
+pub const DB_DIR: &str = "db";
+pub const MEDIA_DIR: &str = "media";
+/// Work directories of running transcodes, under the temp directory.
+pub const JOBS_DIR: &str = "jobs";
+
+/// What every actor of a node shares.
+struct Shared {
+    engine: Engine,
+    registry: Arc<HealthRegistry>,
+    load: Arc<Load>,
+    faults: Arc<Faults>,
+    streams: Arc<StreamPermits>,
+    transcoder_children: Arc<TranscoderChildren>,
+}
+
+/// The running actors of a node and their Supervisor.
+struct Started {
+    actors: NodeActors,
+    supervisor: Addr<Supervisor>,
+    escalation: watch::Receiver<Option<String>>,
+}
+
+impl Application {
+    /// Opens the state, recovers, starts the actors and binds. Must run inside an actix System
+    /// whose runtime is multi-threaded (see `main.rs` and [`super::spawn`]).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        crate::panics::install();
+        let data_dir = config.storage.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(io_error(format!("creating {}", data_dir.display())))?;
+        close_to_others(&data_dir)?;
+        let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &data_dir)
+            .map_err(io_error("loading the server secret"))?;
+        let (sled, engine) = open_engine(&config, &data_dir).await?;
+
+        let shared = Shared {
+            engine: engine.clone(),
+            registry: Arc::new(HealthRegistry::new()),
+            load: Arc::new(Load::default()),
+            faults: Arc::new(Faults::new(config.faults.enabled)),
+            streams: Arc::new(StreamPermits::new(config.stream.max_concurrent)),
+            transcoder_children: Arc::new(TranscoderChildren::default()),
+        };
+        let started = start_actors(&config, &shared)?;
+        wait_until_running(&shared.registry).await?;
+
+        let backlog = config.server.listen_backlog;
+        let (listener, addr) = bind(config.server.addr, backlog)?;
+        let ops_listener = config
+            .server
+            .ops_listen_addr()
+            .map(|ops| bind(ops, backlog))
+            .transpose()?;
+        let node = assemble_node(config, shared.clone_parts(), started.actors, &secret)?;
+        Ok(Self {
+            node: Arc::new(node),
+            listener,
+            addr,
+            ops_listener,
+            supervisor: started.supervisor,
+            sled,
+            transcoder_children: shared.transcoder_children,
+            escalation: started.escalation,
+        })
+    }
+}
+
+/// What the node itself keeps of the shared parts.
+struct NodeShared {
+    engine: Engine,
+    registry: Arc<HealthRegistry>,
+    load: Arc<Load>,
+    faults: Arc<Faults>,
+    streams: Arc<StreamPermits>,
+}
+
+impl Shared {
+    fn clone_parts(&self) -> NodeShared {
+        NodeShared {
+            engine: self.engine.clone(),
+            registry: self.registry.clone(),
+            load: self.load.clone(),
+            faults: self.faults.clone(),
+            streams: self.streams.clone(),
+        }
+    }
+}
+
+fn assemble_node(
+    config: Config,
+    shared: NodeShared,
+    actors: NodeActors,
+    secret: &[u8],
+) -> Result<Node, StartupError> {
+    let addressing = ClientAddressing::parse(
+        &config.server.client_ip_header,
+        &config.server.trusted_proxies,
+    )
+    .map_err(|e| StartupError::Config(format!("server.trusted_proxies: {e}")))?;
+    let upload = &config.upload;
+    let uploads = UploadAdmission {
+        data_dir: config.storage.data_dir.clone(),
+        min_free_disk_bytes: upload.min_free_disk_mb * 1024 * 1024,
+        max_queue_depth: upload.max_queue_depth,
+        max_slots: upload.max_concurrent,
+        slots: Arc::new(tokio::sync::Semaphore::new(upload.max_concurrent)),
+        load: shared.load,
+        faults: shared.faults.clone(),
+        stuck_probes: Arc::default(),
+    };
+    Ok(Node::new(NodeParts {
+        auth: Auth::new(
+            secret,
+            Duration::from_secs(config.auth.token_ttl_s),
+            config.auth.max_concurrent_hashes,
+        ),
+        signer: UrlSigner::new(secret),
+        rate_limits: Arc::new(RateLimits::new(&config.rate_limit)),
+        engine: shared.engine,
+        actors,
+        uploads,
+        streams: shared.streams,
+        registry: shared.registry,
+        faults: shared.faults,
+        addressing,
+        config,
+    }))
+}
+
+/// Opens the store, the queue and the media directory, and runs startup recovery: temp files
+/// of unfinished uploads, media files nothing refers to, leases of the previous process.
+async fn open_engine(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<(Arc<SledEngine>, Engine), StartupError> {
+    let removed =
+        crate::upload::clear_temp_dir(data_dir).map_err(io_error("clearing temp files"))?;
+    let sled = SledEngine::open_with_cache(
+        &data_dir.join(DB_DIR),
+        config.queue.max_receives,
+        Duration::from_secs(config.storage.commit_timeout_s),
+        config.storage.cache_mb * 1024 * 1024,
+    )?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(
+        LocalBlobs::open(data_dir.join(MEDIA_DIR))
+            .map_err(io_error("opening the media directory"))?,
+    );
+    let engine = Engine {
+        store: sled.clone(),
+        queue: sled.clone(),
+        blobs,
+    };
+    let orphans = remove_orphan_files(&engine).await?;
+    let recovery = sled.recovery();
+    tracing::info!(
+        temp_files_removed = removed,
+        orphan_files_removed = orphans,
+        jobs = recovery.jobs,
+        dead_letters = recovery.dead,
+        released_leases = recovery.released_leases,
+        "recovery done"
+    );
+    Ok((sled, engine))
+}
+
+/// Starts the Supervisor with this node's actors as its children.
+fn start_actors(config: &Config, shared: &Shared) -> Result<Started, StartupError> {
+    let call_timeout = Duration::from_millis(config.actors.call_timeout_ms);
+    let mailbox = config.actors.mailbox_capacity;
+    let registry = &shared.registry;
+    let engine = &shared.engine;
+
+    let ingest = ActorRef::<Ingest>::new(registry.register("ingest", mailbox), call_timeout);
+    let ingest_spec = {
+        let (engine, health) = (engine.clone(), ingest.health.clone());
+        ChildSpec::for_actor(&ingest, mailbox, move || {
+            Ingest::new(engine.clone(), health.clone())
+        })
+    };
+
+    let streamer = ActorRef::<Streamer>::new(registry.register("streamer", mailbox), call_timeout);
+    let streamer_spec = {
+        let (engine, permits, health) = (
+            engine.clone(),
+            shared.streams.clone(),
+            streamer.health.clone(),
+        );
+        let capacity = config.stream.cache_entries;
+        ChildSpec::for_actor(&streamer, mailbox, move || {
+            Streamer::new(engine.clone(), permits.clone(), capacity, health.clone())
+        })
+    };
+
+    let transcoder =
+        ActorRef::<Transcoder>::new(registry.register("transcoder", mailbox), call_timeout);
+    let transcoder_spec = {
+        let settings = transcoder_settings(config)?;
+        let (faults, children, health) = (
+            shared.faults.clone(),
+            shared.transcoder_children.clone(),
+            transcoder.health.clone(),
+        );
+        ChildSpec::for_actor(&transcoder, mailbox, move || {
+            Transcoder::new(
+                settings.clone(),
+                faults.clone(),
+                health.clone(),
+                children.clone(),
+            )
+        })
+    };
+
+    let consumer =
+        ActorRef::<QueueConsumer>::new(registry.register("queue_consumer", mailbox), call_timeout);
+    let consumer_spec = {
+        let settings = ConsumerSettings {
+            visibility: Duration::from_secs(config.queue.visibility_timeout_s),
+            max_receives: config.queue.max_receives,
+            poll_interval: Duration::from_millis(config.transcode.poll_interval_ms),
+            retry_base: Duration::from_secs(config.transcode.retry_base_s),
+            retry_max: Duration::from_secs(config.transcode.retry_max_s),
+            transcode_timeout: Duration::from_secs(config.transcode.timeout_s),
+            work_root: config
+                .storage
+                .data_dir
+                .join(crate::upload::TEMP_DIR)
+                .join(JOBS_DIR),
+            load: shared.load.clone(),
+        };
+        // Credits: one per transcoder slot, shared by every incarnation of the consumer.
+        let credits = Arc::new(tokio::sync::Semaphore::new(config.transcode.workers));
+        let (engine, transcoder, health) =
+            (engine.clone(), transcoder.clone(), consumer.health.clone());
+        ChildSpec::for_actor(&consumer, mailbox, move || {
+            QueueConsumer::new(
+                engine.clone(),
+                transcoder.clone(),
+                credits.clone(),
+                settings.clone(),
+                health.clone(),
+            )
+        })
+    };
+
+    let (escalation_tx, escalation) = watch::channel(None);
+    let a = &config.actors;
+    let supervisor_settings = SupervisorSettings {
+        intensity: Intensity {
+            max_restarts: a.max_restarts,
+            period: Duration::from_secs(a.restart_period_s),
+            backoff_base: Duration::from_millis(a.restart_backoff_ms),
+            backoff_max: Duration::from_millis(a.restart_backoff_max_ms),
+        },
+        heartbeat_timeout: Duration::from_millis(a.heartbeat_timeout_ms),
+    };
+    // Order matters: the consumer, last, holds a handle to the transcoder, whose restart
+    // takes the consumer along (rest-for-one).
+    let supervisor = Supervisor::new(
+        registry.clone(),
+        supervisor_settings,
+        vec![
+            ingest_spec,
+            streamer_spec,
+            transcoder_spec.restarting_later_children(),
+            consumer_spec,
+        ],
+        escalation_tx,
+    )
+    .start();
+    Ok(Started {
+        actors: NodeActors {
+            ingest: Some(ingest),
+            streamer: Some(streamer),
+            transcoder: Some(transcoder),
+            consumer: Some(consumer),
+        },
+        supervisor,
+        escalation,
+    })
+}
+
+/// Serves nothing until every actor runs: a request must never find an actor missing merely
+/// because the node is still starting.
+async fn wait_until_running(registry: &HealthRegistry) -> Result<(), StartupError> {
+    let deadline = tokio::time::Instant::now() + ACTOR_START_TIMEOUT;
+    loop {
+        let starting = registry.not_running();
+        if starting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StartupError::ActorsNotRunning(starting.join(", ")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Makes the data directory its owner's alone (0700): it holds password hashes and the secret,
+/// and a directory created by an older version or by hand may be open to every local user.
+fn close_to_others(data_dir: &Path) -> Result<(), StartupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = || format!("restricting {}", data_dir.display());
+    let mode = std::fs::metadata(data_dir)
+        .map_err(io_error(what()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error(what()))?;
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            "data directory closed to other users (0700)"
+        );
+    }
+    Ok(())
+}
+
+/// Binds a listener on `addr` with an accept backlog of `backlog` (0: as deep as the kernel
+/// allows, `net.core.somaxconn`, to which the kernel clamps any larger request).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let bind_error = |source| StartupError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    let backlog = if backlog == 0 {
+        i32::MAX as u32
+    } else {
+        backlog
+    };
+    let listener = socket.listen(backlog).map_err(bind_error)?;
+    let bound = listener
+        .local_addr()
+        .map_err(io_error("reading the bound address"))?;
+    Ok((listener, bound))
+}
+
+/// What the Transcoder needs from the configuration.
+fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupError> {
+    let t = &config.transcode;
+    let program = if t.program.is_empty() {
+        std::env::current_exe().map_err(io_error("locating this executable"))?
+    } else {
+        PathBuf::from(&t.program)
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    Ok(TranscoderSettings {
+        program,
+        main_max_s: t.main_max_s,
+        bumper_s: t.bumper_s,
+        preset: t.preset.clone(),
+        crf: t.crf,
+        threads: t.threads,
+        memory_limit_bytes: t.memory_limit_mb * 1024 * 1024,
+        // Every core busy for the whole timeout: only a runaway child reaches it first.
+        cpu_limit: Duration::from_secs(t.timeout_s) * cores,
+        timeout: Duration::from_secs(t.timeout_s),
+        stall: Duration::from_secs(t.stall_s),
+        escape_target: config.storage.data_dir.join(crate::auth::SECRET_FILE),
+    })
+}
+
+/// Removes media files that nothing durable refers to: an original whose record was never
+/// committed (a crash between storing the file and its record), and the outputs of a transcode
+/// whose video was never published (a crash between storing them and publishing) or is gone.
+async fn remove_orphan_files(engine: &Engine) -> Result<usize, StartupError> {
+    let mut removed = 0;
+    for (prefix, suffix, needs_publication) in [
+        ("originals/", ".mp4", false),
+        ("processed/", ".mp4", true),
+        ("posters/", ".jpg", true),
+    ] {
+        let keys = engine
+            .blobs
+            .list(prefix)
+            .await
+            .map_err(|e| StartupError::Io {
+                what: format!("listing {prefix}"),
+                source: std::io::Error::other(e),
+            })?;
+        for key in keys {
+            let referenced = match video_id_in(&key, prefix, suffix) {
+                Some(id) => match engine.store.video(id).await? {
+                    Some(video) => !needs_publication || video.status == VideoStatus::Processed,
+                    None => false,
+                },
+                None => false,
+            };
+            if !referenced {
+                let _ = engine.blobs.delete(&key).await;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,123 @@
+//! Upload admission, decided before a byte of the body is read: a free upload slot, no stuck
+//! probes, enough free disk and room in the job queue. Readiness asks the same questions
+//! through [`UploadAdmission::obstacles`], so the two never disagree.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::engine::JobQueue;
+use crate::faults::Faults;
+use crate::load::{Load, MAX_RETRY_S};
+use crate::upload::{StuckProbes, UploadSlot};
+
+/// Why an upload is refused before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{count} upload probes are stuck; uploads are refused")]
+    ProbesStuck { count: usize },
+    #[error("free disk {} MiB is below the {} MiB watermark", free_bytes / MIB, min_bytes / MIB)]
+    DiskFull { free_bytes: u64, min_bytes: u64 },
+    #[error("free disk unknown: {0}")]
+    DiskUnknown(String),
+    #[error("queue depth {depth} reached the {max} watermark")]
+    QueueFull {
+        depth: u64,
+        max: u64,
+        retry_after_s: u64,
+    },
+    #[error("queue unavailable: {0}")]
+    QueueUnavailable(String),
+    #[error("every upload slot is taken")]
+    NoSlot { retry_after_s: u64 },
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Refusal {
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            Refusal::NoSlot { retry_after_s } | Refusal::QueueFull { retry_after_s, .. } => {
+                *retry_after_s
+            }
+            Refusal::ProbesStuck { .. } => 60,
+            Refusal::QueueUnavailable(_) => 5,
+            // Nothing on this node frees disk by itself: an operator must act.
+            Refusal::DiskFull { .. } | Refusal::DiskUnknown(_) => MAX_RETRY_S,
+        }
+    }
+
+    /// What ran out, as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NoSlot { .. } => "upload_slots",
+            Refusal::DiskFull { .. } | Refusal::DiskUnknown(_) => "disk_full",
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::QueueUnavailable(_) => "queue_unavailable",
+            Refusal::ProbesStuck { .. } => "probes_stuck",
+        }
+    }
+}
+
+/// The node's upload capacity and the limits that decide admission.
+pub struct UploadAdmission {
+    pub data_dir: PathBuf,
+    pub min_free_disk_bytes: u64,
+    pub max_queue_depth: u64,
+    pub max_slots: usize,
+    /// Created once: slots held by live requests survive anything that restarts.
+    pub slots: Arc<Semaphore>,
+    /// Drain rates, for the `Retry-After` of refusals.
+    pub load: Arc<Load>,
+    pub faults: Arc<Faults>,
+    /// Upload probes abandoned past their deadline and still running.
+    pub stuck_probes: Arc<StuckProbes>,
+}
+
+impl UploadAdmission {
+    /// Everything that stands in the way of an upload now, apart from a free slot.
+    pub async fn obstacles(&self, queue: &dyn JobQueue) -> Vec<Refusal> {
+        let mut found = Vec::new();
+        if self.stuck_probes.too_many() {
+            found.push(Refusal::ProbesStuck {
+                count: self.stuck_probes.count(),
+            });
+        }
+        match self.faults.free_disk_bytes(&self.data_dir) {
+            Ok(free_bytes) if free_bytes < self.min_free_disk_bytes => {
+                found.push(Refusal::DiskFull {
+                    free_bytes,
+                    min_bytes: self.min_free_disk_bytes,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => found.push(Refusal::DiskUnknown(e.to_string())),
+        }
+        match queue.stats().await {
+            Ok(stats) if stats.depth >= self.max_queue_depth => found.push(Refusal::QueueFull {
+                depth: stats.depth,
+                max: self.max_queue_depth,
+                retry_after_s: self
+                    .load
+                    .queue_retry_after_s(stats.depth, self.max_queue_depth),
+            }),
+            Ok(_) => {}
+            Err(e) => found.push(Refusal::QueueUnavailable(e.to_string())),
+        }
+        found
+    }
+
+    /// A slot for one upload, or the first reason there is none.
+    pub async fn admit(&self, queue: &dyn JobQueue) -> Result<UploadSlot, Refusal> {
+        if let Some(first) = self.obstacles(queue).await.into_iter().next() {
+            return Err(first);
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(UploadSlot::new(permit, self.load.clone())),
+            Err(_) => Err(Refusal::NoSlot {
+                retry_after_s: self.load.refuse_for_slots(self.max_slots),
+            }),
+        }
+    }
+}

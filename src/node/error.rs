@@ -1,0 +1,100 @@
+//! What a verb of the node can fail with. Typed in the platform's words; the HTTP layer maps
+//! each to a status in one place (`http/error.rs`).
+
+use crate::actors::CallError;
+use crate::auth::AuthError;
+use crate::engine::probe::ProbeError;
+use crate::engine::{QueueError, StoreError};
+use crate::media::OpenError;
+use crate::rate_limit::OverBudget;
+use crate::upload::{CommitError, PolicyViolation};
+
+use super::admission::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    /// An upload refused before its body was read.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The uploaded file is not an MP4 the node can read.
+    #[error(transparent)]
+    InvalidMedia(ProbeError),
+    /// A readable MP4 outside the upload policy.
+    #[error(transparent)]
+    Policy(#[from] PolicyViolation),
+    /// No thread took the probe up in time: the node is busy, the file may be fine.
+    #[error("no thread was free to probe the upload")]
+    ProbeBusy,
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("invalid administration token")]
+    NotAdmin,
+    /// What was asked for does not exist on this node (administration or fault injection not
+    /// enabled, an actor it does not run).
+    #[error("not available on this node")]
+    Absent,
+    #[error("no such media")]
+    NoMedia,
+    #[error("every stream permit is taken")]
+    StreamsBusy { retry_after_s: u64 },
+    #[error("the link has expired")]
+    LinkExpired,
+    #[error("the link is not valid")]
+    LinkInvalid,
+    #[error("no such dead letter")]
+    NoDeadLetter,
+    /// An actor could not take the request (mailbox full, restarting, too slow).
+    #[error("{reason}")]
+    Unavailable { reason: String, retry_after_s: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        let retry_after_s = match e {
+            CallError::Full(_) => 1,
+            CallError::Down(_) | CallError::Timeout(_) => 2,
+        };
+        Error::Unavailable {
+            reason: e.to_string(),
+            retry_after_s,
+        }
+    }
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::NotFound => Error::NoMedia,
+            OpenError::Busy { retry_after_s } => Error::StreamsBusy { retry_after_s },
+            OpenError::Failed(cause) => Error::Internal(cause),
+        }
+    }
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Store(e) => Error::Store(e),
+            CommitError::Blob(cause) => Error::Internal(cause),
+        }
+    }
+}
+
+impl From<ProbeError> for Error {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Io(cause) => Error::Internal(format!("probing the upload: {cause}")),
+            other => Error::InvalidMedia(other),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The operators' verbs: readiness, the actors' report, the gauges of `/metrics`, dead letters
+//! and their re-drive, fault injection.
+
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::{present, Error, Node, HEARTBEAT_STALE_MS};
+use crate::actors::InjectFault;
+use crate::domain::ProcessingState;
+use crate::engine::{DeadLetter, QueueError, QueueStats};
+use crate::faults::{ActorFault, FaultSwitches};
+use crate::health::ActorReport;
+
+#[derive(Serialize)]
+pub struct DiskReport {
+    pub free_bytes: Option<u64>,
+    pub min_free_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct StreamsReport {
+    pub active: usize,
+    pub max_concurrent: usize,
+    pub bytes_served: u64,
+    pub refused: u64,
+}
+
+/// What `/api/health/actors` shows.
+#[derive(Serialize)]
+pub struct ActorsReport {
+    pub version: &'static str,
+    pub uptime_s: u64,
+    pub actors: Vec<ActorReport>,
+    pub queue: Option<QueueStats>,
+    pub streams: StreamsReport,
+    pub disk: DiskReport,
+}
+
+impl Node {
+    /// Why this node should not get traffic now; empty when it is ready.
+    pub async fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.is_shutting_down() {
+            problems.push("the node is shutting down".to_string());
+        }
+        problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
+        if self.actors.ingest.is_some() {
+            let obstacles = self.uploads.obstacles(self.engine.queue.as_ref()).await;
+            problems.extend(obstacles.iter().map(ToString::to_string));
+            if self.uploads.load.is_shedding() {
+                problems.push(format!(
+                    "shedding load: uploads refused for want of a slot within the last {} s",
+                    crate::load::SHEDDING_FOR.as_secs()
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Whether the Supervisor is doing its job: not escalated, and its own heartbeat fresh.
+    pub fn supervisor_healthy(&self) -> bool {
+        self.registry.escalated().is_none()
+            && self
+                .registry
+                .get("supervisor")
+                .is_some_and(|s| s.heartbeat_age_ms() <= HEARTBEAT_STALE_MS)
+    }
+
+    pub async fn actors_report(&self) -> ActorsReport {
+        ActorsReport {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: self.registry.uptime_s(),
+            actors: self.registry.reports(),
+            queue: self.engine.queue.stats().await.ok(),
+            streams: StreamsReport {
+                active: self.streams.active(),
+                max_concurrent: self.streams.max_concurrent(),
+                bytes_served: self.streams.bytes_served(),
+                refused: self.streams.refused(),
+            },
+            disk: DiskReport {
+                free_bytes: crate::system::free_disk_bytes(&self.config.storage.data_dir).ok(),
+                min_free_bytes: self.uploads.min_free_disk_bytes,
+            },
+        }
+    }
+
+    /// Sets the gauges that are read rather than counted (queue, streams, memory, disk), and
+    /// renders every metric in the Prometheus text format.
+    pub async fn metrics_text(&self) -> String {
+        let m = crate::events::metrics();
+        if let Ok(stats) = self.engine.queue.stats().await {
+            m.queue_depth.set(stats.depth as i64);
+            m.queue_in_flight.set(stats.in_flight as i64);
+            m.queue_dead_letters.set(stats.dead as i64);
+        }
+        m.streams_active.set(self.streams.active() as i64);
+        m.stream_bytes.set(self.streams.bytes_served() as i64);
+        m.streams_refused.set(self.streams.refused() as i64);
+        if let Some(rss) = crate::system::resident_memory_bytes() {
+            m.resident_memory.set(rss as i64);
+        }
+        if let Ok(free) = crate::system::free_disk_bytes(&self.config.storage.data_dir) {
+            m.disk_free.set(free as i64);
+        }
+        m.uptime.set(self.registry.uptime_s() as f64);
+        m.render()
+    }
+
+    /// One line for `systemctl status`.
+    pub async fn status_line(&self) -> String {
+        let streams = self.streams.active();
+        let queue = self.engine.queue.stats().await.unwrap_or_default();
+        let actors = self.registry.reports();
+        let running = actors
+            .iter()
+            .filter(|a| a.state == crate::health::ActorState::Running)
+            .count();
+        match self.registry.escalated() {
+            Some(reason) => format!("escalated: {reason}"),
+            None => format!(
+                "{running}/{} actors running; queue {} waiting, {} processing, {} dead; {streams} streams",
+                actors.len(),
+                queue.depth,
+                queue.in_flight,
+                queue.dead
+            ),
+        }
+    }
+
+    /// Checks the administration token; without one configured, administration does not exist.
+    pub fn authorize_admin(&self, token: &str) -> Result<(), Error> {
+        let expected = self.config.admin.token.as_bytes();
+        if expected.is_empty() {
+            return Err(Error::Absent);
+        }
+        if token.as_bytes().ct_eq(expected).unwrap_u8() != 1 {
+            return Err(Error::NotAdmin);
+        }
+        Ok(())
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
+        Ok(self.engine.queue.dead_letters().await?)
+    }
+
+    /// Sends a dead-lettered job back to the queue; its video is queued again.
+    pub async fn redrive(&self, id: crate::domain::VideoId) -> Result<(), Error> {
+        self.engine.queue.redrive(id).await.map_err(|e| match e {
+            QueueError::NotFound => Error::NoDeadLetter,
+            other => other.into(),
+        })?;
+        self.engine
+            .store
+            .set_processing_state(id, ProcessingState::Queued)
+            .await?;
+        Ok(())
+    }
+
+    /// Sends every dead-lettered job back to the queue; returns how many went.
+    pub async fn redrive_all(&self) -> Result<u64, Error> {
+        let ids: Vec<u64> = self
+            .engine
+            .queue
+            .dead_letters()
+            .await?
+            .iter()
+            .map(|d| d.job.video_id)
+            .collect();
+        let redriven = self.engine.queue.redrive_all().await?;
+        for id in ids {
+            self.engine
+                .store
+                .set_processing_state(id, ProcessingState::Queued)
+                .await?;
+        }
+        Ok(redriven)
+    }
+
+    /// The fault switches, when fault injection is enabled.
+    pub fn fault_switches(&self) -> Result<FaultSwitches, Error> {
+        if !self.faults.enabled() {
+            return Err(Error::Absent);
+        }
+        Ok(self.faults.switches())
+    }
+
+    pub fn set_fault_switches(&self, switches: FaultSwitches) -> Result<FaultSwitches, Error> {
+        self.fault_switches()?;
+        self.faults.set(switches);
+        let now = self.faults.switches();
+        tracing::warn!(switches = ?now, "fault injection switches changed");
+        Ok(now)
+    }
+
+    /// Makes the actor named `actor` suffer `fault` (fault injection only).
+    pub async fn inject_fault(&self, actor: &str, fault: ActorFault) -> Result<(), Error> {
+        self.fault_switches()?;
+        let a = &self.actors;
+        match actor {
+            "ingest" => {
+                present(&a.ingest)?
+                    .call(|reply| InjectFault { fault, reply })
+                    .await
+            }
+            "transcoder" => {
+                present(&a.transcoder)?
+                    .call(|reply| InjectFault { fault, reply })
+                    .await
+            }
+            "queue_consumer" => {
+                present(&a.consumer)?
+                    .call(|reply| InjectFault { fault, reply })
+                    .await
+            }
+            "streamer" => {
+                present(&a.streamer)?
+                    .call(|reply| InjectFault { fault, reply })
+                    .await
+            }
+            _ => return Err(Error::Absent),
+        }?;
+        tracing::warn!(actor, fault = ?fault, "fault injected");
+        Ok(())
+    }
+}
