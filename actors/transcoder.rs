@@ -33,7 +33,9 @@ use tokio::time::Instant;
 
 use super::Reply;
 use crate::domain::VideoId;
-use crate::engine::transcode::{ChildEvent, TranscodeReport, TranscodeSpec, EXIT_PERMANENT};
+use crate::engine::transcode::{
+    ChildEvent, Encoding, TranscodeReport, TranscodeSpec, EXIT_PERMANENT,
+};
 use crate::faults::Faults;
 use crate::health::{ActorHealth, ActorState};
 
@@ -49,11 +51,7 @@ const CHILD_OPEN_FILES: u64 = 64;
 pub struct TranscoderSettings {
     /// The executable run as `<program> transcode ...`.
     pub program: PathBuf,
-    pub main_max_s: f64,
-    pub bumper_s: f64,
-    pub preset: String,
-    pub crf: u32,
-    pub threads: usize,
+    pub encoding: Encoding,
     pub memory_limit_bytes: u64,
     /// CPU time a child may use, all its threads together.
     pub cpu_limit: Duration,
@@ -209,11 +207,7 @@ impl Handler<RunTranscode> for Transcoder {
                 input,
                 output,
                 poster,
-                main_max_s: settings.main_max_s,
-                bumper_s: settings.bumper_s,
-                preset: settings.preset.clone(),
-                crf: settings.crf,
-                threads: settings.threads,
+                encoding: settings.encoding.clone(),
             };
             let result = match start_child(&settings, &spec, fault).await {
                 Ok((pid, events)) => {
@@ -263,16 +257,7 @@ async fn start_child(
         .arg(&spec.output)
         .arg("--poster")
         .arg(&spec.poster)
-        .arg("--main-max-s")
-        .arg(spec.main_max_s.to_string())
-        .arg("--bumper-s")
-        .arg(spec.bumper_s.to_string())
-        .arg("--preset")
-        .arg(&spec.preset)
-        .arg("--crf")
-        .arg(spec.crf.to_string())
-        .arg("--threads")
-        .arg(spec.threads.to_string())
+        .args(spec.encoding.to_args())
         // Nothing of the server's environment (it may hold secrets given as variables):
         // only few malloc arenas, since each reserves address space, which the limit counts.
         .env_clear()

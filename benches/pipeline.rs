@@ -120,7 +120,7 @@ fn pipeline_versus_cli(input: &Path, dir: &Path) {
 async fn throughput(input: &Path, workers: usize, threads: usize) -> f64 {
     let t = common::TestApp::start_with(|c| {
         c.transcode.workers = workers;
-        c.transcode.threads = threads;
+        c.transcode.encoding.threads = threads;
         c.transcode.program = env!("CARGO_BIN_EXE_showcase").into();
     });
     let (_, token) = t.quick_player("Bench", "Mark", "Cali").await;

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::engine::transcode::Encoding;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -291,16 +292,9 @@ impl Default for StreamConfig {
 pub struct TranscodeConfig {
     /// Transcodes running at once on this node; 0 = this node processes nothing (API only).
     pub workers: usize,
-    /// The main part of a video is cut to this many seconds.
-    pub main_max_s: f64,
-    /// Length of the intro and of the outro bumper (together at most 5 s).
-    pub bumper_s: f64,
-    /// libx264 preset.
-    pub preset: String,
-    /// libx264 constant rate factor (0-51, lower is better).
-    pub crf: u32,
-    /// Threads of one transcode; 0 = chosen by the decoder and encoder (all cores).
-    pub threads: usize,
+    /// How videos are encoded (`main_max_s`, `bumper_s`, `preset`, `crf`, `threads`).
+    #[serde(flatten)]
+    pub encoding: Encoding,
     /// Address-space limit of a transcode child, in MiB.
     pub memory_limit_mb: u64,
     /// A transcode running longer than this is killed (and retried).
@@ -321,11 +315,7 @@ impl Default for TranscodeConfig {
     fn default() -> Self {
         Self {
             workers: 1,
-            main_max_s: 30.0,
-            bumper_s: 2.5,
-            preset: "veryfast".into(),
-            crf: 23,
-            threads: 0,
+            encoding: Encoding::default(),
             memory_limit_mb: 1024,
             timeout_s: 600,
             stall_s: 60,
@@ -587,13 +577,14 @@ impl Config {
             return bad("auth.token_ttl_s must be > 0");
         }
         let t = &self.transcode;
-        if t.main_max_s.is_nan() || t.main_max_s <= 0.0 {
+        if t.encoding.main_max_s.is_nan() || t.encoding.main_max_s <= 0.0 {
             return bad("transcode.main_max_s must be > 0");
         }
-        if t.bumper_s.is_nan() || t.bumper_s < 0.0 || t.bumper_s * 2.0 > 5.0 {
+        let bumper_s = t.encoding.bumper_s;
+        if bumper_s.is_nan() || bumper_s < 0.0 || bumper_s * 2.0 > 5.0 {
             return bad("transcode.bumper_s must be between 0 and 2.5 (both bumpers at most 5 s)");
         }
-        if t.crf > 51 {
+        if t.encoding.crf > 51 {
             return bad("transcode.crf must be within 0..=51");
         }
         if t.stall_s == 0 || t.timeout_s == 0 || t.memory_limit_mb == 0 {

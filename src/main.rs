@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use showcase::app::{runtime, Application};
 use showcase::config::{Config, LogConfig};
-use showcase::engine::transcode::{run_child, ChildFault, TranscodeSpec};
+use showcase::engine::transcode::{run_child, ChildFault, Encoding, TranscodeSpec};
 
 /// jemalloc instead of glibc's malloc. Under upload load the server's many threads each churn
 /// through megabyte-sized body buffers; glibc gives every thread an arena of its own and keeps
@@ -46,17 +46,8 @@ enum Command {
         output: PathBuf,
         #[arg(long)]
         poster: PathBuf,
-        #[arg(long, default_value_t = 30.0)]
-        main_max_s: f64,
-        #[arg(long, default_value_t = 2.5)]
-        bumper_s: f64,
-        #[arg(long, default_value = "veryfast")]
-        preset: String,
-        #[arg(long, default_value_t = 23)]
-        crf: u32,
-        /// Encoder and decoder threads; 0 = all cores.
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
+        #[command(flatten)]
+        encoding: Encoding,
         /// Fault injection: `crash` or `hang` part-way through, or `escape` (try to read
         /// `--escape-target` from inside the sandbox).
         #[arg(long, hide = true)]
@@ -78,11 +69,7 @@ fn main() -> ExitCode {
             input,
             output,
             poster,
-            main_max_s,
-            bumper_s,
-            preset,
-            crf,
-            threads,
+            encoding,
             fault,
             escape_target,
         } => {
@@ -90,11 +77,7 @@ fn main() -> ExitCode {
                 input,
                 output,
                 poster,
-                main_max_s,
-                bumper_s,
-                preset,
-                crf,
-                threads,
+                encoding,
             };
             ExitCode::from(run_child(&spec, fault, escape_target.as_deref()) as u8)
         }

@@ -388,11 +388,7 @@ fn transcoder_settings(config: &Config) -> Result<TranscoderSettings, StartupErr
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     Ok(TranscoderSettings {
         program,
-        main_max_s: t.main_max_s,
-        bumper_s: t.bumper_s,
-        preset: t.preset.clone(),
-        crf: t.crf,
-        threads: t.threads,
+        encoding: t.encoding.clone(),
         memory_limit_bytes: t.memory_limit_mb * 1024 * 1024,
         // Every core busy for the whole timeout: only a runaway child reaches it first.
         cpu_limit: Duration::from_secs(t.timeout_s) * cores,

@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
 };
 use sled::Transactional;
 
-use super::sled_queue::{QueueIndex, QueuedJob};
+use super::sled_codec::{backend, be, decode, encode, read_u64, rev, EngineError};
+use super::sled_jobs::{QueueCounts, QueueIndex, QueuedJob};
 use crate::domain::{
     fold_name, now_ms, now_ts, NewUser, NewVideo, Page, ProcessingState, Publication, RankedPlayer,
     User, UserId, Video, VideoId, VideoStatus,
@@ -98,7 +98,7 @@ pub(super) struct Inner {
     pub max_receives: u32,
     pub queue: Mutex<QueueIndex>,
     /// The queue's figures, shared with the index, read without the queue lock.
-    pub queue_counts: Arc<super::sled_queue::QueueCounts>,
+    pub queue_counts: Arc<QueueCounts>,
     /// Serialises every read-modify-write of a video record (votes, publication, processing
     /// state, deletion) and the rankings that change with them.
     pub video_lock: Mutex<()>,
@@ -107,40 +107,6 @@ pub(super) struct Inner {
 pub struct SledEngine {
     pub(super) inner: Arc<Inner>,
     recovery: Recovery,
-}
-
-/// The two ways an engine call fails besides its own refusals.
-pub(super) trait EngineError {
-    fn backend(message: String) -> Self;
-    fn unconfirmed(message: String) -> Self;
-}
-
-impl EngineError for StoreError {
-    fn backend(message: String) -> Self {
-        StoreError::Backend(message)
-    }
-    fn unconfirmed(message: String) -> Self {
-        StoreError::Unconfirmed(message)
-    }
-}
-
-pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-pub(super) fn be(n: u64) -> [u8; 8] {
-    n.to_be_bytes()
-}
-
-/// Big-endian of the complement, so that ascending key order is descending `n`.
-pub(super) fn rev(n: u64) -> [u8; 8] {
-    (u64::MAX - n).to_be_bytes()
-}
-
-pub(super) fn read_u64(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&bytes[..8]);
-    u64::from_be_bytes(a)
 }
 
 /// Length-prefixed folded city, so that no city's key is a prefix of another's.
@@ -154,14 +120,6 @@ fn city_prefix(city: &str) -> Vec<u8> {
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
-}
-
-pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records always serialise")
-}
-
-pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
 }
 
 fn tx_decode<T: DeserializeOwned>(bytes: &[u8]) -> ConflictableTransactionResult<T, StoreError> {

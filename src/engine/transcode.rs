@@ -39,19 +39,70 @@ const DEBLOCK_SKIP_BELOW_SCALE: f64 = 0.8;
 /// Width of the logo on the bumpers.
 const BUMPER_LOGO_WIDTH: u32 = 640;
 
+/// How a video is encoded: the settings the node's configuration gives (`[transcode]`) and a
+/// transcode child receives on its command line. Defined once: the configuration reads it,
+/// [`Encoding::to_args`] writes the child's arguments from it, and the child's command line
+/// parses them back into it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Encoding {
+    /// The main part of a video is cut to this many seconds; shorter inputs are kept whole.
+    #[arg(long, default_value_t = Encoding::default().main_max_s)]
+    pub main_max_s: f64,
+    /// Length of the intro and of the outro bumper (together at most 5 s).
+    #[arg(long, default_value_t = Encoding::default().bumper_s)]
+    pub bumper_s: f64,
+    /// libx264 preset.
+    #[arg(long, default_value_t = Encoding::default().preset)]
+    pub preset: String,
+    /// libx264 constant rate factor (0-51, lower is better).
+    #[arg(long, default_value_t = Encoding::default().crf)]
+    pub crf: u32,
+    /// Threads of one transcode; 0 = chosen by the decoder and encoder (all cores).
+    #[arg(long, default_value_t = Encoding::default().threads)]
+    pub threads: usize,
+}
+
+impl Default for Encoding {
+    fn default() -> Self {
+        Self {
+            main_max_s: 30.0,
+            bumper_s: 2.5,
+            preset: "veryfast".into(),
+            crf: 23,
+            threads: 0,
+        }
+    }
+}
+
+impl Encoding {
+    /// The child's command-line arguments for these settings: `--<field-name> <value>` for
+    /// every field, the names clap derives from the same fields.
+    pub fn to_args(&self) -> Vec<String> {
+        let serde_json::Value::Object(fields) =
+            serde_json::to_value(self).expect("plain settings serialise")
+        else {
+            unreachable!("a struct serialises as an object")
+        };
+        fields
+            .into_iter()
+            .flat_map(|(name, value)| {
+                let value = match value {
+                    serde_json::Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                [format!("--{}", name.replace('_', "-")), value]
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TranscodeSpec {
     pub input: PathBuf,
     pub output: PathBuf,
     pub poster: PathBuf,
-    /// The main part is cut to this length; shorter inputs are kept whole.
-    pub main_max_s: f64,
-    /// Length of the intro and of the outro.
-    pub bumper_s: f64,
-    pub preset: String,
-    pub crf: u32,
-    /// Encoder and decoder threads; 0 = as many as the machine has.
-    pub threads: usize,
+    pub encoding: Encoding,
 }
 
 /// What a finished transcode produced.
@@ -269,9 +320,9 @@ impl Output {
             video.set_flags(codec::Flags::GLOBAL_HEADER);
         }
         let mut options = Dictionary::new();
-        options.set("preset", &spec.preset);
-        options.set("crf", &spec.crf.to_string());
-        options.set("threads", &spec.threads.to_string());
+        options.set("preset", &spec.encoding.preset);
+        options.set("crf", &spec.encoding.crf.to_string());
+        options.set("threads", &spec.encoding.threads.to_string());
         let encoder = video
             .open_with(options)
             .map_err(failed("opening libx264"))?;
@@ -396,7 +447,7 @@ pub fn transcode(
         .map_err(|e| TranscodeError::Input(e.to_string()))?;
     context.set_threading(codec::threading::Config {
         kind: codec::threading::Type::Frame,
-        count: spec.threads,
+        count: spec.encoding.threads,
         ..Default::default()
     });
     let mut opening = context.decoder();
@@ -417,10 +468,10 @@ pub fn transcode(
     let input_duration_s = if ictx.duration() > 0 {
         ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE)
     } else {
-        spec.main_max_s
+        spec.encoding.main_max_s
     };
-    let main_s = input_duration_s.min(spec.main_max_s);
-    let bumper_frames = (spec.bumper_s * OUTPUT_FPS as f64).round() as u64;
+    let main_s = input_duration_s.min(spec.encoding.main_max_s);
+    let bumper_frames = (spec.encoding.bumper_s * OUTPUT_FPS as f64).round() as u64;
     let main_frames = (main_s * OUTPUT_FPS as f64).round() as u64;
 
     let work_dir = spec
@@ -469,7 +520,12 @@ pub fn transcode(
         .output("in", 0)
         .and_then(|p| p.output("logo", 0))
         .and_then(|p| p.input("out", 0))
-        .and_then(|p| p.parse(&filter_spec(spec.main_max_s, spec.bumper_s)))
+        .and_then(|p| {
+            p.parse(&filter_spec(
+                spec.encoding.main_max_s,
+                spec.encoding.bumper_s,
+            ))
+        })
         .map_err(failed("building the filter graph"))?;
     graph
         .validate()
@@ -761,6 +817,30 @@ pub fn run_child(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_settings_survive_the_child_command_line() {
+        use clap::{Args, FromArgMatches};
+        let sent = Encoding {
+            main_max_s: 12.5,
+            bumper_s: 1.0,
+            preset: "ultrafast".into(),
+            crf: 31,
+            threads: 3,
+        };
+        let command = Encoding::augment_args(clap::Command::new("transcode"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("transcode".to_string()).chain(sent.to_args()))
+            .unwrap();
+        assert_eq!(Encoding::from_arg_matches(&matches).unwrap(), sent);
+        let defaults = Encoding::augment_args(clap::Command::new("transcode"))
+            .try_get_matches_from(["transcode"])
+            .unwrap();
+        assert_eq!(
+            Encoding::from_arg_matches(&defaults).unwrap(),
+            Encoding::default()
+        );
+    }
 
     #[test]
     fn the_graph_cuts_fits_pads_marks_and_frames_the_main_part() {

@@ -14,8 +14,6 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::report::QueuePoint;
-
 pub const PASSWORD: &str = "canasta-2026";
 const THINK: Duration = Duration::from_secs(1);
 /// How much of the file a client reads and sends at a time.
@@ -566,4 +564,19 @@ pub async fn queue_point(client: &Client, t0: Instant) -> Option<QueuePoint> {
         depth: q["depth"].as_u64()?,
         in_flight: q["in_flight"].as_u64()?,
     })
+}
+
+/// The queue as the node reported it at one moment of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuePoint {
+    pub t_s: f64,
+    pub depth: u64,
+    pub in_flight: u64,
+}
+
+impl QueuePoint {
+    /// Jobs waiting or running.
+    pub fn backlog(&self) -> u64 {
+        self.depth + self.in_flight
+    }
 }

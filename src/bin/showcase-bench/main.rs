@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use load::{Client, Mode, Phase};
+use load::{Client, Mode, Phase, QueuePoint};
 use node::Node;
-use report::{MixedRun, PacedRun, PhaseResult, QueuePoint, Report, Verdict, Window, WorkerRun};
+use report::{MixedRun, PacedRun, PhaseResult, Report, Verdict, Window, WorkerRun};
 
 #[derive(Parser, Debug)]
 #[command(about = "Capacity benchmark of the showcase server")]

@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::load::{Mode, Outcome, Sample};
+use crate::load::{Mode, Outcome, QueuePoint, Sample};
 
 /// The replaced system's figures from its capacity test, per number of users.
 pub const REPLACED: [(usize, &str, &str, &str); 4] = [
@@ -137,20 +137,6 @@ pub fn summarize(samples: &[Sample], hold: &Window) -> (Counts, f64, f64, [f64; 
         ],
         [percentile(&refusals, 50.0), percentile(&refusals, 99.0)],
     )
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct QueuePoint {
-    pub t_s: f64,
-    pub depth: u64,
-    pub in_flight: u64,
-}
-
-impl QueuePoint {
-    /// Jobs waiting or running.
-    pub fn backlog(&self) -> u64 {
-        self.depth + self.in_flight
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
