@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::Reply;
+use super::call::Reply;
 use crate::domain::{NewVideo, Video};
 use crate::engine::blobs::original_key;
 use crate::engine::{Engine, Job, StoreError};
@@ -104,3 +104,5 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
         }
     }
 }
+
+super::call::accepts_injected_faults!(Ingest);

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::call::ActorRef;
 use super::transcoder::{CancelTranscode, RunTranscode, TranscodeFailure, Transcoder};
-use super::ActorRef;
 use crate::domain::{ProcessingState, Publication, VideoStatus};
 use crate::engine::blobs::{poster_key, processed_key};
 use crate::engine::transcode::TranscodeReport;
@@ -427,6 +427,8 @@ async fn fail(deps: &Deps, lease: &Lease, reason: &str) -> (JobOutcome, String) 
     }
     (JobOutcome::DeadLettered, reason.to_string())
 }
+
+super::call::accepts_injected_faults!(QueueConsumer);
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::Reply;
+use super::call::Reply;
 use crate::engine::Engine;
 use crate::health::{ActorHealth, ActorState};
 use crate::media::{describe, MediaGrant, MediaKey, MediaMeta, OpenError, StreamPermits};
@@ -131,6 +131,8 @@ async fn open(
         .ok_or(OpenError::Busy { retry_after_s: 1 })?;
     Ok(MediaGrant { meta, permit })
 }
+
+super::call::accepts_injected_faults!(Streamer);
 
 #[cfg(test)]
 mod tests {

@@ -135,7 +135,7 @@ impl ChildSpec {
     /// The spec of an actor reached through `actor`: each (re)start builds a fresh value with
     /// `make` on the child's arbiter, with the given mailbox capacity, and publishes its address.
     pub fn for_actor<A>(
-        actor: &super::ActorRef<A>,
+        actor: &super::call::ActorRef<A>,
         mailbox_capacity: usize,
         make: impl Fn() -> A + Send + 'static,
     ) -> Self

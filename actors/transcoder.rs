@@ -31,11 +31,10 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::Reply;
+use super::call::Reply;
+use crate::config::Encoding;
 use crate::domain::VideoId;
-use crate::engine::transcode::{
-    ChildEvent, Encoding, TranscodeReport, TranscodeSpec, EXIT_PERMANENT,
-};
+use crate::engine::transcode::{ChildEvent, TranscodeReport, TranscodeSpec, EXIT_PERMANENT};
 use crate::faults::Faults;
 use crate::health::{ActorHealth, ActorState};
 
@@ -497,6 +496,8 @@ fn classify(
         )))),
     }
 }
+
+super::call::accepts_injected_faults!(Transcoder);
 
 #[cfg(test)]
 mod tests {

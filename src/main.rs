@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use showcase::app::{runtime, Application};
+use showcase::config::Encoding;
 use showcase::config::{Config, LogConfig};
-use showcase::engine::transcode::{run_child, ChildFault, Encoding, TranscodeSpec};
+use showcase::engine::transcode::{run_child, ChildFault, TranscodeSpec};
 
 /// jemalloc instead of glibc's malloc. Under upload load the server's many threads each churn
 /// through megabyte-sized body buffers; glibc gives every thread an arena of its own and keeps

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{io_error, Application, StartupError};
+use super::application::{io_error, Application, StartupError};
 use crate::actors::ingest::Ingest;
 use crate::actors::queue_consumer::{ConsumerSettings, QueueConsumer};
 use crate::actors::streamer::Streamer;
@@ -59,7 +59,7 @@ struct Started {
 
 impl Application {
     /// Opens the state, recovers, starts the actors and binds. Must run inside an actix System
-    /// whose runtime is multi-threaded (see `main.rs` and [`super::spawn`]).
+    /// whose runtime is multi-threaded (see `main.rs` and `app::spawn`).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         crate::panics::install();
         let data_dir = config.storage.data_dir.clone();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use super::{io_error, Application, RunError, StartupError};
+use super::application::{io_error, Application, RunError, StartupError};
 use crate::actors::supervisor::StopChildren;
 use crate::config::Config;
 use crate::engine::{Engine, StoreError};

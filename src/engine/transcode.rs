@@ -24,6 +24,8 @@ use ffmpeg::{codec, decoder, encoder, filter, format, frame, media, Dictionary, 
 use ffmpeg_next as ffmpeg;
 use sha2::{Digest, Sha256};
 
+use crate::config::Encoding;
+
 /// The watermark and bumper artwork, embedded in the binary.
 pub const LOGO_PNG: &[u8] = include_bytes!("../../static/logo.png");
 
@@ -38,64 +40,6 @@ const WATERMARK_MARGIN: u32 = 24;
 const DEBLOCK_SKIP_BELOW_SCALE: f64 = 0.8;
 /// Width of the logo on the bumpers.
 const BUMPER_LOGO_WIDTH: u32 = 640;
-
-/// How a video is encoded: the settings the node's configuration gives (`[transcode]`) and a
-/// transcode child receives on its command line. Defined once: the configuration reads it,
-/// [`Encoding::to_args`] writes the child's arguments from it, and the child's command line
-/// parses them back into it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
-#[serde(default, deny_unknown_fields)]
-pub struct Encoding {
-    /// The main part of a video is cut to this many seconds; shorter inputs are kept whole.
-    #[arg(long, default_value_t = Encoding::default().main_max_s)]
-    pub main_max_s: f64,
-    /// Length of the intro and of the outro bumper (together at most 5 s).
-    #[arg(long, default_value_t = Encoding::default().bumper_s)]
-    pub bumper_s: f64,
-    /// libx264 preset.
-    #[arg(long, default_value_t = Encoding::default().preset)]
-    pub preset: String,
-    /// libx264 constant rate factor (0-51, lower is better).
-    #[arg(long, default_value_t = Encoding::default().crf)]
-    pub crf: u32,
-    /// Threads of one transcode; 0 = chosen by the decoder and encoder (all cores).
-    #[arg(long, default_value_t = Encoding::default().threads)]
-    pub threads: usize,
-}
-
-impl Default for Encoding {
-    fn default() -> Self {
-        Self {
-            main_max_s: 30.0,
-            bumper_s: 2.5,
-            preset: "veryfast".into(),
-            crf: 23,
-            threads: 0,
-        }
-    }
-}
-
-impl Encoding {
-    /// The child's command-line arguments for these settings: `--<field-name> <value>` for
-    /// every field, the names clap derives from the same fields.
-    pub fn to_args(&self) -> Vec<String> {
-        let serde_json::Value::Object(fields) =
-            serde_json::to_value(self).expect("plain settings serialise")
-        else {
-            unreachable!("a struct serialises as an object")
-        };
-        fields
-            .into_iter()
-            .flat_map(|(name, value)| {
-                let value = match value {
-                    serde_json::Value::String(text) => text,
-                    other => other.to_string(),
-                };
-                [format!("--{}", name.replace('_', "-")), value]
-            })
-            .collect()
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct TranscodeSpec {

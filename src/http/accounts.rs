@@ -1,32 +1,18 @@
 //! Signup and login.
 
-use std::time::Duration;
-
 use http::StatusCode;
 use serde::Serialize;
 
-use super::body::{content_length, is_form_urlencoded, read_limited, FormFields, JsonObject};
+use super::body::{is_form_urlencoded, FormFields, JsonObject};
 use super::error::ApiError;
+use super::request::{small_body, Request};
 use super::response::{json, Response};
-use super::Request;
 use crate::node::{Node, SignUp};
 use crate::rate_limit::Limited;
 
 const MIN_PASSWORD_CHARS: usize = 8;
 /// argon2 hashes any length, but a bound keeps hashing cost predictable.
 const MAX_PASSWORD_CHARS: usize = 256;
-
-/// The whole (small) body of a signup or login request.
-pub(super) async fn small_body(node: &Node, request: Request) -> Result<bytes::Bytes, ApiError> {
-    let server = &node.config().server;
-    Ok(read_limited(
-        request.body,
-        content_length(&request.headers),
-        server.max_json_bytes,
-        Duration::from_secs(server.body_idle_timeout_s),
-    )
-    .await?)
-}
 
 async fn json_body(node: &Node, request: Request) -> Result<JsonObject, ApiError> {
     Ok(JsonObject::parse(&small_body(node, request).await?)?)

@@ -5,17 +5,17 @@
 use http::StatusCode;
 use serde::Serialize;
 
-use super::accounts::small_body;
 use super::error::ApiError;
+use super::request::small_body;
+use super::request::{known, Request};
 use super::response::{json, Response};
-use super::{known, Request};
 use crate::domain::{format_ts, VideoId};
 use crate::faults::{ActorFault, FaultSwitches};
 use crate::node::Node;
 
 /// Checks the administration token of the request's bearer `Authorization` header.
 fn authorize(node: &Node, request: &Request) -> Result<(), ApiError> {
-    let given = super::authorization(&request.headers)
+    let given = super::request::authorization(&request.headers)
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())

@@ -20,8 +20,8 @@ use super::error::{no_video, ApiError};
 use super::range::{
     evaluate, http_date, parse_range, ByteRange, Conditions, Decision, RangeRequest, Validators,
 };
+use super::request::Request;
 use super::response::{empty, stream, Response};
-use super::Request;
 use crate::media::{MediaGrant, MediaKey, MediaKind, MediaMeta, StreamPermit};
 use crate::node::Node;
 

@@ -22,57 +22,17 @@ mod media;
 mod multipart;
 mod ops;
 mod public;
+mod request;
 mod videos;
 mod web;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
-
-use crate::domain::{UserId, VideoId};
 use crate::node::Node;
-use body::BodyStream;
 use endpoint::{Endpoint, Route};
 use error::ApiError;
+use request::Request;
 use response::Response;
-
-/// A routed request, as handlers see it.
-pub struct Request {
-    pub method: Method,
-    pub headers: HeaderMap,
-    /// The query's pairs, decoded, in order.
-    pub query: Vec<(String, String)>,
-    /// The connection's peer.
-    pub peer: IpAddr,
-    pub body: BodyStream,
-}
-
-/// The `Authorization` header's value ("" when it is not text).
-fn authorization(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""))
-}
-
-/// The player the bearer token names (401 before any of the body is read otherwise).
-async fn signed_in(node: &Node, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    Ok(node.player(authorization(headers)).await?)
-}
-
-/// A path id that named no video is a 404, answered after the caller was identified.
-fn known(id: Option<VideoId>) -> Result<VideoId, ApiError> {
-    id.ok_or_else(error::no_video)
-}
-
-/// Absolute when `server.public_url` is set, otherwise a path (`/media/3.mp4`).
-fn public_url(node: &Node, path: &str) -> String {
-    format!(
-        "{}{}",
-        node.config().server.public_url.trim_end_matches('/'),
-        path
-    )
-}
 
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +59,6 @@ pub fn handler(node: Arc<Node>, served: Served) -> server::Handler {
                         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                         .unwrap_or_default();
                     let request = Request {
-                        method: parts.method,
                         headers: parts.headers,
                         query,
                         peer,

@@ -4,7 +4,8 @@
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::{present, Error, Node, HEARTBEAT_STALE_MS};
+use super::base::{present, Node, HEARTBEAT_STALE_MS};
+use super::error::Error;
 use crate::actors::InjectFault;
 use crate::domain::ProcessingState;
 use crate::engine::{DeadLetter, QueueError, QueueStats};

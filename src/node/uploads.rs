@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{present, Error, Node};
+use super::base::{present, Node};
+use super::error::Error;
 use crate::actors::ingest::CommitUpload;
 use crate::domain::{MediaInfo, UserId};
 use crate::engine::probe::{probe_mp4, ProbeError};
