@@ -129,8 +129,8 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
     config.transcode.workers = 0;
     let app = showcase::app::spawn(config).unwrap();
     let t = common::TestApp {
+        client: common::Client::new(app.url("")),
         app,
-        http: reqwest::Client::new(),
         dir: tempfile::tempdir().unwrap(),
     };
     let id = runtime.block_on(async {

@@ -20,12 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::process::ServerProcess;
-use common::{clip, Clip, PASSWORD};
+use common::{clip, Client, Clip, PASSWORD};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "chaos-admin-token-0123";
 const OWNERS: [(&str, &str, &str); 2] = [("Ana", "Gómez", "Cali"), ("Bruno", "Díaz", "Bogotá")];
@@ -80,89 +79,18 @@ struct Drill {
     votes_verified: usize,
 }
 
-async fn signup(
-    http: &reqwest::Client,
-    base: &str,
-    first: &str,
-    last: &str,
-    email: &str,
-    city: &str,
-) -> reqwest::Result<StatusCode> {
-    let body = json!({
-        "first_name": first, "last_name": last, "email": email,
-        "password1": PASSWORD, "password2": PASSWORD, "city": city, "country": "Colombia"
-    });
-    Ok(http
-        .post(format!("{base}/api/auth/signup"))
-        .json(&body)
-        .send()
-        .await?
-        .status())
-}
-
-async fn login(
-    http: &reqwest::Client,
-    base: &str,
-    email: &str,
-) -> reqwest::Result<(StatusCode, Value)> {
-    let response = http
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await?;
-    let status = response.status();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
-
-async fn upload(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    video: &[u8],
-) -> reqwest::Result<Option<u64>> {
-    let response = common::send_upload(http, base, token, video.to_vec(), "Jugada").await?;
-    if response.status() != StatusCode::CREATED {
-        return Ok(None);
-    }
-    let body: Value = response.json().await?;
-    Ok(body["video_id"].as_u64())
-}
-
-async fn vote(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    video: u64,
-) -> reqwest::Result<(StatusCode, Value)> {
-    let response = http
-        .post(format!("{base}/api/public/videos/{video}/vote"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    let status = response.status();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
-
-async fn get(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = http.get(format!("{base}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("the restarted node answers");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+/// Uploads the ballot clip; the new video's id when it was acknowledged.
+async fn upload(node: &Client, token: &str, video: &[u8]) -> reqwest::Result<Option<u64>> {
+    let (status, body) = node.try_upload(token, video.to_vec(), "Jugada").await?;
+    Ok((status == StatusCode::CREATED)
+        .then(|| body["video_id"].as_u64())
+        .flatten())
 }
 
 /// One uploader: a few uploads spread over the round, so that kills land before, during and
 /// after them.
 async fn uploader(
-    http: reqwest::Client,
-    base: String,
+    node: Client,
     owner: usize,
     token: String,
     video: Arc<Vec<u8>>,
@@ -170,7 +98,7 @@ async fn uploader(
 ) {
     for _ in 0..UPLOADS_PER_ROUND {
         ledger.lock().unwrap().uploads_sent[owner] += 1;
-        match upload(&http, &base, &token, &video).await {
+        match upload(&node, &token, &video).await {
             Ok(Some(id)) => {
                 ledger.lock().unwrap().uploads_acked[owner].insert(id);
             }
@@ -184,8 +112,7 @@ async fn uploader(
 
 /// One voter: new fans sign up, log in and vote for every video of the ballot.
 async fn voter(
-    http: reqwest::Client,
-    base: String,
+    node: Client,
     ballot: Vec<u64>,
     seed: u64,
     counter: Arc<AtomicU64>,
@@ -194,12 +121,12 @@ async fn voter(
     let mut rng = StdRng::seed_from_u64(seed);
     loop {
         let email = format!("fan{}@example.com", counter.fetch_add(1, Ordering::Relaxed));
-        match signup(&http, &base, "Fan", "Hincha", &email, "Medellín").await {
-            Ok(StatusCode::CREATED) => ledger.lock().unwrap().fans.push(email.clone()),
-            Ok(other) => panic!("signup of {email} answered {other}"),
+        match node.try_signup("Fan", "Hincha", &email, "Medellín").await {
+            Ok((StatusCode::CREATED, _)) => ledger.lock().unwrap().fans.push(email.clone()),
+            Ok((other, body)) => panic!("signup of {email} answered {other}: {body}"),
             Err(_) => return,
         }
-        let token = match login(&http, &base, &email).await {
+        let token = match node.try_login(&email, PASSWORD).await {
             Ok((StatusCode::OK, body)) => body["access_token"].as_str().unwrap().to_owned(),
             Ok((other, body)) => panic!("login of {email} answered {other}: {body}"),
             Err(_) => return,
@@ -208,7 +135,7 @@ async fn voter(
         order.shuffle(&mut rng);
         for video in order {
             *ledger.lock().unwrap().votes_sent.entry(video).or_default() += 1;
-            match vote(&http, &base, &token, video).await {
+            match node.try_vote(&token, video).await {
                 Ok((StatusCode::OK, _)) => ledger
                     .lock()
                     .unwrap()
@@ -228,17 +155,16 @@ impl Drill {
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();
-        let base = server.url("");
+        let node = Client {
+            http: http.clone(),
+            base: server.url(""),
+        };
         let mut owner_tokens = Vec::new();
         for (i, (first, last, city)) in OWNERS.iter().enumerate() {
             let email = format!("owner{i}@example.com");
-            assert_eq!(
-                signup(&http, &base, first, last, &email, city)
-                    .await
-                    .unwrap(),
-                StatusCode::CREATED
-            );
-            let (status, body) = login(&http, &base, &email).await.unwrap();
+            let (status, body) = node.signup(first, last, &email, city).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let (status, body) = node.login(&email, PASSWORD).await;
             assert_eq!(status, StatusCode::OK);
             owner_tokens.push(body["access_token"].as_str().unwrap().to_owned());
         }
@@ -249,7 +175,7 @@ impl Drill {
         };
         let mut ballot = Vec::new();
         for owner in [0, 0, 1] {
-            let id = upload(&http, &base, &owner_tokens[owner], video)
+            let id = upload(&node, &owner_tokens[owner], video)
                 .await
                 .unwrap()
                 .expect("201");
@@ -260,13 +186,9 @@ impl Drill {
         let deadline = Instant::now() + Duration::from_secs(120);
         for (owner, id) in &ballot {
             loop {
-                let (_, detail) = get(
-                    &http,
-                    &base,
-                    &format!("/api/videos/{id}"),
-                    Some(&owner_tokens[*owner]),
-                )
-                .await;
+                let (_, detail) = node
+                    .get(&format!("/api/videos/{id}"), Some(&owner_tokens[*owner]))
+                    .await;
                 match detail["status"].as_str() {
                     Some("processed") => break,
                     Some("failed") => panic!("a ballot video failed: {detail}"),
@@ -299,12 +221,14 @@ impl Drill {
         kill_after: Duration,
         seed: u64,
     ) {
-        let base = server.url("");
+        let node = Client {
+            http: self.http.clone(),
+            base: server.url(""),
+        };
         let mut tasks = Vec::new();
         for (owner, token) in self.owner_tokens.iter().enumerate() {
             tasks.push(tokio::spawn(uploader(
-                self.http.clone(),
-                base.clone(),
+                node.clone(),
                 owner,
                 token.clone(),
                 video.clone(),
@@ -313,8 +237,7 @@ impl Drill {
         }
         for v in 0..VOTERS {
             tasks.push(tokio::spawn(voter(
-                self.http.clone(),
-                base.clone(),
+                node.clone(),
                 self.ballot.clone(),
                 seed ^ v as u64,
                 self.fan_counter.clone(),
@@ -333,8 +256,10 @@ impl Drill {
 
     /// Everything acknowledged so far is there; what was only attempted may or may not be.
     async fn verify(&mut self, server: &ServerProcess, everything: bool) {
-        let base = server.url("");
-        let http = &self.http;
+        let node = Client {
+            http: self.http.clone(),
+            base: server.url(""),
+        };
         let (fans, votes, uploads_acked, uploads_sent, votes_sent) = {
             let ledger = self.ledger.lock().unwrap();
             (
@@ -347,7 +272,7 @@ impl Drill {
         };
         let fans_from = if everything { 0 } else { self.fans_verified };
         for email in &fans[fans_from..] {
-            let (status, body) = login(http, &base, email).await.unwrap();
+            let (status, body) = node.login(email, PASSWORD).await;
             assert_eq!(
                 status,
                 StatusCode::OK,
@@ -363,7 +288,7 @@ impl Drill {
         let votes_from = if everything { 0 } else { self.votes_verified };
         for (email, video) in &votes[votes_from..] {
             let token = &self.fan_tokens[email];
-            let (status, body) = vote(http, &base, token, *video).await.unwrap();
+            let (status, body) = node.vote(token, *video).await;
             assert_eq!(
                 status,
                 StatusCode::BAD_REQUEST,
@@ -379,7 +304,7 @@ impl Drill {
         }
         let mut votes_per_owner = vec![0u64; OWNERS.len()];
         for (owner, token) in self.owner_tokens.iter().enumerate() {
-            let (status, list) = get(http, &base, "/api/videos", Some(token)).await;
+            let (status, list) = node.get("/api/videos", Some(token)).await;
             assert_eq!(status, StatusCode::OK);
             let listed: BTreeSet<u64> = list
                 .as_array()
@@ -394,8 +319,7 @@ impl Drill {
                 "more videos than uploads sent"
             );
             for video in &listed {
-                let (status, detail) =
-                    get(http, &base, &format!("/api/videos/{video}"), Some(token)).await;
+                let (status, detail) = node.get(&format!("/api/videos/{video}"), Some(token)).await;
                 assert_eq!(status, StatusCode::OK, "{detail}");
                 let count = detail["votes"].as_u64().unwrap();
                 let acked = acked_per_video.get(video).copied().unwrap_or(0);
@@ -407,7 +331,7 @@ impl Drill {
                 votes_per_owner[owner] += count;
             }
         }
-        let (status, rankings) = get(http, &base, "/api/public/rankings?limit=100", None).await;
+        let (status, rankings) = node.get("/api/public/rankings?limit=100", None).await;
         assert_eq!(status, StatusCode::OK);
         for (owner, (first, last, _)) in OWNERS.iter().enumerate() {
             let name = format!("{first} {last}");
@@ -502,7 +426,7 @@ async fn acknowledged_work_survives_sigkill_at_random_moments() {
 
     // The last node runs undisturbed: everything queued ends published or dead-lettered.
     let server = round_server;
-    let base = server.url("");
+    let node = server.client();
     drill.verify(&server, true).await;
     let total_uploads: usize = drill
         .ledger
@@ -513,7 +437,7 @@ async fn acknowledged_work_survives_sigkill_at_random_moments() {
         .sum::<u64>() as usize;
     let deadline = Instant::now() + Duration::from_secs(120 + 3 * total_uploads as u64);
     let queue = loop {
-        let (_, health) = get(&drill.http, &base, "/api/health/actors", None).await;
+        let (_, health) = node.get("/api/health/actors", None).await;
         let queue = health["queue"].clone();
         if queue["depth"] == 0 && queue["in_flight"] == 0 {
             break queue;
@@ -526,7 +450,7 @@ async fn acknowledged_work_survives_sigkill_at_random_moments() {
     };
     let mut statuses: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for token in &drill.owner_tokens {
-        let (_, list) = get(&drill.http, &base, "/api/videos", Some(token)).await;
+        let (_, list) = node.get("/api/videos", Some(token)).await;
         for video in list.as_array().unwrap() {
             statuses
                 .entry(video["status"].as_str().unwrap().to_owned())
@@ -552,14 +476,7 @@ async fn acknowledged_work_survives_sigkill_at_random_moments() {
         all,
         "every job ended: {statuses:?}"
     );
-    let dead = drill
-        .http
-        .get(format!("{base}/api/admin/dead-letters"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let dead: Value = dead.json().await.unwrap();
+    let (_, dead) = node.get("/api/admin/dead-letters", Some(ADMIN_TOKEN)).await;
     let dead: BTreeSet<u64> = dead
         .as_array()
         .unwrap()

@@ -6,49 +6,31 @@ mod common;
 use common::process::ServerProcess;
 use common::{clip, Clip};
 use reqwest::StatusCode;
-use serde_json::Value;
 use showcase::engine::sled_engine::SledEngine;
 
-async fn player(http: &reqwest::Client, server: &ServerProcess, email: &str) -> String {
-    common::signup_and_login(http, &server.url(""), email).await
-}
-
-async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> u64 {
-    let video = std::fs::read(clip(Clip::Valid)).unwrap();
-    let response = common::send_upload(http, &server.url(""), token, video, "Antes del corte")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    response.json::<Value>().await.unwrap()["video_id"]
-        .as_u64()
-        .unwrap()
-}
-
-async fn get(
-    http: &reqwest::Client,
-    server: &ServerProcess,
-    path: &str,
-    token: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = http.get(server.url(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    common::read(request.send().await.unwrap()).await
+async fn upload(server: &ServerProcess, token: &str) -> u64 {
+    let (status, body) = server
+        .client()
+        .upload(token, &clip(Clip::Valid), "Antes del corte")
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["video_id"].as_u64().unwrap()
 }
 
 #[tokio::test]
 async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
     let server = ServerProcess::start(dir.path(), &[]);
-    let token = player(&http, &server, "luis@example.com").await;
-    let id = upload(&http, &server, &token).await;
+    let token = server.client().token_for("luis@example.com").await;
+    let id = upload(&server, &token).await;
     server.kill9();
 
     let server = ServerProcess::start(dir.path(), &[]);
     // The token still verifies: the generated secret was persisted before it was used.
-    let (status, video) = get(&http, &server, &format!("/api/videos/{id}"), Some(&token)).await;
+    let (status, video) = server
+        .client()
+        .get(&format!("/api/videos/{id}"), Some(&token))
+        .await;
     assert_eq!(status, StatusCode::OK, "{video}");
     assert_eq!(video["status"], "uploaded");
     assert_eq!(video["title"], "Antes del corte");
@@ -57,7 +39,7 @@ async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
         std::fs::read(stored).unwrap(),
         std::fs::read(clip(Clip::Valid)).unwrap()
     );
-    let (_, health) = get(&http, &server, "/api/health/actors", None).await;
+    let (_, health) = server.client().get("/api/health/actors", None).await;
     assert_eq!(health["queue"]["depth"], 1, "{health}");
     let status = server.terminate();
     assert!(status.success(), "SIGTERM ends with exit 0, got {status:?}");
@@ -73,11 +55,10 @@ async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
 #[tokio::test]
 async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
     let server = ServerProcess::start(dir.path(), &[]);
-    let owner = player(&http, &server, "owner@example.com").await;
-    let fan = player(&http, &server, "fan@example.com").await;
-    let id = upload(&http, &server, &owner).await;
+    let owner = server.client().token_for("owner@example.com").await;
+    let fan = server.client().token_for("fan@example.com").await;
+    let id = upload(&server, &owner).await;
     assert!(server.terminate().success());
 
     // Publish it as the pipeline would, with the node stopped (the store has one owner).
@@ -95,27 +76,21 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
     }
 
     let server = ServerProcess::start(dir.path(), &[]);
-    let response = http
-        .post(server.url(&format!("/api/public/videos/{id}/vote")))
-        .bearer_auth(&fan)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.client().vote(&fan, id).await.0, StatusCode::OK);
     server.kill9();
 
     let server = ServerProcess::start(dir.path(), &[]);
-    let (_, video) = get(&http, &server, &format!("/api/videos/{id}"), Some(&owner)).await;
+    let (_, video) = server
+        .client()
+        .get(&format!("/api/videos/{id}"), Some(&owner))
+        .await;
     assert_eq!(video["votes"], 1, "{video}");
-    let (_, rankings) = get(&http, &server, "/api/public/rankings", None).await;
+    let (_, rankings) = server.client().get("/api/public/rankings", None).await;
     assert_eq!(rankings[0]["votes"], 1, "{rankings}");
-    let again = http
-        .post(server.url(&format!("/api/public/videos/{id}/vote")))
-        .bearer_auth(&fan)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        server.client().vote(&fan, id).await.0,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 /// Guards graceful shutdown: SIGTERM stops new connections but lets an upload in flight end
@@ -126,7 +101,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let server = ServerProcess::start(dir.path(), &[]);
-    let token = player(&http, &server, "luis@example.com").await;
+    let token = server.client().token_for("luis@example.com").await;
 
     let file = std::fs::read(clip(Clip::Valid)).unwrap();
     let head = "--b\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nEn vuelo\r\n--b\r\n\

@@ -455,11 +455,9 @@ async fn names_and_titles_cannot_carry_controls_or_direction_overrides() {
     }
     let (_, token) = t.quick_player("Ana", "Ruiz", "Cali").await;
     for title in ["Mi clavada\r\nX-Evil: 1", "gol\u{202E}4pm.exe"] {
-        let video = std::fs::read(common::clip(common::Clip::Valid)).unwrap();
-        let response = common::send_upload(&t.http, &t.url(""), &token, video, title)
-            .await
-            .unwrap();
-        let (status, body) = common::read(response).await;
+        let (status, body) = t
+            .upload(&token, &common::clip(common::Clip::Valid), title)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{title:?}: {body}");
         assert!(detail_of(&body).contains("title"), "{body}");
     }

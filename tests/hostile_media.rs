@@ -648,12 +648,11 @@ async fn upload_bytes(
     let started = Instant::now();
     let response = tokio::time::timeout(
         Duration::from_secs(30),
-        common::send_upload(&t.http, &t.url(""), token, bytes, "Hostil"),
+        t.try_upload(token, bytes, "Hostil"),
     )
     .await
-    .expect("the upload is answered")
-    .unwrap();
-    let (status, body) = common::read(response).await;
+    .expect("the upload is answered");
+    let (status, body) = response.expect("the node answers");
     (status, body, started.elapsed())
 }
 
@@ -674,15 +673,16 @@ async fn the_crafted_zero_size_box_is_refused_at_once() {
 }
 
 /// Turns on the `wedged_probe` fault of the node at `base`.
-async fn wedge_probes(http: &reqwest::Client, base: &str) {
-    let switched = http
-        .post(format!("{base}/api/admin/faults"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"wedged_probe": true}))
-        .send()
+async fn wedge_probes(node: &common::Client) {
+    let switched = node
+        .try_post(
+            "/api/admin/faults",
+            Some(&json!({"wedged_probe": true})),
+            Some(ADMIN),
+        )
         .await
-        .unwrap();
-    assert_eq!(switched.status(), StatusCode::OK);
+        .expect("the node answers");
+    assert_eq!(switched.0, StatusCode::OK, "{}", switched.1);
 }
 
 #[tokio::test]
@@ -692,7 +692,7 @@ async fn a_probe_stuck_without_reading_still_gets_a_400() {
         c.admin.token = ADMIN.into();
     });
     let (_, token) = t.quick_player("Ana", "Ruiz", "Bogotá").await;
-    wedge_probes(&t.http, &t.url("")).await;
+    wedge_probes(&t).await;
     let bytes = std::fs::read(seed_clip(true)).unwrap();
     let (status, body, took) = upload_bytes(&t, &token, bytes).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -736,15 +736,13 @@ async fn sigterm_exits_in_time_even_with_a_wedged_blocking_thread() {
             ("SHOWCASE_SERVER__SHUTDOWN_GRACE_S", "2"),
         ],
     );
-    let http = reqwest::Client::new();
-    let base = server.url("");
-    let token = common::signup_and_login(&http, &base, "ana@example.com").await;
-    wedge_probes(&http, &base).await;
-    let bytes = std::fs::read(seed_clip(true)).unwrap();
-    let response = common::send_upload(&http, &base, &token, bytes, "Atascado")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let token = server.client().token_for("ana@example.com").await;
+    wedge_probes(&server.client()).await;
+    let (status, body) = server
+        .client()
+        .upload(&token, &seed_clip(true), "Atascado")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let started = Instant::now();
     let status = server.terminate_within(Duration::from_secs(2 + 5 + 3));
     println!("exited {status:?} {:?} after SIGTERM", started.elapsed());

@@ -60,12 +60,12 @@ fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn upload(http: &reqwest::Client, server: &ServerProcess, token: &str) -> StatusCode {
-    let video = std::fs::read(clip(Clip::Valid)).unwrap();
-    common::send_upload(http, &server.url(""), token, video, "Triple")
+async fn upload(server: &ServerProcess, token: &str) -> StatusCode {
+    server
+        .client()
+        .upload(token, &clip(Clip::Valid), "Triple")
         .await
-        .unwrap()
-        .status()
+        .0
 }
 
 #[tokio::test]
@@ -79,19 +79,14 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
     assert_eq!(value(&before, "showcase_uploads_accepted_total", &[]), 0.0);
     assert_eq!(value(&before, "showcase_queue_depth", &[]), 0.0);
 
-    let token = common::signup_and_login(&http, &server.url(""), "metrics@example.com").await;
-    assert_eq!(upload(&http, &server, &token).await, StatusCode::CREATED);
+    let token = server.client().token_for("metrics@example.com").await;
+    assert_eq!(upload(&server, &token).await, StatusCode::CREATED);
     assert_eq!(
-        upload(&http, &server, &token).await,
+        upload(&server, &token).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let missing = http
-        .get(server.url("/api/videos/999"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let (missing, _) = server.client().get("/api/videos/999", Some(&token)).await;
+    assert_eq!(missing, StatusCode::NOT_FOUND);
 
     let after = scrape(&http, &server).await;
     for name in [

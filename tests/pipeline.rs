@@ -388,15 +388,13 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
     ];
     let http = reqwest::Client::new();
     let server = ServerProcess::start(dir.path(), &env);
-    let token = common::signup_and_login(&http, &server.url(""), "luis@example.com").await;
-    let video = std::fs::read(common::clip(common::Clip::Valid)).unwrap();
-    let response = common::send_upload(&http, &server.url(""), &token, video, "Interrumpido")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let id = response.json::<Value>().await.unwrap()["video_id"]
-        .as_u64()
-        .unwrap();
+    let token = server.client().token_for("luis@example.com").await;
+    let (status, body) = server
+        .client()
+        .upload(&token, &common::clip(common::Clip::Valid), "Interrumpido")
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["video_id"].as_u64().unwrap();
     let detail = |server: &ServerProcess| {
         let request = http
             .get(server.url(&format!("/api/videos/{id}")))
@@ -438,7 +436,7 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
     // Exactly once: one publication, which later deliveries could not repeat.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(detail(&server).await["processed_at"], done["processed_at"]);
-    let health = server.get_json(&http, "/api/health/actors").await;
+    let (_, health) = server.client().get("/api/health/actors", None).await;
     assert_eq!(
         health["queue"],
         json!({"depth": 0, "in_flight": 0, "dead": 0}),

@@ -129,13 +129,12 @@ async fn everything_the_node_writes_is_its_owners_alone() {
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let server = ServerProcess::start(&data, &[]);
-    let http = reqwest::Client::new();
-    let token = common::signup_and_login(&http, &server.url(""), "ana@example.com").await;
-    let video = std::fs::read(common::clip(common::Clip::Valid)).unwrap();
-    let uploaded = common::send_upload(&http, &server.url(""), &token, video, "Permisos")
-        .await
-        .unwrap();
-    assert_eq!(uploaded.status(), StatusCode::CREATED);
+    let client = server.client();
+    let token = client.token_for("ana@example.com").await;
+    let (uploaded, body) = client
+        .upload(&token, &common::clip(common::Clip::Valid), "Permisos")
+        .await;
+    assert_eq!(uploaded, StatusCode::CREATED, "{body}");
     assert_eq!(mode(&data), 0o700);
     let mut checked = 0;
     for path in common::files_under(&data) {

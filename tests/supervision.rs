@@ -24,15 +24,6 @@ fn fault_app(adjust: impl FnOnce(&mut showcase::config::Config)) -> TestApp {
     })
 }
 
-async fn inject(http: &reqwest::Client, base: &str, actor: &str, fault: &str) -> StatusCode {
-    http.post(format!("{base}/api/admin/faults/actors/{actor}/{fault}"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
 async fn actor(t: &TestApp, name: &str) -> Value {
     let (_, body) = t.get("/api/health/actors", None).await;
     body["actors"]
@@ -97,7 +88,6 @@ async fn a_panic_in_each_actor_is_restarted_within_a_second_without_hurting_the_
     let id = t.uploaded_video(&token, "En curso").await;
     t.publish_with_files(id, &random_file(32 * 1024 * 1024), &poster_jpeg())
         .await;
-    let base = t.url("");
 
     for name in ["ingest", "streamer", "queue_consumer", "transcoder"] {
         let before = actor(&t, name).await["restarts"].as_u64().unwrap();
@@ -109,7 +99,7 @@ async fn a_panic_in_each_actor_is_restarted_within_a_second_without_hurting_the_
             Some(open_download(&t, &media).await)
         };
         let panicked_at = Instant::now();
-        assert_eq!(inject(&t.http, &base, name, "panic").await, StatusCode::OK);
+        assert_eq!(t.inject(ADMIN, name, "panic").await, StatusCode::OK);
         let report = wait_running_with_restarts(&t, name, before + 1, Duration::from_secs(1)).await;
         assert!(panicked_at.elapsed() < Duration::from_secs(1));
         let failure = report["last_failure"]["reason"].as_str().unwrap();
@@ -153,18 +143,8 @@ async fn a_panic_in_each_actor_is_restarted_within_a_second_without_hurting_the_
 #[tokio::test]
 async fn a_stalled_actor_is_restarted_after_its_heartbeat_timeout() {
     let t = fault_app(|_| {});
-    let base = t.url("");
     let stalled_at = Instant::now();
-    let status = t
-        .http
-        .post(format!(
-            "{base}/api/admin/faults/actors/ingest/stall?seconds=30"
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = t.inject(ADMIN, "ingest", "stall?seconds=30").await;
     assert_eq!(status, StatusCode::OK);
     let report = wait_running_with_restarts(&t, "ingest", 1, Duration::from_secs(5)).await;
     let took = stalled_at.elapsed();
@@ -240,16 +220,14 @@ async fn past_the_restart_intensity_the_node_escalates_and_exits_non_zero() {
         "{healthy:?}"
     );
 
-    let http = reqwest::Client::new();
-    let base = server.url("");
     assert_eq!(
-        inject(&http, &base, "ingest", "panic").await,
+        server.client().inject(ADMIN, "ingest", "panic").await,
         StatusCode::OK
     );
     // Wait for the first restart, then crash it again: one restart is all it may have.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let health = server.get_json(&http, "/api/health/actors").await;
+        let (_, health) = server.client().get("/api/health/actors", None).await;
         let ingest = health["actors"]
             .as_array()
             .unwrap()
@@ -264,19 +242,15 @@ async fn past_the_restart_intensity_the_node_escalates_and_exits_non_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        inject(&http, &base, "ingest", "panic").await,
+        server.client().inject(ADMIN, "ingest", "panic").await,
         StatusCode::OK
     );
 
     let deadline = Instant::now() + Duration::from_secs(2);
     let ready = loop {
-        let response = http
-            .get(server.url("/api/health/ready"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            break response.json::<Value>().await.unwrap();
+        let (status, body) = server.client().get("/api/health/ready", None).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
         }
         assert!(Instant::now() < deadline, "readiness never turned 503");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -209,14 +209,9 @@ async fn the_node_works_under_the_units_system_call_filter_and_w_xor_x() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
     assert!(status.contains("Seccomp:\t2"), "{status}");
     let http = reqwest::Client::new();
-    let base = server.url("");
-    let token = common::signup_and_login(&http, &base, "ana@example.com").await;
+    let token = server.client().token_for("ana@example.com").await;
     let clip = common::generate_mp4("unit-1920x1080-4s.mp4", 1920, 1080, 4);
-    let response =
-        common::send_upload(&http, &base, &token, std::fs::read(clip).unwrap(), "Unidad")
-            .await
-            .unwrap();
-    let (status, body) = common::read(response).await;
+    let (status, body) = server.client().upload(&token, &clip, "Unidad").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["video_id"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -223,7 +223,7 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    let token = common::signup_and_login(&http, &server.url(""), "luis@example.com").await;
+    let token = server.client().token_for("luis@example.com").await;
 
     let big = padded_mp4(100 * MIB);
     let upload = |path: std::path::PathBuf| {

@@ -1,27 +1,64 @@
 //! Shared helpers of the integration tests: a real node on 127.0.0.1:0 with a fresh data dir,
-//! players, uploads, and test media generated with FFmpeg's lavfi sources (never committed).
+//! one HTTP client for any node ([`client::Client`]), players, uploads, and test media
+//! generated with FFmpeg's lavfi sources (never committed).
+//!
+//! `TEST_LOG=1` shows the nodes' logs (in-process nodes log to the test's output, separate
+//! processes print theirs when they are dropped); without it the logs are discarded.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod process;
 pub mod raw;
+
+pub use client::Client;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use showcase::app::RunningApp;
 use showcase::config::Config;
 use showcase::domain::{NewUser, Publication};
 
 pub const PASSWORD: &str = "canasta-2026";
 
-/// A node with a fresh temp data dir, removed when dropped.
+/// A node with a fresh temp data dir, removed when dropped. It derefs to the [`Client`] of
+/// the node.
 pub struct TestApp {
     pub app: RunningApp,
-    pub http: reqwest::Client,
+    pub client: Client,
     // Dropped after `app` (fields drop in order), so the node stops before its dir goes.
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Whether `TEST_LOG` asks for the nodes' logs.
+pub fn test_log() -> bool {
+    std::env::var_os("TEST_LOG").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Sends the in-process nodes' logs to the test output when `TEST_LOG` is set (once per test
+/// binary; `RUST_LOG` picks the level, `info` by default).
+fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if test_log() {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 pub fn test_config(dir: &Path) -> Config {
@@ -49,76 +86,16 @@ impl TestApp {
     }
 
     pub fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        init_test_log();
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         adjust(&mut config);
         let app = showcase::app::spawn(config).expect("the node starts");
         Self {
+            client: Client::new(app.url("")),
             app,
-            http: reqwest::Client::new(),
             dir,
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        self.app.url(path)
-    }
-
-    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut request = self.http.get(self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        read(request.send().await.unwrap()).await
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        read(
-            self.http
-                .post(self.url(path))
-                .json(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    pub async fn signup(
-        &self,
-        first: &str,
-        last: &str,
-        email: &str,
-        city: &str,
-    ) -> (StatusCode, Value) {
-        self.post_json(
-            "/api/auth/signup",
-            &json!({
-                "first_name": first, "last_name": last, "email": email,
-                "password1": PASSWORD, "password2": PASSWORD, "city": city, "country": "Colombia"
-            }),
-        )
-        .await
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
-        self.post_json(
-            "/api/auth/login",
-            &json!({"email": email, "password": password}),
-        )
-        .await
-    }
-
-    /// Signs up and logs in through HTTP; returns (user id, token).
-    pub async fn player(&self, first: &str, last: &str, email: &str, city: &str) -> (u64, String) {
-        let (status, body) = self.signup(first, last, email, city).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        let (status, login) = self.login(email, PASSWORD).await;
-        assert_eq!(status, StatusCode::OK, "{login}");
-        (
-            body["id"].as_u64().unwrap(),
-            login["access_token"].as_str().unwrap().to_string(),
-        )
     }
 
     /// A user written straight into the store (password [`PASSWORD`]) with a token from the
@@ -148,41 +125,6 @@ impl TestApp {
             .await
             .unwrap();
         (user.id, self.app.node.auth().issue(user.id).token)
-    }
-
-    /// Posts `form` to the upload route as `token`'s player.
-    pub async fn upload_form(
-        &self,
-        token: &str,
-        form: reqwest::multipart::Form,
-    ) -> (StatusCode, Value) {
-        let request = self.http.post(self.url("/api/videos/upload"));
-        read(
-            request
-                .bearer_auth(token)
-                .multipart(form)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    pub async fn upload(&self, token: &str, file: &Path, title: &str) -> (StatusCode, Value) {
-        let video = std::fs::read(file).unwrap();
-        read(
-            send_upload(&self.http, &self.url(""), token, video, title)
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    /// Uploads a valid clip; returns the video id.
-    pub async fn uploaded_video(&self, token: &str, title: &str) -> u64 {
-        let (status, body) = self.upload(token, &clip(Clip::Valid), title).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["video_id"].as_u64().unwrap()
     }
 
     /// Publishes a video the way the processing pipeline does when a job succeeds.
@@ -261,54 +203,6 @@ pub fn random_file(len: u64) -> PathBuf {
         write_atomically(&path, &bytes);
     }
     path
-}
-
-/// Signs a player up and logs in over plain HTTP against any node (`base` = `http://host:port`);
-/// returns the access token.
-pub async fn signup_and_login(http: &reqwest::Client, base: &str, email: &str) -> String {
-    let signup = json!({
-        "first_name": "Luis", "last_name": "Díaz", "email": email,
-        "password1": PASSWORD, "password2": PASSWORD, "city": "Cali", "country": "Colombia"
-    });
-    let response = http
-        .post(format!("{base}/api/auth/signup"))
-        .json(&signup)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let (status, login) = read(
-        http.post(format!("{base}/api/auth/login"))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{login}");
-    login["access_token"].as_str().unwrap().to_string()
-}
-
-/// Posts `video` as the upload form of the contract to the node at `base`.
-pub async fn send_upload(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    video: Vec<u8>,
-    title: &str,
-) -> reqwest::Result<reqwest::Response> {
-    let part = reqwest::multipart::Part::bytes(video)
-        .file_name("clip.mp4")
-        .mime_str("video/mp4")
-        .expect("valid mime type");
-    let form = reqwest::multipart::Form::new()
-        .text("title", title.to_string())
-        .part("video_file", part);
-    http.post(format!("{base}/api/videos/upload"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
 }
 
 pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {

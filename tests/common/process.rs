@@ -89,10 +89,9 @@ impl ServerProcess {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// GETs `path` and parses its JSON body (a transport error or another body fails the test).
-    pub async fn get_json(&self, http: &reqwest::Client, path: &str) -> serde_json::Value {
-        let response = http.get(self.url(path)).send().await.unwrap();
-        response.json().await.unwrap()
+    /// A client of this node.
+    pub fn client(&self) -> super::Client {
+        super::Client::new(self.url(""))
     }
 
     pub fn pid(&self) -> i32 {
@@ -167,6 +166,10 @@ impl Drop for ServerProcess {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if super::test_log() {
+            // Printed from the test's thread: shown with the test's output when it fails.
+            eprintln!("--- log of the node at {} ---\n{}", self.addr, self.log());
         }
     }
 }
