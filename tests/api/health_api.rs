@@ -1,6 +1,6 @@
 //! Health routes, the web page, and the refusals that readiness reflects.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

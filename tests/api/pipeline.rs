@@ -2,7 +2,7 @@
 //! crashes, hangs, corrupt inputs and a killed server all end where they should, with no
 //! transcode process left behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

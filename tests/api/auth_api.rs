@@ -1,6 +1,6 @@
 //! Signup, login and the access token, through HTTP against a real node.
 
-mod common;
+use crate::common;
 
 use common::{detail_of, TestApp, PASSWORD};
 use reqwest::StatusCode;

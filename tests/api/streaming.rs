@@ -1,7 +1,7 @@
 //! The media routes over real HTTP: ranges, conditional requests, signed originals, the
 //! concurrent-stream cap, and real clients (curl, ffprobe).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! restart intensity (readiness 503, then a non-zero exit), and systemd sees it all through
 //! the notify socket.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};

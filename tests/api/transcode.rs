@@ -1,7 +1,7 @@
 //! The transcode pipeline, run as the real `showcase transcode` child on generated inputs and
 //! checked with ffprobe and by looking at pixels.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

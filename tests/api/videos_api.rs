@@ -1,6 +1,6 @@
 //! The signed-in player's videos: upload, list, detail, delete, through HTTP.
 
-mod common;
+use crate::common;
 
 use common::{clip, detail_of, Clip, TestApp};
 use reqwest::StatusCode;

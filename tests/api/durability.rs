@@ -1,7 +1,7 @@
 //! What was acknowledged survives SIGKILL: the real binary is killed right after a 201 and
 //! right after a vote's 200, then restarted on the same data dir.
 
-mod common;
+use crate::common;
 
 use common::process::ServerProcess;
 use common::{clip, Clip};

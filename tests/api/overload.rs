@@ -2,7 +2,7 @@
 //! back; slow clients cannot hold the node; per-client budgets answer 429 and forget idle
 //! clients; readiness reports shedding.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Upload limits on the wire: oversized bodies are refused without being read, aborted uploads
 //! leave nothing behind, and a 100 MiB upload streams through in bounded memory.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! middle of an upload, tokens that outlive their player, a full connection cap, requests that
 //! hyper refuses on its own, odd spellings of signed URLs, methods the media routes do not have.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

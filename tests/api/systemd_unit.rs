@@ -11,7 +11,7 @@
 //! systemd uses where the kernel has it). The other directives (UMask, the Protect* family,
 //! DynamicUser, credentials) need a real systemd and are documented in the README.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;

@@ -1,7 +1,7 @@
 //! `/metrics` is valid Prometheus text and its figures follow what the node does. The real
 //! binary is used so that the process-wide registry starts from zero.
 
-mod common;
+use crate::common;
 
 use common::process::ServerProcess;
 use common::{clip, Clip};

@@ -1,6 +1,6 @@
 //! Public routes: published videos, votes and rankings, through HTTP.
 
-mod common;
+use crate::common;
 
 use common::{detail_of, TestApp};
 use reqwest::StatusCode;

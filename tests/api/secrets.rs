@@ -1,7 +1,7 @@
 //! Secrets and file permissions of a running node: where the admin token and the JWT secret
 //! may come from, what the node refuses to start with, and that what it writes is its own.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

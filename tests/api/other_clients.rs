@@ -2,7 +2,7 @@
 //! password form on login, the file in a field named `file`, and `id` on public items. Each is
 //! a compatible addition (the contract's last section); the contract's own forms keep working.
 
-mod common;
+use crate::common;
 
 use common::{clip, detail_of, Clip, TestApp, PASSWORD};
 use reqwest::StatusCode;
