@@ -242,11 +242,32 @@ enum ChildMessage {
     },
 }
 
+/// Starts a transcode child for `spec`; returns its pid and the channel of what it reports.
+/// The child is owned by a thread of its own, which reads its progress lines and its exit.
 async fn start_child(
     settings: &TranscoderSettings,
     spec: &TranscodeSpec,
     fault: Option<crate::engine::transcode::ChildFault>,
 ) -> std::io::Result<(i32, mpsc::UnboundedReceiver<ChildMessage>)> {
+    let mut command = child_command(settings, spec, fault);
+    confine_before_exec(&mut command, settings);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (spawned_tx, spawned) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("transcode-child".into())
+        .spawn(move || own_child(command, spawned_tx, events_tx))?;
+    let pid = spawned
+        .await
+        .map_err(|_| std::io::Error::other("the child thread ended before spawning"))??;
+    Ok((pid, events))
+}
+
+/// `showcase transcode ...` for `spec`, with nothing of the server's environment.
+fn child_command(
+    settings: &TranscoderSettings,
+    spec: &TranscodeSpec,
+    fault: Option<crate::engine::transcode::ChildFault>,
+) -> Command {
     let mut command = Command::new(&settings.program);
     command
         .arg("transcode")
@@ -276,7 +297,14 @@ async fn start_child(
             command.arg("--escape-target").arg(&settings.escape_target);
         }
     }
+    command
+}
+
+/// What the child does between fork and exec: its own process group, death with the parent,
+/// resource limits, no new privileges, the bulk CPU priority.
+fn confine_before_exec(command: &mut Command, settings: &TranscoderSettings) {
     let parent = std::process::id() as libc::pid_t;
+    let cpu_s = settings.cpu_limit.as_secs().max(1);
     let limits = [
         (
             libc::RLIMIT_AS,
@@ -284,11 +312,7 @@ async fn start_child(
             settings.memory_limit_bytes,
         ),
         // SIGXCPU at the soft limit, SIGKILL at the hard one.
-        (
-            libc::RLIMIT_CPU,
-            settings.cpu_limit.as_secs().max(1),
-            settings.cpu_limit.as_secs().max(1) + 5,
-        ),
+        (libc::RLIMIT_CPU, cpu_s, cpu_s + 5),
         (libc::RLIMIT_FSIZE, OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES),
         (libc::RLIMIT_NOFILE, CHILD_OPEN_FILES, CHILD_OPEN_FILES),
     ];
@@ -324,58 +348,57 @@ async fn start_child(
             Ok(())
         });
     }
+}
 
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let (spawned_tx, spawned) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("transcode-child".into())
-        .spawn(move || {
-            let mut child = match command.spawn() {
-                Ok(child) => child,
-                Err(e) => {
-                    let _ = spawned_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = spawned_tx.send(Ok(child.id() as i32));
-            let stderr = child.stderr.take();
-            let stderr_reader = std::thread::spawn(move || {
-                let mut tail = Vec::new();
-                if let Some(mut stderr) = stderr {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = stderr.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        tail.extend_from_slice(&buf[..n]);
-                        if tail.len() > STDERR_TAIL_BYTES {
-                            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
-                        }
-                    }
-                }
-                String::from_utf8_lossy(&tail).trim().to_string()
-            });
-            if let Some(stdout) = child.stdout.take() {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Ok(event) = serde_json::from_str::<ChildEvent>(&line) {
-                        let _ = events_tx.send(ChildMessage::Event(event));
-                    }
-                }
+/// The body of a child's thread: spawns it, reports its pid, forwards its progress lines,
+/// and reports how it exited with the tail of its stderr.
+fn own_child(
+    mut command: Command,
+    spawned_tx: tokio::sync::oneshot::Sender<std::io::Result<i32>>,
+    events_tx: mpsc::UnboundedSender<ChildMessage>,
+) {
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = spawned_tx.send(Err(e));
+            return;
+        }
+    };
+    let _ = spawned_tx.send(Ok(child.id() as i32));
+    let stderr = child.stderr.take();
+    let stderr_reader = std::thread::spawn(move || stderr.map(tail_of).unwrap_or_default());
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<ChildEvent>(&line) {
+                let _ = events_tx.send(ChildMessage::Event(event));
             }
-            // Stdout closed: the child is exiting (or was killed). This thread outlives it.
-            let status = child.wait();
-            let stderr_tail = stderr_reader.join().unwrap_or_default();
-            if let Ok(status) = status {
-                let _ = events_tx.send(ChildMessage::Exited {
-                    status,
-                    stderr_tail,
-                });
-            }
-        })?;
-    let pid = spawned
-        .await
-        .map_err(|_| std::io::Error::other("the child thread ended before spawning"))??;
-    Ok((pid, events))
+        }
+    }
+    // Stdout closed: the child is exiting (or was killed). This thread outlives it.
+    let status = child.wait();
+    let stderr_tail = stderr_reader.join().unwrap_or_default();
+    if let Ok(status) = status {
+        let _ = events_tx.send(ChildMessage::Exited {
+            status,
+            stderr_tail,
+        });
+    }
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of what `stream` says, as text.
+fn tail_of(mut stream: impl Read) -> String {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > STDERR_TAIL_BYTES {
+            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+        }
+    }
+    String::from_utf8_lossy(&tail).trim().to_string()
 }
 
 /// Logs how far a child could confine itself: a warning the first time it falls short (the

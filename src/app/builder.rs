@@ -200,85 +200,109 @@ async fn open_engine(
     Ok((sled, engine))
 }
 
+/// How a child is reached and how it is started.
+struct Child<A: actix::Actor> {
+    actor: ActorRef<A>,
+    spec: ChildSpec,
+}
+
+/// Registers an actor's health and mailbox under `name` and makes its handle.
+fn actor_ref<A: actix::Actor>(config: &Config, shared: &Shared, name: &'static str) -> ActorRef<A> {
+    let mailbox = config.actors.mailbox_capacity;
+    ActorRef::new(
+        shared.registry.register(name, mailbox),
+        Duration::from_millis(config.actors.call_timeout_ms),
+    )
+}
+
+fn ingest(config: &Config, shared: &Shared) -> Child<Ingest> {
+    let actor = actor_ref::<Ingest>(config, shared, "ingest");
+    let (engine, health) = (shared.engine.clone(), actor.health.clone());
+    let spec = ChildSpec::for_actor(&actor, config.actors.mailbox_capacity, move || {
+        Ingest::new(engine.clone(), health.clone())
+    });
+    Child { actor, spec }
+}
+
+fn streamer(config: &Config, shared: &Shared) -> Child<Streamer> {
+    let actor = actor_ref::<Streamer>(config, shared, "streamer");
+    let (engine, permits, health) = (
+        shared.engine.clone(),
+        shared.streams.clone(),
+        actor.health.clone(),
+    );
+    let capacity = config.stream.cache_entries;
+    let spec = ChildSpec::for_actor(&actor, config.actors.mailbox_capacity, move || {
+        Streamer::new(engine.clone(), permits.clone(), capacity, health.clone())
+    });
+    Child { actor, spec }
+}
+
+fn transcoder(config: &Config, shared: &Shared) -> Result<Child<Transcoder>, StartupError> {
+    let actor = actor_ref::<Transcoder>(config, shared, "transcoder");
+    let settings = transcoder_settings(config)?;
+    let (faults, children, health) = (
+        shared.faults.clone(),
+        shared.transcoder_children.clone(),
+        actor.health.clone(),
+    );
+    let spec = ChildSpec::for_actor(&actor, config.actors.mailbox_capacity, move || {
+        Transcoder::new(
+            settings.clone(),
+            faults.clone(),
+            health.clone(),
+            children.clone(),
+        )
+    });
+    Ok(Child { actor, spec })
+}
+
+fn consumer(
+    config: &Config,
+    shared: &Shared,
+    transcoder: &ActorRef<Transcoder>,
+) -> Child<QueueConsumer> {
+    let actor = actor_ref::<QueueConsumer>(config, shared, "queue_consumer");
+    let t = &config.transcode;
+    let settings = ConsumerSettings {
+        visibility: Duration::from_secs(config.queue.visibility_timeout_s),
+        max_receives: config.queue.max_receives,
+        poll_interval: Duration::from_millis(t.poll_interval_ms),
+        retry_base: Duration::from_secs(t.retry_base_s),
+        retry_max: Duration::from_secs(t.retry_max_s),
+        transcode_timeout: Duration::from_secs(t.timeout_s),
+        work_root: config
+            .storage
+            .data_dir
+            .join(crate::upload::TEMP_DIR)
+            .join(JOBS_DIR),
+        load: shared.load.clone(),
+    };
+    // Credits: one per transcoder slot, shared by every incarnation of the consumer.
+    let credits = Arc::new(tokio::sync::Semaphore::new(t.workers));
+    let (engine, transcoder, health) = (
+        shared.engine.clone(),
+        transcoder.clone(),
+        actor.health.clone(),
+    );
+    let spec = ChildSpec::for_actor(&actor, config.actors.mailbox_capacity, move || {
+        QueueConsumer::new(
+            engine.clone(),
+            transcoder.clone(),
+            credits.clone(),
+            settings.clone(),
+            health.clone(),
+        )
+    });
+    Child { actor, spec }
+}
+
 /// Starts the Supervisor with this node's actors as its children.
 fn start_actors(config: &Config, shared: &Shared) -> Result<Started, StartupError> {
-    let call_timeout = Duration::from_millis(config.actors.call_timeout_ms);
-    let mailbox = config.actors.mailbox_capacity;
-    let registry = &shared.registry;
-    let engine = &shared.engine;
-
-    let ingest = ActorRef::<Ingest>::new(registry.register("ingest", mailbox), call_timeout);
-    let ingest_spec = {
-        let (engine, health) = (engine.clone(), ingest.health.clone());
-        ChildSpec::for_actor(&ingest, mailbox, move || {
-            Ingest::new(engine.clone(), health.clone())
-        })
-    };
-
-    let streamer = ActorRef::<Streamer>::new(registry.register("streamer", mailbox), call_timeout);
-    let streamer_spec = {
-        let (engine, permits, health) = (
-            engine.clone(),
-            shared.streams.clone(),
-            streamer.health.clone(),
-        );
-        let capacity = config.stream.cache_entries;
-        ChildSpec::for_actor(&streamer, mailbox, move || {
-            Streamer::new(engine.clone(), permits.clone(), capacity, health.clone())
-        })
-    };
-
-    let transcoder =
-        ActorRef::<Transcoder>::new(registry.register("transcoder", mailbox), call_timeout);
-    let transcoder_spec = {
-        let settings = transcoder_settings(config)?;
-        let (faults, children, health) = (
-            shared.faults.clone(),
-            shared.transcoder_children.clone(),
-            transcoder.health.clone(),
-        );
-        ChildSpec::for_actor(&transcoder, mailbox, move || {
-            Transcoder::new(
-                settings.clone(),
-                faults.clone(),
-                health.clone(),
-                children.clone(),
-            )
-        })
-    };
-
-    let consumer =
-        ActorRef::<QueueConsumer>::new(registry.register("queue_consumer", mailbox), call_timeout);
-    let consumer_spec = {
-        let settings = ConsumerSettings {
-            visibility: Duration::from_secs(config.queue.visibility_timeout_s),
-            max_receives: config.queue.max_receives,
-            poll_interval: Duration::from_millis(config.transcode.poll_interval_ms),
-            retry_base: Duration::from_secs(config.transcode.retry_base_s),
-            retry_max: Duration::from_secs(config.transcode.retry_max_s),
-            transcode_timeout: Duration::from_secs(config.transcode.timeout_s),
-            work_root: config
-                .storage
-                .data_dir
-                .join(crate::upload::TEMP_DIR)
-                .join(JOBS_DIR),
-            load: shared.load.clone(),
-        };
-        // Credits: one per transcoder slot, shared by every incarnation of the consumer.
-        let credits = Arc::new(tokio::sync::Semaphore::new(config.transcode.workers));
-        let (engine, transcoder, health) =
-            (engine.clone(), transcoder.clone(), consumer.health.clone());
-        ChildSpec::for_actor(&consumer, mailbox, move || {
-            QueueConsumer::new(
-                engine.clone(),
-                transcoder.clone(),
-                credits.clone(),
-                settings.clone(),
-                health.clone(),
-            )
-        })
-    };
-
+    let ingest = ingest(config, shared);
+    let streamer = streamer(config, shared);
+    let transcoder = transcoder(config, shared)?;
+    let consumer = consumer(config, shared, &transcoder.actor);
     let (escalation_tx, escalation) = watch::channel(None);
     let a = &config.actors;
     let supervisor_settings = SupervisorSettings {
@@ -293,23 +317,23 @@ fn start_actors(config: &Config, shared: &Shared) -> Result<Started, StartupErro
     // Order matters: the consumer, last, holds a handle to the transcoder, whose restart
     // takes the consumer along (rest-for-one).
     let supervisor = Supervisor::new(
-        registry.clone(),
+        shared.registry.clone(),
         supervisor_settings,
         vec![
-            ingest_spec,
-            streamer_spec,
-            transcoder_spec.restarting_later_children(),
-            consumer_spec,
+            ingest.spec,
+            streamer.spec,
+            transcoder.spec.restarting_later_children(),
+            consumer.spec,
         ],
         escalation_tx,
     )
     .start();
     Ok(Started {
         actors: NodeActors {
-            ingest: Some(ingest),
-            streamer: Some(streamer),
-            transcoder: Some(transcoder),
-            consumer: Some(consumer),
+            ingest: Some(ingest.actor),
+            streamer: Some(streamer.actor),
+            transcoder: Some(transcoder.actor),
+            consumer: Some(consumer.actor),
         },
         supervisor,
         escalation,

@@ -20,6 +20,64 @@ use crate::http::Served;
 use crate::node::Node;
 use crate::rate_limit::RateLimits;
 
+/// The node's listeners, being served until the stop signal.
+struct Serving {
+    server: tokio::task::JoinHandle<usize>,
+    ops_server: Option<tokio::task::JoinHandle<usize>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Serving {
+    /// Starts serving the main listener (every route) and the operations listener, if any.
+    fn start(
+        node: &Arc<Node>,
+        listener: tokio::net::TcpListener,
+        ops_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
+    ) -> Self {
+        let server_config = &node.config().server;
+        let header_read_timeout = Duration::from_secs(server_config.header_read_timeout_s);
+        let grace = Duration::from_secs(server_config.shutdown_grace_s);
+        let (stop, stop_rx) = watch::channel(false);
+        let ops_server = ops_listener.map(|(ops_listener, ops_addr)| {
+            tracing::info!("operations routes also listening on {ops_addr}");
+            let limits = ServerLimits {
+                max_connections: server_config.ops_reserved_connections,
+                header_read_timeout,
+                reserved_for_operations: 0,
+                impatient: true,
+            };
+            let handler = crate::http::handler(node.clone(), Served::OperationsOnly);
+            tokio::spawn(serve(ops_listener, handler, limits, stop_rx.clone(), grace))
+        });
+        let limits = ServerLimits {
+            max_connections: server_config.max_connections,
+            header_read_timeout,
+            reserved_for_operations: server_config.ops_reserved_connections,
+            impatient: false,
+        };
+        let handler = crate::http::handler(node.clone(), Served::Everything);
+        let server = tokio::spawn(serve(listener, handler, limits, stop_rx, grace));
+        Self {
+            server,
+            ops_server,
+            stop,
+        }
+    }
+
+    /// Stops accepting and waits for the connections in flight, up to the grace deadline.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(0) => {}
+            Ok(open) => tracing::warn!(open, "connections cut at the grace deadline"),
+            Err(e) => tracing::error!(error = %e, "the server task failed"),
+        }
+        if let Some(ops_server) = self.ops_server {
+            let _ = ops_server.await;
+        }
+    }
+}
+
 impl Application {
     /// Serves until `shutdown` resolves, then stops in order. Returns once the store is flushed.
     pub async fn run_until_stopped(
@@ -36,35 +94,8 @@ impl Application {
             transcoder_children,
             mut escalation,
         } = self;
-        let server_config = &node.config().server;
-        let header_read_timeout = Duration::from_secs(server_config.header_read_timeout_s);
-        let limits = ServerLimits {
-            max_connections: server_config.max_connections,
-            header_read_timeout,
-            reserved_for_operations: server_config.ops_reserved_connections,
-            impatient: false,
-        };
-        let grace = Duration::from_secs(server_config.shutdown_grace_s);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let handler = crate::http::handler(node.clone(), Served::Everything);
         tracing::info!("listening on {addr}");
-        let ops_server = ops_listener.map(|(ops_listener, ops_addr)| {
-            tracing::info!("operations routes also listening on {ops_addr}");
-            let limits = ServerLimits {
-                max_connections: server_config.ops_reserved_connections,
-                header_read_timeout,
-                reserved_for_operations: 0,
-                impatient: true,
-            };
-            tokio::spawn(serve(
-                ops_listener,
-                crate::http::handler(node.clone(), Served::OperationsOnly),
-                limits,
-                stop_rx.clone(),
-                grace,
-            ))
-        });
-        let server = tokio::spawn(serve(listener, handler, limits, stop_rx, grace));
+        let serving = Serving::start(&node, listener, ops_listener);
         crate::notify::ready(&node).await;
         let watchdog = tokio::spawn(crate::notify::keep_alive(node.clone()));
         let eviction = tokio::spawn(evict_idle_clients(
@@ -78,21 +109,14 @@ impl Application {
         };
         if let Some(reason) = &escalated {
             // Readiness already says 503: give load balancers the grace period to drain us.
+            let grace = Duration::from_secs(node.config().server.shutdown_grace_s);
             tracing::error!(%reason, grace_s = grace.as_secs(), "escalated: draining, then exiting");
             tokio::time::sleep(grace).await;
         }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         crate::notify::stopping();
         node.begin_shutdown();
-        let _ = stop_tx.send(true);
-        match server.await {
-            Ok(0) => {}
-            Ok(open) => tracing::warn!(open, "connections cut at the grace deadline"),
-            Err(e) => tracing::error!(error = %e, "the server task failed"),
-        }
-        if let Some(ops_server) = ops_server {
-            let _ = ops_server.await;
-        }
+        serving.stop().await;
         watchdog.abort();
         eviction.abort();
         // Short: the process must be gone `shutdown_grace_s` + 5 s after SIGTERM, flush included.

@@ -358,89 +358,105 @@ impl Sink<'_> {
     }
 }
 
-/// Runs the whole pipeline. `on_progress` is called for every output frame.
-pub fn transcode(
-    spec: &TranscodeSpec,
-    on_progress: &mut dyn FnMut(Progress),
-) -> Result<TranscodeReport, TranscodeError> {
-    ffmpeg::init().map_err(failed("initialising libav"))?;
-    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+/// The decoder side: the input's video stream and what the pipeline needs to know of it.
+struct Input {
+    ictx: format::context::Input,
+    decoder: decoder::Video,
+    video_index: usize,
+    time_base: Rational,
+    /// Used when a frame does not say how long it lasts.
+    default_frame_duration: i64,
+    /// The container's duration, when it has one.
+    duration_s: Option<f64>,
+}
 
-    let mut ictx = format::input(&spec.input).map_err(|e| TranscodeError::Input(e.to_string()))?;
-    let stream = ictx
-        .streams()
-        .best(media::Type::Video)
-        .ok_or_else(|| TranscodeError::Input("no video stream".into()))?;
-    let video_index = stream.index();
-    let input_time_base = stream.time_base();
-    // Used when a frame does not say how long it lasts.
-    let rate = stream.avg_frame_rate();
-    let default_frame_duration = if rate.numerator() > 0 && input_time_base.numerator() > 0 {
-        (f64::from(rate.invert()) / f64::from(input_time_base))
-            .round()
-            .max(1.0) as i64
-    } else {
-        1
-    };
-    let stream_size = {
-        let parameters = stream.parameters();
-        // SAFETY: reading two plain fields of the stream's codec parameters.
-        unsafe { ((*parameters.as_ptr()).width, (*parameters.as_ptr()).height) }
-    };
-    let mut context = codec::context::Context::from_parameters(stream.parameters())
-        .map_err(|e| TranscodeError::Input(e.to_string()))?;
-    context.set_threading(codec::threading::Config {
-        kind: codec::threading::Type::Frame,
-        count: spec.encoding.threads,
-        ..Default::default()
-    });
-    let mut opening = context.decoder();
-    let (width, height) = (stream_size.0.max(1) as f64, stream_size.1.max(1) as f64);
-    if (OUTPUT_WIDTH as f64 / width).min(OUTPUT_HEIGHT as f64 / height) < DEBLOCK_SKIP_BELOW_SCALE {
-        // Shrunk this much, the in-loop deblocking of the input is invisible in the output:
-        // skipping it saves about a sixth of the decoding time.
-        opening.skip_loop_filter(codec::discard::Discard::All);
+impl Input {
+    fn open(spec: &TranscodeSpec) -> Result<Self, TranscodeError> {
+        let ictx = format::input(&spec.input).map_err(|e| TranscodeError::Input(e.to_string()))?;
+        let stream = ictx
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| TranscodeError::Input("no video stream".into()))?;
+        let video_index = stream.index();
+        let time_base = stream.time_base();
+        let rate = stream.avg_frame_rate();
+        let default_frame_duration = if rate.numerator() > 0 && time_base.numerator() > 0 {
+            (f64::from(rate.invert()) / f64::from(time_base))
+                .round()
+                .max(1.0) as i64
+        } else {
+            1
+        };
+        let (width, height) = {
+            let parameters = stream.parameters();
+            // SAFETY: reading two plain fields of the stream's codec parameters.
+            unsafe { ((*parameters.as_ptr()).width, (*parameters.as_ptr()).height) }
+        };
+        let mut context = codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| TranscodeError::Input(e.to_string()))?;
+        context.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Frame,
+            count: spec.encoding.threads,
+            ..Default::default()
+        });
+        let mut opening = context.decoder();
+        let (width, height) = (width.max(1) as f64, height.max(1) as f64);
+        if (OUTPUT_WIDTH as f64 / width).min(OUTPUT_HEIGHT as f64 / height)
+            < DEBLOCK_SKIP_BELOW_SCALE
+        {
+            // Shrunk this much, the in-loop deblocking of the input is invisible in the
+            // output: skipping it saves about a sixth of the decoding time.
+            opening.skip_loop_filter(codec::discard::Discard::All);
+        }
+        let decoder: decoder::Video = opening
+            .video()
+            .map_err(|e| TranscodeError::Input(e.to_string()))?;
+        if decoder.width() == 0 || decoder.height() == 0 || decoder.format() == Pixel::None {
+            return Err(TranscodeError::Input(
+                "the video stream has no picture size".into(),
+            ));
+        }
+        let duration_s = (ictx.duration() > 0)
+            .then(|| ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE));
+        Ok(Self {
+            ictx,
+            decoder,
+            video_index,
+            time_base,
+            default_frame_duration,
+            duration_s,
+        })
     }
-    let mut decoder: decoder::Video = opening
-        .video()
-        .map_err(|e| TranscodeError::Input(e.to_string()))?;
-    if decoder.width() == 0 || decoder.height() == 0 || decoder.format() == Pixel::None {
-        return Err(TranscodeError::Input(
-            "the video stream has no picture size".into(),
-        ));
-    }
-    let input_duration_s = if ictx.duration() > 0 {
-        ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE)
-    } else {
-        spec.encoding.main_max_s
-    };
-    let main_s = input_duration_s.min(spec.encoding.main_max_s);
-    let bumper_frames = (spec.encoding.bumper_s * OUTPUT_FPS as f64).round() as u64;
-    let main_frames = (main_s * OUTPUT_FPS as f64).round() as u64;
 
-    let work_dir = spec
-        .output
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let logo = decode_logo(work_dir)?;
+    /// The `buffer` source arguments that describe the decoded pictures.
+    fn buffer_args(&self) -> String {
+        let aspect = self.decoder.aspect_ratio();
+        let aspect = if aspect.numerator() > 0 && aspect.denominator() > 0 {
+            aspect
+        } else {
+            Rational(1, 1)
+        };
+        format!(
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
+            self.decoder.width(),
+            self.decoder.height(),
+            ffmpeg::ffi::AVPixelFormat::from(self.decoder.format()) as i32,
+            self.time_base.numerator(),
+            self.time_base.denominator().max(1),
+            aspect.numerator(),
+            aspect.denominator(),
+        )
+    }
+}
+
+/// The filter graph of [`filter_spec`] between the input's pictures (`in`), the logo (`logo`,
+/// fed here, once) and the encoder (`out`).
+fn build_graph(
+    input: &Input,
+    mut logo: frame::Video,
+    encoding: &Encoding,
+) -> Result<filter::Graph, TranscodeError> {
     let mut graph = filter::Graph::new();
-    let aspect = decoder.aspect_ratio();
-    let aspect = if aspect.numerator() > 0 && aspect.denominator() > 0 {
-        aspect
-    } else {
-        Rational(1, 1)
-    };
-    let input_args = format!(
-        "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
-        decoder.width(),
-        decoder.height(),
-        ffmpeg::ffi::AVPixelFormat::from(decoder.format()) as i32,
-        input_time_base.numerator(),
-        input_time_base.denominator().max(1),
-        aspect.numerator(),
-        aspect.denominator(),
-    );
     let logo_args = format!(
         "video_size={}x{}:pix_fmt={}:time_base=1/{OUTPUT_FPS}:pixel_aspect=1/1",
         logo.width(),
@@ -452,7 +468,7 @@ pub fn transcode(
     let buffersink = filter::find("buffersink")
         .ok_or_else(|| TranscodeError::Failed("no buffersink filter".into()))?;
     graph
-        .add(&buffer, "in", &input_args)
+        .add(&buffer, "in", &input.buffer_args())
         .map_err(failed("graph input"))?;
     graph
         .add(&buffer, "logo", &logo_args)
@@ -464,116 +480,157 @@ pub fn transcode(
         .output("in", 0)
         .and_then(|p| p.output("logo", 0))
         .and_then(|p| p.input("out", 0))
-        .and_then(|p| {
-            p.parse(&filter_spec(
-                spec.encoding.main_max_s,
-                spec.encoding.bumper_s,
-            ))
-        })
+        .and_then(|p| p.parse(&filter_spec(encoding.main_max_s, encoding.bumper_s)))
         .map_err(failed("building the filter graph"))?;
     graph
         .validate()
         .map_err(failed("validating the filter graph"))?;
-
-    let mut logo = logo;
     logo.set_pts(Some(0));
-    {
-        let mut source = graph
-            .get("logo")
-            .ok_or_else(|| TranscodeError::Failed("no logo input".into()))?;
-        source
-            .source()
-            .add(&logo)
-            .map_err(failed("feeding the logo"))?;
-        source
-            .source()
-            .flush()
-            .map_err(failed("feeding the logo"))?;
-    }
+    let mut source = graph
+        .get("logo")
+        .ok_or_else(|| TranscodeError::Failed("no logo input".into()))?;
+    source
+        .source()
+        .add(&logo)
+        .map_err(failed("feeding the logo"))?;
+    source
+        .source()
+        .flush()
+        .map_err(failed("feeding the logo"))?;
+    Ok(graph)
+}
 
+/// Moves decoded pictures into the graph, remembering how many there were and where the last
+/// one ends.
+struct Feed {
+    picture: frame::Video,
+    decoded: u64,
+    /// Where the last frame ends: the end of the stream for the filters, so that the last
+    /// frame keeps its whole duration at 30 fps.
+    end_pts: Option<i64>,
+    /// Decoding stops once a picture starts after this many seconds.
+    stop_after_s: f64,
+}
+
+impl Feed {
+    /// Pushes every picture the decoder has ready; true once the main part is complete.
+    fn push(
+        &mut self,
+        input: &mut Input,
+        graph: &mut filter::Graph,
+        sink: &mut Sink,
+    ) -> Result<bool, TranscodeError> {
+        let mut past_end = false;
+        while input.decoder.receive_frame(&mut self.picture).is_ok() {
+            self.decoded += 1;
+            let pts = self.picture.timestamp();
+            self.picture.set_pts(pts);
+            if let Some(pts) = pts {
+                past_end |= pts as f64 * f64::from(input.time_base) > self.stop_after_s;
+                let duration = match self.picture.packet().duration {
+                    d if d > 0 => d,
+                    _ => input.default_frame_duration,
+                };
+                self.end_pts = Some(self.end_pts.unwrap_or(i64::MIN).max(pts + duration));
+            }
+            graph_input(graph)?
+                .source()
+                .add(&self.picture)
+                .map_err(failed("filtering"))?;
+            sink.drain(graph)?;
+        }
+        Ok(past_end)
+    }
+}
+
+fn graph_input(graph: &mut filter::Graph) -> Result<filter::Context, TranscodeError> {
+    graph
+        .get("in")
+        .ok_or_else(|| TranscodeError::Failed("no graph input".into()))
+}
+
+/// Decodes the input until the main part is complete (the rest is never decoded), pushing
+/// every picture through the graph into the sink, then ends the graph's input and drains it.
+fn run_frames(
+    input: &mut Input,
+    graph: &mut filter::Graph,
+    sink: &mut Sink,
+    stop_after_s: f64,
+) -> Result<(), TranscodeError> {
+    let mut feed = Feed {
+        picture: frame::Video::empty(),
+        decoded: 0,
+        end_pts: None,
+        stop_after_s,
+    };
+    let mut decode_errors = 0u64;
+    loop {
+        let Some((stream, packet)) = input.ictx.packets().next() else {
+            break;
+        };
+        if stream.index() != input.video_index {
+            continue;
+        }
+        if input.decoder.send_packet(&packet).is_err() {
+            decode_errors += 1;
+        }
+        if feed.push(input, graph, sink)? {
+            break;
+        }
+    }
+    let _ = input.decoder.send_eof();
+    feed.push(input, graph, sink)?;
+    if feed.decoded == 0 {
+        return Err(TranscodeError::Input(format!(
+            "no picture could be decoded ({decode_errors} bad packets)"
+        )));
+    }
+    match feed.end_pts {
+        Some(pts) => graph_input(graph)?.source().close(pts),
+        None => graph_input(graph)?.source().flush(),
+    }
+    .map_err(failed("filtering"))?;
+    while !sink.drain(graph)? {}
+    Ok(())
+}
+
+/// Runs the whole pipeline. `on_progress` is called for every output frame.
+pub fn transcode(
+    spec: &TranscodeSpec,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<TranscodeReport, TranscodeError> {
+    ffmpeg::init().map_err(failed("initialising libav"))?;
+    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    let encoding = &spec.encoding;
+    let mut input = Input::open(spec)?;
+    let main_s = input
+        .duration_s
+        .unwrap_or(encoding.main_max_s)
+        .min(encoding.main_max_s);
+    let bumper_frames = (encoding.bumper_s * OUTPUT_FPS as f64).round() as u64;
+    let main_frames = (main_s * OUTPUT_FPS as f64).round() as u64;
+
+    let work_dir = spec
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut graph = build_graph(&input, decode_logo(work_dir)?, encoding)?;
     let sink_time_base = graph
         .get("out")
         .map(|mut c| c.sink().time_base())
         .filter(|tb| tb.numerator() > 0)
         .unwrap_or(Rational(1, OUTPUT_FPS));
     let output_part = part_path(&spec.output);
-    let output = Output::open(&output_part, spec, sink_time_base)?;
     let mut sink = Sink {
-        output,
+        output: Output::open(&output_part, spec, sink_time_base)?,
         frames: 0,
         expected_frames: 2 * bumper_frames + main_frames,
         poster_index: bumper_frames + main_frames / 2,
         poster: None,
         on_progress,
     };
-
-    // Decode until the main part is complete; the rest of the input is never decoded.
-    let stop_after = main_s + 1.0;
-    let mut decoded = 0u64;
-    let mut decode_errors = 0u64;
-    // Where the last frame ends: the end of the stream for the filters, so that the last
-    // frame keeps its whole duration at 30 fps.
-    let mut end_pts: Option<i64> = None;
-    let mut picture = frame::Video::empty();
-    let mut push = |decoder: &mut decoder::Video,
-                    graph: &mut filter::Graph,
-                    sink: &mut Sink|
-     -> Result<bool, TranscodeError> {
-        let mut past_end = false;
-        while decoder.receive_frame(&mut picture).is_ok() {
-            decoded += 1;
-            let pts = picture.timestamp();
-            picture.set_pts(pts);
-            if let Some(pts) = pts {
-                let seconds = pts as f64 * f64::from(input_time_base);
-                past_end |= seconds > stop_after;
-                let duration = picture.packet().duration;
-                let duration = if duration > 0 {
-                    duration
-                } else {
-                    default_frame_duration
-                };
-                end_pts = Some(end_pts.unwrap_or(i64::MIN).max(pts + duration));
-            }
-            graph
-                .get("in")
-                .ok_or_else(|| TranscodeError::Failed("no graph input".into()))?
-                .source()
-                .add(&picture)
-                .map_err(failed("filtering"))?;
-            sink.drain(graph)?;
-        }
-        Ok(past_end)
-    };
-    for (stream, packet) in ictx.packets() {
-        if stream.index() != video_index {
-            continue;
-        }
-        if decoder.send_packet(&packet).is_err() {
-            decode_errors += 1;
-        }
-        if push(&mut decoder, &mut graph, &mut sink)? {
-            break;
-        }
-    }
-    let _ = decoder.send_eof();
-    push(&mut decoder, &mut graph, &mut sink)?;
-    if decoded == 0 {
-        return Err(TranscodeError::Input(format!(
-            "no picture could be decoded ({decode_errors} bad packets)"
-        )));
-    }
-    {
-        let mut input = graph
-            .get("in")
-            .ok_or_else(|| TranscodeError::Failed("no graph input".into()))?;
-        match end_pts {
-            Some(pts) => input.source().close(pts),
-            None => input.source().flush(),
-        }
-        .map_err(failed("filtering"))?;
-    }
-    while !sink.drain(&mut graph)? {}
+    run_frames(&mut input, &mut graph, &mut sink, main_s + 1.0)?;
 
     let Sink {
         output,
