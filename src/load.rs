@@ -16,9 +16,7 @@ pub const MIN_RETRY_S: u64 = 1;
 pub const MAX_RETRY_S: u64 = 60;
 /// A refused client is told to come back once the node could have served the clients refused
 /// within this span before it: they are the ones it will compete with. A longer span keeps
-/// refused clients away while slots fall idle. Capacity benchmark, 100 honouring users, 12
-/// slots: with 5 s the node accepted 39.2 uploads/s; with 1 s, 42.6/s (clients were told
-/// 1.05 s on average), the p99 of refusals unchanged at 23 ms.
+/// refused clients away while slots fall idle (`docs/benchmarks.md`).
 pub const REFUSED_DEMAND_SPAN: Duration = Duration::from_secs(1);
 /// A node that refused an upload for want of a slot this recently is shedding load.
 pub const SHEDDING_FOR: Duration = Duration::from_secs(2);

@@ -6,11 +6,8 @@ use std::path::Path;
 /// children. Request handling stays at the default 0, so when the cores are saturated a refusal,
 /// a login or a page is not queued behind byte copying and encoding; when they are not, niceness
 /// changes nothing. Bulk work cannot starve: an upload's writer that falls behind stops its
-/// request from reading (bounded queue), which frees the cores it waited for. Measured with the
-/// capacity benchmark at 300 users (40 s holds, two runs each): p99 of refusals 58 and 54 ms
-/// with every thread at 0, 47 and 41 ms with the upload writers at 10. The price is paid by
-/// uploads, which wait for the cores the requests left: 723 and 787 MB/s of goodput against
-/// 820 and 811. (Niceness 5 kept p99 above 50 ms; `SCHED_BATCH` changed nothing.)
+/// request from reading (bounded queue), which frees the cores it waited for. The figures behind
+/// the value are in `docs/benchmarks.md`.
 pub const BULK_NICE: libc::c_int = 10;
 
 /// Lowers the calling thread's CPU priority to [`BULK_NICE`], never raises it: a node started

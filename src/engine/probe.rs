@@ -314,6 +314,33 @@ fn probe_unguarded<R: Read + Seek>(src: &mut R, len: u64) -> Result<MediaInfo, P
         return Err(ProbeError::Empty);
     }
     let boxes = top_level_boxes(src, len)?;
+    let (moov, media_data) = locate_movie(&boxes)?;
+    let movie = read_movie(src, moov)?;
+    let context = parse_movie(&movie)?;
+    let movie_timescale = context
+        .timescale
+        .map(|t| t.0)
+        .ok_or_else(|| not_mp4("the movie has no timescale"))?;
+    let (width, height, track) = best_video_track(&context).ok_or(ProbeError::NoVideoTrack)?;
+
+    // Every chunk of the video track must start inside the media data.
+    let offsets = track.stco.as_ref().map(|c| &c.offsets[..]).unwrap_or(&[]);
+    let inside = |offset: &u64| media_data.iter().any(|range| range.contains(offset));
+    if !offsets.iter().all(inside) {
+        return Err(ProbeError::Truncated);
+    }
+    let duration_s = duration_s(&context, track, movie_timescale)
+        .ok_or_else(|| not_mp4("the movie has no valid duration"))?;
+    Ok(MediaInfo {
+        size_bytes: len,
+        duration_s,
+        width,
+        height,
+    })
+}
+
+/// The one `moov` box after a leading `ftyp`, and where the media data (`mdat`) lies.
+fn locate_movie(boxes: &[TopBox]) -> Result<(&TopBox, Vec<std::ops::Range<u64>>), ProbeError> {
     match boxes.first() {
         Some(b) if &b.kind == b"ftyp" => {}
         _ => return Err(not_mp4("no ftyp box at the start")),
@@ -336,8 +363,11 @@ fn probe_unguarded<R: Read + Seek>(src: &mut R, len: u64) -> Result<MediaInfo, P
     if media_data.is_empty() {
         return Err(ProbeError::Truncated);
     }
+    Ok((moov, media_data))
+}
 
-    // The whole box, header included, is what the parser reads.
+/// The whole `moov` box, header included (what the parser reads), once its tree is valid.
+fn read_movie<R: Read + Seek>(src: &mut R, moov: &TopBox) -> Result<Vec<u8>, ProbeError> {
     let mut movie = Vec::new();
     movie
         .try_reserve_exact(moov.size as usize)
@@ -352,22 +382,26 @@ fn probe_unguarded<R: Read + Seek>(src: &mut R, len: u64) -> Result<MediaInfo, P
         TreeError::Malformed(why) => not_mp4(why),
         TreeError::TooComplex => ProbeError::TooComplex,
     })?;
+    Ok(movie)
+}
 
+/// `mp4parse` over the movie, within its read and CPU budgets.
+fn parse_movie(movie: &[u8]) -> Result<mp4parse::MediaContext, ProbeError> {
+    let size = movie.len() as u64;
     let mut reader = Budgeted::new(
-        std::io::Cursor::new(&movie[..]),
-        4 * moov.size + 64 * 1024,
+        std::io::Cursor::new(movie),
+        4 * size + 64 * 1024,
         CPU_BUDGET,
     );
-    let context = match mp4parse::read_mp4(&mut reader) {
-        Ok(context) => context,
-        Err(_) if reader.exhausted() => return Err(ProbeError::TooComplex),
-        Err(e) => return Err(ProbeError::NotMp4(format!("{e:?}"))),
-    };
-    let movie_timescale = context
-        .timescale
-        .map(|t| t.0)
-        .ok_or_else(|| not_mp4("the movie has no timescale"))?;
+    match mp4parse::read_mp4(&mut reader) {
+        Ok(context) => Ok(context),
+        Err(_) if reader.exhausted() => Err(ProbeError::TooComplex),
+        Err(e) => Err(ProbeError::NotMp4(format!("{e:?}"))),
+    }
+}
 
+/// The largest video track that has a picture size and samples.
+fn best_video_track(context: &mp4parse::MediaContext) -> Option<(u32, u32, &mp4parse::Track)> {
     let mut best: Option<(u32, u32, &mp4parse::Track)> = None;
     for track in context.tracks.iter() {
         if track.track_type != mp4parse::TrackType::Video {
@@ -390,19 +424,16 @@ fn probe_unguarded<R: Read + Seek>(src: &mut R, len: u64) -> Result<MediaInfo, P
             best = Some((w, h, track));
         }
     }
-    let Some((width, height, track)) = best else {
-        return Err(ProbeError::NoVideoTrack);
-    };
+    best
+}
 
-    // Every chunk of the video track must start inside the media data.
-    let offsets = track.stco.as_ref().map(|c| &c.offsets[..]).unwrap_or(&[]);
-    let inside = |offset: &u64| media_data.iter().any(|range| range.contains(offset));
-    if !offsets.iter().all(inside) {
-        return Err(ProbeError::Truncated);
-    }
-
-    // The movie lasts as long as its longest track, in the movie's timescale; a track header
-    // without a duration leaves the video track's own (media) duration.
+/// The movie lasts as long as its longest track, in the movie's timescale; a track header
+/// without a duration leaves the video track's own (media) duration.
+fn duration_s(
+    context: &mp4parse::MediaContext,
+    track: &mp4parse::Track,
+    movie_timescale: u64,
+) -> Option<f64> {
     let movie_duration = context
         .tracks
         .iter()
@@ -415,15 +446,7 @@ fn probe_unguarded<R: Read + Seek>(src: &mut R, len: u64) -> Result<MediaInfo, P
         (Some(d), Some(t)) => seconds(d.0, t.0),
         _ => None,
     };
-    let duration_s = movie_duration
-        .or(media_duration)
-        .ok_or_else(|| not_mp4("the movie has no valid duration"))?;
-    Ok(MediaInfo {
-        size_bytes: len,
-        duration_s,
-        width,
-        height,
-    })
+    movie_duration.or(media_duration)
 }
 
 /// The picture size of a video track: its header's (16.16 fixed point), else its first

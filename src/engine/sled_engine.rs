@@ -9,7 +9,7 @@
 //! - a write is durable only after `Db::flush`; flushes go through the [`GroupCommit`], so
 //!   concurrent writers share one fsync;
 //! - the cost of a flush grows with the number of *atomic batches* (transactions) it covers,
-//!   about 0.1 ms each, while plain single-key writes are nearly free to flush. The hot queue
+//!   while plain single-key writes are nearly free to flush (`docs/benchmarks.md`). The hot queue
 //!   operations are therefore single-key writes (see `sled_queue.rs`), and transactions are kept
 //!   for the multi-record steps that need them (upload commit, vote, publish, delete);
 //! - transactions take a process-wide lock that waits for a flush in progress. Every mutation

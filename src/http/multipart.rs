@@ -3,8 +3,8 @@
 //!
 //! Written here because the parsers available as crates (multer, mpart-async,
 //! multipart_async_stream) all append every chunk of the body to a buffer of their own before
-//! handing data out: one more pass over every uploaded byte, which at full load cost about 6 %
-//! of the node's CPU in `memmove` alone. This one only searches for the delimiter (with
+//! handing data out: one more pass over every uploaded byte, measurably the node's CPU at full
+//! load (`docs/benchmarks.md`). This one only searches for the delimiter (with
 //! `memchr::memmem`) and splits the chunk around it, which for [`Bytes`] moves no data. A chunk
 //! is copied only when it has to be joined to bytes held back from the one before: a part's
 //! header block cut by a chunk edge (at most [`MAX_PART_HEADER_BYTES`]), or the few bytes at a

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -208,6 +209,62 @@ enum Place {
     Reserve(tokio::sync::OwnedSemaphorePermit),
 }
 
+/// The places of a listener: `max_connections` in full, and the operations reserve past them.
+struct Places {
+    full: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    has_reserve: bool,
+}
+
+impl Places {
+    fn new(limits: &ServerLimits) -> Self {
+        Self {
+            full: Arc::new(Semaphore::new(limits.max_connections)),
+            reserve: Arc::new(Semaphore::new(limits.reserved_for_operations)),
+            has_reserve: limits.reserved_for_operations > 0,
+        }
+    }
+
+    /// A place for the next connection, taken before `accept`; `None` once stopping.
+    async fn take(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Place> {
+        tokio::select! {
+            biased;
+            _ = stopping(shutdown) => None,
+            permit = self.full.clone().acquire_owned() => permit.ok().map(Place::Full),
+            permit = self.reserve.clone().acquire_owned(), if self.has_reserve => {
+                permit.ok().map(Place::Reserve)
+            }
+        }
+    }
+
+    /// A full place may have freed while a reserved one waited in `accept`.
+    fn upgrade(&self, place: Place) -> Place {
+        match place {
+            Place::Reserve(reserved) => match self.full.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    drop(reserved);
+                    Place::Full(permit)
+                }
+                Err(_) => Place::Reserve(reserved),
+            },
+            full => full,
+        }
+    }
+}
+
+/// How hyper serves a connection in full, and one that must speak at once (the reserve's).
+fn connection_builders(limits: &ServerLimits) -> [Arc<http1::Builder>; 2] {
+    let mut full = http1::Builder::new();
+    full.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let mut impatient = full.clone();
+    impatient
+        .header_read_timeout(RESERVE_HEADER_TIMEOUT)
+        .keep_alive(false);
+    [Arc::new(full), Arc::new(impatient)]
+}
+
 /// Serves `handler` on `listener` until `shutdown` turns true, then waits for open connections
 /// to finish, at most `grace`. Returns how many connections were still open at the deadline.
 ///
@@ -224,41 +281,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> usize {
-    let service = RouteService {
-        handler,
-        peer: std::net::Ipv4Addr::UNSPECIFIED.into(),
-        operations_only: false,
-        served: Arc::default(),
-    };
-    let full = Arc::new(Semaphore::new(limits.max_connections));
-    let reserve = Arc::new(Semaphore::new(limits.reserved_for_operations));
+    let places = Places::new(&limits);
+    let [full_builder, impatient_builder] = connection_builders(&limits);
     let connections = TaskTracker::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    let mut reserve_builder = builder.clone();
-    reserve_builder
-        .header_read_timeout(RESERVE_HEADER_TIMEOUT)
-        .keep_alive(false);
-    let (builder, reserve_builder) = (Arc::new(builder), Arc::new(reserve_builder));
-
-    loop {
-        let place = tokio::select! {
-            biased;
-            _ = stopping(&mut shutdown) => break,
-            permit = full.clone().acquire_owned() => match permit {
-                Ok(permit) => Place::Full(permit),
-                Err(_) => break,
-            },
-            permit = reserve.clone().acquire_owned(), if limits.reserved_for_operations > 0 => {
-                match permit {
-                    Ok(permit) => Place::Reserve(permit),
-                    Err(_) => break,
-                }
-            }
-        };
+    while let Some(place) = places.take(&mut shutdown).await {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -272,36 +298,24 @@ pub async fn serve(
             _ = stopping(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        // A full place may have freed while this one waited in `accept`.
-        let place = match place {
-            Place::Reserve(reserved) => match full.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    drop(reserved);
-                    Place::Full(permit)
-                }
-                Err(_) => Place::Reserve(reserved),
-            },
-            full => full,
-        };
-        let shutdown = shutdown.clone();
         // Reserve places, and every place of an impatient listener, go to clients that speak
         // at once, for a request or two.
-        let (permit, operations_only, impatient) = match place {
+        let (permit, operations_only, impatient) = match places.upgrade(place) {
             Place::Full(permit) => (permit, false, limits.impatient),
             Place::Reserve(permit) => (permit, true, true),
         };
         let service = RouteService {
-            handler: service.handler.clone(),
+            handler: handler.clone(),
             peer: peer.ip(),
             operations_only,
             served: Arc::default(),
         };
         let builder = if impatient {
-            &reserve_builder
+            impatient_builder.clone()
         } else {
-            &builder
-        }
-        .clone();
+            full_builder.clone()
+        };
+        let shutdown = shutdown.clone();
         connections.spawn(async move {
             if !impatient || speaks_at_once(&stream).await {
                 serve_connection(stream, peer, service, &builder, shutdown).await;
@@ -336,7 +350,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     service: RouteService,
-    builder: &hyper::server::conn::http1::Builder,
+    builder: &http1::Builder,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let served = service.served.clone();

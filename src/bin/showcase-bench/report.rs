@@ -243,6 +243,14 @@ fn ms(seconds: f64) -> String {
 
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
+    for section in [header, against_replaced, web_layer, worker_layer, goals] {
+        section(&mut md, report);
+    }
+    md
+}
+
+/// The title and the machine the run measured.
+fn header(md: &mut String, report: &Report) {
     let m = &report.machine;
     let _ = writeln!(
         md,
@@ -283,6 +291,10 @@ pub fn markdown(report: &Report) -> String {
             None => "the send buffer the kernel autotunes (`--client-send-buffer-kib 0`)".to_owned(),
         }
     );
+}
+
+/// The replaced system's figures beside ours, level by level.
+fn against_replaced(md: &mut String, report: &Report) {
     let _ = writeln!(
         md,
         "## Against the replaced system (web layer, uploads of 18 MB)\n"
@@ -319,6 +331,10 @@ pub fn markdown(report: &Report) -> String {
             }
         }
     }
+}
+
+/// Every phase of the web-layer scenario.
+fn web_layer(md: &mut String, report: &Report) {
     let _ = writeln!(md, "\n## Scenario 1: web layer, every phase\n");
     let _ = writeln!(
         md,
@@ -368,6 +384,10 @@ pub fn markdown(report: &Report) -> String {
             mixed.phase.counts.accepted, mixed.processed, mixed.drained_after_s
         );
     }
+}
+
+/// The transcoding runs and the paced backlog.
+fn worker_layer(md: &mut String, report: &Report) {
     let _ = writeln!(md, "\n## Scenario 2: worker layer\n");
     let _ = writeln!(md, "| run | input | workers | jobs | seconds | videos/min | published | failed | peak resident memory |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
@@ -393,6 +413,10 @@ pub fn markdown(report: &Report) -> String {
             p.injected_per_min, p.capacity_per_min, p.workers, p.seconds, p.backlog_slope_per_min, p.max_backlog
         );
     }
+}
+
+/// Every goal and its verdict.
+fn goals(md: &mut String, report: &Report) {
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| phase | goal | verdict | measured |");
     let _ = writeln!(md, "|---|---|---|---|");
@@ -409,7 +433,6 @@ pub fn markdown(report: &Report) -> String {
         md,
         "\nPlots: `latency.png` (percentiles against users), `throughput.png` (accepted uploads and goodput against users), `queue.png` (queue over time)."
     );
-    md
 }
 
 /// Registers a TrueType font for the plots' text (plotters has no font of its own).
