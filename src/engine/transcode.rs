@@ -740,49 +740,13 @@ pub fn run_child(
         detail,
     });
     if let (Some(ChildFault::Escape), Some(target)) = (fault, escape_target) {
-        // Only a refusal proves the sandbox; a missing file proves nothing.
-        let (permanent, message) = match std::fs::read(target) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
-                true,
-                format!("the sandbox refused to read {}: {e}", target.display()),
-            ),
-            Ok(_) => (
-                false,
-                format!("the sandbox let the transcoder read {}", target.display()),
-            ),
-            Err(e) => (
-                false,
-                format!(
-                    "the escape target {} could not be tried: {e}",
-                    target.display()
-                ),
-            ),
-        };
-        emit(&ChildEvent::Error { permanent, message });
-        return if permanent {
-            EXIT_PERMANENT
-        } else {
-            EXIT_FAILED
-        };
+        return try_to_escape(target);
     }
     let mut last_percent = None;
     let mut last_line = std::time::Instant::now();
     let mut on_progress = |p: Progress| {
-        if let Some(fault) = fault {
-            if p.frames == FAULT_AFTER_FRAMES {
-                match fault {
-                    // SAFETY: restoring the default action (the runtime handles SIGSEGV for stack
-                    // overflows and would otherwise return) and raising it in our own process.
-                    ChildFault::Crash => unsafe {
-                        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-                        libc::raise(libc::SIGSEGV);
-                    },
-                    ChildFault::Hang => loop {
-                        std::thread::sleep(std::time::Duration::from_secs(3600));
-                    },
-                    ChildFault::Escape => {}
-                }
-            }
+        if let Some(fault) = fault.filter(|_| p.frames == FAULT_AFTER_FRAMES) {
+            suffer(fault);
         }
         let percent = p.percent();
         if last_percent != Some(percent) || last_line.elapsed() >= PROGRESS_EVERY {
@@ -795,23 +759,62 @@ pub fn run_child(
             });
         }
     };
-    match transcode(spec, &mut on_progress) {
+    let (permanent, message) = match transcode(spec, &mut on_progress) {
         Ok(report) => {
             emit(&ChildEvent::Done { report });
-            0
+            return 0;
         }
-        Err(e) => {
-            let permanent = e.is_permanent();
-            emit(&ChildEvent::Error {
-                permanent,
-                message: e.to_string(),
-            });
-            if permanent {
-                EXIT_PERMANENT
-            } else {
-                EXIT_FAILED
-            }
-        }
+        Err(e) => (e.is_permanent(), e.to_string()),
+    };
+    emit(&ChildEvent::Error { permanent, message });
+    if permanent {
+        EXIT_PERMANENT
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// The `escape` fault: reads `target` from inside the sandbox. Only a refusal proves the
+/// sandbox (a permanent failure, as the actor expects); a missing file proves nothing.
+fn try_to_escape(target: &Path) -> i32 {
+    let (permanent, message) = match std::fs::read(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+            true,
+            format!("the sandbox refused to read {}: {e}", target.display()),
+        ),
+        Ok(_) => (
+            false,
+            format!("the sandbox let the transcoder read {}", target.display()),
+        ),
+        Err(e) => (
+            false,
+            format!(
+                "the escape target {} could not be tried: {e}",
+                target.display()
+            ),
+        ),
+    };
+    emit(&ChildEvent::Error { permanent, message });
+    if permanent {
+        EXIT_PERMANENT
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// The `crash` and `hang` faults, part-way through a transcode.
+fn suffer(fault: ChildFault) {
+    match fault {
+        // SAFETY: restoring the default action (the runtime handles SIGSEGV for stack
+        // overflows and would otherwise return) and raising it in our own process.
+        ChildFault::Crash => unsafe {
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            libc::raise(libc::SIGSEGV);
+        },
+        ChildFault::Hang => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        ChildFault::Escape => {}
     }
 }
 

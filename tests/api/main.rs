@@ -12,6 +12,7 @@ mod auth_api;
 mod durability;
 mod health_api;
 mod hostile_clients;
+mod layers;
 mod metrics;
 mod other_clients;
 mod overload;
