@@ -115,6 +115,23 @@ impl<A: Actor> ActorRef<A> {
         self.addr().is_some_and(|a| a.connected())
     }
 
+    /// Whether a call would be taken now: the actor runs, its mailbox has room, and it has shown
+    /// a sign of life within the time a call may wait. For admitting work the actor will be
+    /// handed later (an upload, committed once its body is in): refused now, as a call would be.
+    pub fn available(&self) -> Result<(), CallError> {
+        let name = self.health.name;
+        if !self.is_alive() {
+            return Err(CallError::Down(name));
+        }
+        if self.health.mailbox_depth() >= self.health.mailbox_capacity() {
+            return Err(CallError::Full(name));
+        }
+        if self.health.heartbeat_age_ms() > self.timeout.as_millis() as u64 {
+            return Err(CallError::Timeout(name));
+        }
+        Ok(())
+    }
+
     /// Sends the message built by `make` without waiting for mailbox space and waits (bounded)
     /// for its reply. For requests fed by outside input: a full mailbox is an immediate refusal.
     pub async fn call<M, R>(&self, make: impl FnOnce(Reply<R>) -> M) -> Result<R, CallError>

@@ -67,17 +67,9 @@ pub enum Unrouted {
 pub struct Route {
     pub label: &'static str,
     pub endpoint: Result<Endpoint, Unrouted>,
-}
-
-impl Endpoint {
-    /// Health, readiness, actors and metrics: what load balancers and monitoring call, served
-    /// on the operations listener and from the operations reserve.
-    pub fn is_operations(&self) -> bool {
-        matches!(
-            self,
-            Endpoint::Health | Endpoint::Ready | Endpoint::Actors | Endpoint::Metrics
-        )
-    }
+    /// The path is one of the operations routes (whatever the method): served on the
+    /// operations listener and from the operations reserve, where anything else is not.
+    pub operations: bool,
 }
 
 /// A path id: anything but plain decimal digits (no sign, no spaces) names nothing.
@@ -121,12 +113,20 @@ fn media_label(key: &MediaKey) -> &'static str {
     }
 }
 
-/// The endpoint of `method` on `path` (a path without its query; one trailing slash allowed).
+/// The endpoint of `method` on `path` (a path without its query; trailing slashes are
+/// ignored, an empty segment elsewhere names nothing).
 pub fn route(method: &Method, path: &str) -> Route {
     use Endpoint as E;
-    let trimmed = path.strip_prefix('/').unwrap_or(path);
-    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    let trimmed = path.strip_prefix('/').unwrap_or(path).trim_end_matches('/');
     let segments: Vec<&str> = trimmed.split('/').collect();
+    let not_found = |label| Route {
+        label,
+        endpoint: Err(Unrouted::NotFound),
+        operations: false,
+    };
+    if !trimmed.is_empty() && segments.iter().any(|s| s.is_empty()) {
+        return not_found("other");
+    }
     let get = *method == Method::GET;
     let post = *method == Method::POST;
     let only = |yes: bool, endpoint: Endpoint| yes.then_some(endpoint);
@@ -138,8 +138,16 @@ pub fn route(method: &Method, path: &str) -> Route {
         ["api", "auth", "signup"] => ("/api/auth/signup", "POST", only(post, E::Signup)),
         ["api", "auth", "login"] => ("/api/auth/login", "POST", only(post, E::Login)),
         ["api", "videos"] => ("/api/videos", "GET", only(get, E::MyVideos)),
-        // Any other method falls through to the id route, where "upload" names no video.
-        ["api", "videos", "upload"] if post => ("/api/videos/upload", "POST", Some(E::Upload)),
+        // Read or deleted, "upload" is an id that names no video.
+        ["api", "videos", "upload"] => {
+            let endpoint = match *method {
+                Method::POST => Some(E::Upload),
+                Method::GET => Some(E::Video { id: None }),
+                Method::DELETE => Some(E::DeleteVideo { id: None }),
+                _ => None,
+            };
+            ("/api/videos/upload", "POST", endpoint)
+        }
         ["api", "videos", id] => {
             let id = parse_id(id);
             let endpoint = match *method {
@@ -159,16 +167,13 @@ pub fn route(method: &Method, path: &str) -> Route {
         ["api", "health"] => ("/api/health", "GET", only(get, E::Health)),
         ["api", "health", "ready"] => ("/api/health/ready", "GET", only(get, E::Ready)),
         ["api", "health", "actors"] => ("/api/health/actors", "GET", only(get, E::Actors)),
-        ["api", "admin", "dead-letters"] => {
-            ("/api/admin/dead-letters", "GET", only(get, E::DeadLetters))
+        // Administration is one label: its routes are few and rarely called.
+        ["api", "admin", "dead-letters"] => ("/api/admin", "GET", only(get, E::DeadLetters)),
+        ["api", "admin", "dead-letters", "redrive"] => {
+            ("/api/admin", "POST", only(post, E::RedriveAll))
         }
-        ["api", "admin", "dead-letters", "redrive"] => (
-            "/api/admin/dead-letters/redrive",
-            "POST",
-            only(post, E::RedriveAll),
-        ),
         ["api", "admin", "dead-letters", id, "redrive"] => (
-            "/api/admin/dead-letters/:id/redrive",
+            "/api/admin",
             "POST",
             only(post, E::Redrive { id: parse_id(id) }),
         ),
@@ -178,10 +183,10 @@ pub fn route(method: &Method, path: &str) -> Route {
                 Method::POST => Some(E::SetFaults),
                 _ => None,
             };
-            ("/api/admin/faults", "GET, POST", endpoint)
+            ("/api/admin", "GET, POST", endpoint)
         }
         ["api", "admin", "faults", "actors", actor, kind] => (
-            "/api/admin/faults/actors/:actor/:kind",
+            "/api/admin",
             "POST",
             only(
                 post,
@@ -194,21 +199,25 @@ pub fn route(method: &Method, path: &str) -> Route {
         ["media", tail @ ..] => {
             let key = media_key(tail);
             let head = *method == Method::HEAD;
+            let label = match tail {
+                ["originals", _] => "/media/originals/:id.mp4",
+                _ => key.as_ref().map_or("other", media_label),
+            };
             (
-                key.as_ref().map_or("other", media_label),
+                label,
                 "GET, HEAD",
                 only(get || head, E::Media { key, head }),
             )
         }
-        _ => {
-            return Route {
-                label: "other",
-                endpoint: Err(Unrouted::NotFound),
-            }
-        }
+        ["api", "admin", ..] => return not_found("/api/admin"),
+        _ => return not_found("other"),
     };
     Route {
         label,
+        operations: matches!(
+            label,
+            "/api/health" | "/api/health/ready" | "/api/health/actors" | "/metrics"
+        ),
         endpoint: endpoint.ok_or(Unrouted::MethodNotAllowed { allow }),
     }
 }
@@ -238,6 +247,10 @@ mod tests {
             endpoint(Method::GET, "/api/videos/upload"),
             Ok(Endpoint::Video { id: None })
         );
+        assert_eq!(
+            endpoint(Method::PUT, "/api/videos/upload"),
+            Err(Unrouted::MethodNotAllowed { allow: "POST" })
+        );
     }
 
     #[test]
@@ -256,6 +269,15 @@ mod tests {
         );
         assert_eq!(label(Method::GET, "/nothing"), "other");
         assert_eq!(label(Method::GET, "/media/../etc"), "other");
+        assert_eq!(
+            label(Method::GET, "/api/videos/upload"),
+            "/api/videos/upload"
+        );
+        assert_eq!(
+            label(Method::POST, "/api/admin/dead-letters/3/redrive"),
+            "/api/admin"
+        );
+        assert_eq!(label(Method::GET, "/api/admin/nothing"), "/api/admin");
     }
 
     #[test]
@@ -318,19 +340,20 @@ mod tests {
 
     #[test]
     fn only_health_readiness_actors_and_metrics_are_operations() {
-        let ops = |p: &str| {
-            route(&Method::GET, p)
-                .endpoint
-                .is_ok_and(|e| e.is_operations())
-        };
-        assert!([
+        let ops = |m: Method, p: &str| route(&m, p).operations;
+        for path in [
             "/api/health",
             "/api/health/ready",
             "/api/health/actors",
-            "/metrics"
-        ]
-        .iter()
-        .all(|p| ops(p)));
-        assert!(!ops("/api/videos") && !ops("/") && !ops("/media/1.mp4"));
+            "/metrics",
+        ] {
+            assert!(ops(Method::GET, path) && ops(Method::POST, path), "{path}");
+        }
+        for path in ["/api/videos", "/", "/media/1.mp4", "/api/admin/faults"] {
+            assert!(
+                !ops(Method::GET, path) && !ops(Method::POST, path),
+                "{path}"
+            );
+        }
     }
 }

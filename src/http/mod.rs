@@ -48,7 +48,7 @@ pub fn handler(node: Arc<Node>, served: Served) -> server::Handler {
         let node = node.clone();
         Box::pin(async move {
             let answer = match route.endpoint {
-                Ok(endpoint) if served == Served::OperationsOnly && !endpoint.is_operations() => {
+                _ if served == Served::OperationsOnly && !route.operations => {
                     Err(error::not_found())
                 }
                 Ok(endpoint) => {

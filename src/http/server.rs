@@ -110,8 +110,7 @@ impl hyper::service::Service<http::Request<Incoming>> for RouteService {
         let routed = route(request.method(), request.uri().path());
         let label = routed.label;
         let method = method_label(request.method());
-        let refused =
-            self.operations_only && !routed.endpoint.as_ref().is_ok_and(|e| e.is_operations());
+        let refused = self.operations_only && !routed.operations;
         let body_done = Arc::new(AtomicBool::new(request.body().is_end_stream() && !refused));
         let answered: Pin<Box<dyn Future<Output = Response> + Send>> = if refused {
             // Over the cap: only the operations routes are served; the connection closes after.

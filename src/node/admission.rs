@@ -108,9 +108,20 @@ impl UploadAdmission {
         found
     }
 
+    /// Whether `obstacle` refuses an upload, not only readiness: a queue whose depth cannot be
+    /// read does not (the commit finds out), nor does an unknown free disk without a watermark.
+    fn refuses_uploads(&self, obstacle: &Refusal) -> bool {
+        match obstacle {
+            Refusal::QueueUnavailable(_) => false,
+            Refusal::DiskUnknown(_) => self.min_free_disk_bytes > 0,
+            _ => true,
+        }
+    }
+
     /// A slot for one upload, or the first reason there is none.
     pub async fn admit(&self, queue: &dyn JobQueue) -> Result<UploadSlot, Refusal> {
-        if let Some(first) = self.obstacles(queue).await.into_iter().next() {
+        let obstacles = self.obstacles(queue).await;
+        if let Some(first) = obstacles.into_iter().find(|o| self.refuses_uploads(o)) {
             return Err(first);
         }
         match self.slots.clone().try_acquire_owned() {

@@ -47,13 +47,17 @@ impl Node {
         problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
         if self.actors.ingest.is_some() {
             let obstacles = self.uploads.obstacles(self.engine.queue.as_ref()).await;
-            problems.extend(obstacles.iter().map(ToString::to_string));
+            let (stuck, others): (Vec<_>, Vec<_>) = obstacles
+                .iter()
+                .partition(|o| matches!(o, super::admission::Refusal::ProbesStuck { .. }));
+            problems.extend(stuck.iter().map(ToString::to_string));
             if self.uploads.load.is_shedding() {
                 problems.push(format!(
                     "shedding load: uploads refused for want of a slot within the last {} s",
                     crate::load::SHEDDING_FOR.as_secs()
                 ));
             }
+            problems.extend(others.iter().map(ToString::to_string));
         }
         problems
     }

@@ -43,6 +43,8 @@ impl Node {
     /// A slot for one upload by `owner`, or the reason there is none; decided before a byte of
     /// the body is read.
     pub async fn admit_upload(&self, owner: UserId) -> Result<AdmittedUpload<'_>, Error> {
+        // The actor that will commit it must be there to take it, before the body is read.
+        present(&self.actors.ingest)?.available()?;
         let slot = self.uploads.admit(self.engine.queue.as_ref()).await?;
         Ok(AdmittedUpload {
             node: self,
