@@ -115,6 +115,21 @@ impl<A: Actor> ActorRef<A> {
         self.addr().is_some_and(|a| a.connected())
     }
 
+    /// The live address and the message built by `make` around its reply channel and mailbox
+    /// ticket.
+    fn prepare<M, R>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> M,
+    ) -> Result<(Addr<A>, M, oneshot::Receiver<R>), CallError> {
+        let addr = self.addr().ok_or(CallError::Down(self.health.name))?;
+        let (tx, rx) = oneshot::channel();
+        let message = make(Reply {
+            tx,
+            _ticket: self.health.ticket(),
+        });
+        Ok((addr, message, rx))
+    }
+
     /// Whether a call would be taken now: the actor runs, its mailbox has room, and it has shown
     /// a sign of life within the time a call may wait. For admitting work the actor will be
     /// handed later (an upload, committed once its body is in): refused now, as a call would be.
@@ -142,12 +157,7 @@ impl<A: Actor> ActorRef<A> {
         R: Send + 'static,
     {
         let name = self.health.name;
-        let addr = self.addr().ok_or(CallError::Down(name))?;
-        let (tx, rx) = oneshot::channel();
-        let message = make(Reply {
-            tx,
-            _ticket: self.health.ticket(),
-        });
+        let (addr, message, rx) = self.prepare(make)?;
         match addr.try_send(message) {
             Ok(()) => {}
             Err(SendError::Full(_)) => return Err(CallError::Full(name)),
@@ -176,12 +186,7 @@ impl<A: Actor> ActorRef<A> {
         R: Send + 'static,
     {
         let name = self.health.name;
-        let addr = self.addr().ok_or(CallError::Down(name))?;
-        let (tx, rx) = oneshot::channel();
-        let message = make(Reply {
-            tx,
-            _ticket: self.health.ticket(),
-        });
+        let (addr, message, rx) = self.prepare(make)?;
         let answered = tokio::time::timeout(timeout, async move {
             addr.send(message)
                 .await

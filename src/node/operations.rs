@@ -6,7 +6,7 @@ use subtle::ConstantTimeEq;
 
 use super::base::{present, Node, HEARTBEAT_STALE_MS};
 use super::error::Error;
-use crate::actors::InjectFault;
+use crate::actors::{ActorRef, InjectFault};
 use crate::domain::ProcessingState;
 use crate::engine::{DeadLetter, QueueError, QueueStats};
 use crate::faults::{ActorFault, FaultSwitches};
@@ -203,29 +203,23 @@ impl Node {
         self.fault_switches()?;
         let a = &self.actors;
         match actor {
-            "ingest" => {
-                present(&a.ingest)?
-                    .call(|reply| InjectFault { fault, reply })
-                    .await
-            }
-            "transcoder" => {
-                present(&a.transcoder)?
-                    .call(|reply| InjectFault { fault, reply })
-                    .await
-            }
-            "queue_consumer" => {
-                present(&a.consumer)?
-                    .call(|reply| InjectFault { fault, reply })
-                    .await
-            }
-            "streamer" => {
-                present(&a.streamer)?
-                    .call(|reply| InjectFault { fault, reply })
-                    .await
-            }
-            _ => return Err(Error::Absent),
+            "ingest" => inject(&a.ingest, fault).await,
+            "transcoder" => inject(&a.transcoder, fault).await,
+            "queue_consumer" => inject(&a.consumer, fault).await,
+            "streamer" => inject(&a.streamer, fault).await,
+            _ => Err(Error::Absent),
         }?;
         tracing::warn!(actor, fault = ?fault, "fault injected");
         Ok(())
     }
+}
+
+async fn inject<A>(actor: &Option<ActorRef<A>>, fault: ActorFault) -> Result<(), Error>
+where
+    A: actix::Actor + actix::Handler<InjectFault>,
+    A::Context: actix::dev::ToEnvelope<A, InjectFault>,
+{
+    Ok(present(actor)?
+        .call(|reply| InjectFault { fault, reply })
+        .await?)
 }
