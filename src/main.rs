@@ -129,7 +129,19 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
     };
     // Everything durable is flushed. Exit now rather than drop the runtime, whose drop waits
     // for every blocking thread, including one stuck for good.
-    std::process::exit(code)
+    exit_now(code)
+}
+
+/// Ends the process at once with `code`, once what was logged is written. Not
+/// `std::process::exit`: libc's `exit` runs the calling thread's thread-local destructors,
+/// and those of the actix System and of tokio, dropped in an order of their own, can reach
+/// each other after destruction and abort the process (seen as SIGABRT after a clean stop).
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process without running anything; nothing is left to run.
+    unsafe { libc::_exit(code) }
 }
 
 /// Time a stopping process has beyond `server.shutdown_grace_s` before it exits regardless.
@@ -153,7 +165,7 @@ async fn shutdown_signal(exit_deadline: Duration) {
                 deadline_s = exit_deadline.as_secs(),
                 "shutdown did not complete in time; exiting now"
             );
-            std::process::exit(1);
+            exit_now(1);
         });
     if let Err(error) = armed {
         tracing::warn!(%error, "could not arm the exit deadline");
