@@ -14,7 +14,12 @@ BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev l
 # Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs),
 # systemd-analyze and the kernel's system-call numbers (the unit's audit and filter), and
 # Chromium (browser test, driven by playwright-core from the npm registry).
-TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev
+TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev python3-venv
+# S3 and SQS for the tests: moto in server mode, from PyPI, in a virtual environment of its own.
+# The tests start it themselves on 127.0.0.1 (tests/common/moto.rs finds it by MOTO_SERVER).
+VENV := $(HOME)/.cache/showcase/venv
+MOTO_VERSION := 5.2.5
+export MOTO_SERVER := $(VENV)/bin/moto_server
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
 BENCH_PACKAGES := wrk nginx
 
@@ -57,6 +62,9 @@ deps: toolchain
 
 test-deps: deps
 	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+	@$(VENV)/bin/pip show moto 2>/dev/null | grep -qx "Version: $(MOTO_VERSION)" || { \
+	  echo "installing moto $(MOTO_VERSION) into $(VENV)"; \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q "moto[server]==$(MOTO_VERSION)"; }
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
 

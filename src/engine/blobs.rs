@@ -14,6 +14,14 @@ pub enum BlobError {
     InvalidKey(String),
     #[error("blob I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The store cannot be reached or is throttling: another try later may succeed.
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
+    #[error("no such blob")]
+    NotFound,
+    /// The store refused the request.
+    #[error("blob store error: {0}")]
+    Remote(String),
 }
 
 #[async_trait]
@@ -34,7 +42,7 @@ pub struct LocalBlobs {
 }
 
 /// Keys are relative paths of plain segments: no `..`, no absolute paths, no empty segments.
-fn check_key(key: &str) -> Result<(), BlobError> {
+pub(crate) fn check_key(key: &str) -> Result<(), BlobError> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
         && key

@@ -2,10 +2,12 @@
 //! trait with an embedded default, so a later deployment can swap sled for PostgreSQL, the local
 //! directory for S3 and the embedded queue for SQS without touching the callers.
 
+pub mod aws;
 pub mod blobs;
 pub mod commit;
 pub mod probe;
 pub mod queue;
+pub mod s3_blobs;
 mod sled_codec;
 pub mod sled_engine;
 mod sled_jobs;

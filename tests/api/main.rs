@@ -19,6 +19,7 @@ mod overload;
 mod pipeline;
 mod public_api;
 mod queue;
+mod s3_blobs;
 mod secrets;
 mod streaming;
 mod supervision;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod moto;
 pub mod process;
 pub mod raw;
 
