@@ -12,6 +12,7 @@ mod sled_codec;
 pub mod sled_engine;
 mod sled_jobs;
 mod sled_queue;
+pub mod sqs_queue;
 pub mod store;
 pub mod transcode;
 

@@ -65,6 +65,9 @@ pub enum QueueError {
     InvalidToken,
     #[error("queue storage failed: {0}")]
     Backend(String),
+    /// The queue service cannot be reached or is throttling: another try later may succeed.
+    #[error("the queue service is unavailable: {0}")]
+    Unavailable(String),
     /// Applied but not confirmed on disk; see [`crate::engine::StoreError::Unconfirmed`].
     #[error("the queue change could not be confirmed on disk: {0}")]
     Unconfirmed(String),

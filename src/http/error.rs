@@ -191,6 +191,14 @@ impl From<QueueError> for ApiError {
             QueueError::InvalidToken => ApiError::bad_request("Token de arrendamiento inválido."),
             QueueError::Backend(cause) => ApiError::Internal(cause),
             QueueError::Unconfirmed(cause) => unconfirmed(&cause),
+            QueueError::Unavailable(cause) => {
+                tracing::warn!(cause, "the queue service is unavailable");
+                ApiError::unavailable_because(
+                    "La cola de procesamiento no está disponible; intente más tarde.",
+                    5,
+                    "queue_unavailable",
+                )
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ mod public_api;
 mod queue;
 mod s3_blobs;
 mod secrets;
+mod sqs_queue;
 mod streaming;
 mod supervision;
 mod systemd_unit;
