@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::call::ActorRef;
 use super::transcoder::{CancelTranscode, RunTranscode, TranscodeFailure, Transcoder};
 use crate::domain::{ProcessingState, Publication, VideoStatus};
-use crate::engine::blobs::{poster_key, processed_key};
+use crate::engine::blobs::{poster_key, processed_key, BlobError};
 use crate::engine::transcode::TranscodeReport;
 use crate::engine::{Engine, Lease, QueueError, StoreError};
 use crate::events::{self, Event, JobOutcome};
@@ -259,14 +259,27 @@ async fn transcode(
 ) -> Result<TranscodeReport, TranscodeFailure> {
     let id = lease.job.video_id;
     let engine = &deps.engine;
-    let input = engine
-        .blobs
-        .local_path(&lease.job.original_key)
-        .filter(|p| p.exists())
-        .ok_or_else(|| TranscodeFailure::Permanent("the original file is missing".into()))?;
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| TranscodeFailure::Transient(format!("creating the work directory: {e}")))?;
+    // Stored remotely, the original is downloaded into the job's directory first.
+    let input = match engine
+        .blobs
+        .fetch(&lease.job.original_key, &dir.join("input.mp4"))
+        .await
+    {
+        Ok(input) => input,
+        Err(BlobError::NotFound) => {
+            return Err(TranscodeFailure::Permanent(
+                "the original file is missing".into(),
+            ))
+        }
+        Err(e) => {
+            return Err(TranscodeFailure::Transient(format!(
+                "fetching the original failed: {e}"
+            )))
+        }
+    };
     let (progress_tx, mut progress_rx) = mpsc::channel(16);
     let request = |reply| RunTranscode {
         video_id: id,

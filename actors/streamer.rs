@@ -18,7 +18,9 @@ use actix::prelude::*;
 use super::call::Reply;
 use crate::engine::Engine;
 use crate::health::{ActorHealth, ActorState};
-use crate::media::{describe, MediaGrant, MediaKey, MediaMeta, OpenError, StreamPermits};
+use crate::media::{
+    describe, MediaGrant, MediaKey, MediaMeta, OpenError, ReadThroughCache, StreamPermits,
+};
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -60,6 +62,8 @@ pub struct Streamer {
     permits: Arc<StreamPermits>,
     cache: Arc<Mutex<MetaCache>>,
     cache_capacity: usize,
+    /// Local copies of published media kept in a remote store.
+    copies: Arc<ReadThroughCache>,
     health: Arc<ActorHealth>,
 }
 
@@ -68,6 +72,7 @@ impl Streamer {
         engine: Engine,
         permits: Arc<StreamPermits>,
         cache_capacity: usize,
+        copies: Arc<ReadThroughCache>,
         health: Arc<ActorHealth>,
     ) -> Self {
         Self {
@@ -75,6 +80,7 @@ impl Streamer {
             permits,
             cache: Arc::new(Mutex::new(MetaCache::default())),
             cache_capacity,
+            copies,
             health,
         }
     }
@@ -98,8 +104,9 @@ impl Handler<OpenMedia> for Streamer {
         let permits = self.permits.clone();
         let cache = self.cache.clone();
         let capacity = self.cache_capacity;
+        let copies = self.copies.clone();
         Box::pin(async move {
-            let result = open(&engine, &permits, &cache, capacity, msg.key).await;
+            let result = open(&engine, &permits, &cache, capacity, &copies, msg.key).await;
             msg.reply.send(result);
         })
     }
@@ -110,14 +117,16 @@ async fn open(
     permits: &Arc<StreamPermits>,
     cache: &Mutex<MetaCache>,
     capacity: usize,
+    copies: &Arc<ReadThroughCache>,
     key: MediaKey,
 ) -> Result<MediaGrant, OpenError> {
     let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key);
     let meta = match cached {
         Some(meta) => meta,
         None => {
-            let meta = Arc::new(describe(engine, key).await?);
-            if key.kind.is_published() {
+            let meta = Arc::new(describe(engine, key, copies).await?);
+            // A remote one is looked up again: its local copy may be ready next time.
+            if key.kind.is_published() && meta.is_local() {
                 cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -120,6 +120,9 @@ pub struct StorageConfig {
     pub commit_timeout_s: u64,
     /// Page cache of the database, in MiB.
     pub cache_mb: u64,
+    /// Where media files are kept: on this machine's disk, or in S3.
+    pub backend: StorageBackend,
+    pub s3: S3Config,
 }
 
 impl Default for StorageConfig {
@@ -128,6 +131,45 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             commit_timeout_s: 10,
             cache_mb: 64,
+            backend: StorageBackend::Local,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Prepended to every key inside the bucket, e.g. `showcase/`.
+    pub prefix: String,
+    /// Empty: the SDK's default chain.
+    pub region: String,
+    /// Empty: AWS; set for S3-compatible servers.
+    pub endpoint_url: String,
+    pub force_path_style: bool,
+    /// Local read-through cache of published media; empty: `<data_dir>/cache`.
+    pub cache_dir: String,
+    pub cache_max_mb: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: String::new(),
+            endpoint_url: String::new(),
+            force_path_style: false,
+            cache_dir: String::new(),
+            cache_max_mb: 2048,
         }
     }
 }
@@ -139,6 +181,9 @@ pub struct QueueConfig {
     pub visibility_timeout_s: u64,
     /// A job received more than this many times is moved to the dead letters.
     pub max_receives: u32,
+    /// Where jobs wait: in the embedded queue, or in SQS.
+    pub backend: QueueBackend,
+    pub sqs: SqsConfig,
 }
 
 impl Default for QueueConfig {
@@ -146,6 +191,40 @@ impl Default for QueueConfig {
         Self {
             visibility_timeout_s: 120,
             max_receives: 5,
+            backend: QueueBackend::Embedded,
+            sqs: SqsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    Embedded,
+    Sqs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsConfig {
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+    /// Empty: the SDK's default chain.
+    pub region: String,
+    /// Empty: AWS; set for SQS-compatible servers.
+    pub endpoint_url: String,
+    /// Long polling: how long a receive waits for a job, in seconds (0..=20).
+    pub wait_time_s: u64,
+}
+
+impl Default for SqsConfig {
+    fn default() -> Self {
+        Self {
+            queue_url: String::new(),
+            dead_letter_queue_url: String::new(),
+            region: String::new(),
+            endpoint_url: String::new(),
+            wait_time_s: 20,
         }
     }
 }
@@ -600,6 +679,20 @@ impl Config {
         }
         if self.upload.max_concurrent == 0 {
             return bad("upload.max_concurrent must be > 0");
+        }
+        if self.storage.backend == StorageBackend::S3 && self.storage.s3.bucket.is_empty() {
+            return bad("storage.s3.bucket must be set when storage.backend is \"s3\"");
+        }
+        if self.queue.backend == QueueBackend::Sqs
+            && (self.queue.sqs.queue_url.is_empty()
+                || self.queue.sqs.dead_letter_queue_url.is_empty())
+        {
+            return bad(
+                "queue.sqs.queue_url and queue.sqs.dead_letter_queue_url must be set when queue.backend is \"sqs\"",
+            );
+        }
+        if self.queue.sqs.wait_time_s > 20 {
+            return bad("queue.sqs.wait_time_s must be within 0..=20 (the longest SQS long poll)");
         }
         if self.queue.max_receives == 0 {
             return bad("queue.max_receives must be > 0");

@@ -1,6 +1,8 @@
 //! A media file as the node serves it: which file a request names ([`MediaKey`]), what it is
-//! ([`MediaMeta`]: length, validators, a read-only mapping of its bytes), and the permit a
-//! response holds while it sends one ([`StreamPermits`]).
+//! ([`MediaMeta`]: length, validators, and where its bytes are: a read-only mapping of a local
+//! file, or a remote blob read by ranges), the local read-through cache of published media
+//! kept in a remote store ([`ReadThroughCache`]), and the permit a response holds while it
+//! sends one ([`StreamPermits`]).
 //!
 //! No HTTP here and no actor: the Streamer actor caches the metadata and grants the permits,
 //! the media route turns them into a response.
@@ -13,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::{Video, VideoId, VideoStatus};
-use crate::engine::blobs::{poster_key, processed_key};
-use crate::engine::Engine;
+use crate::engine::blobs::{poster_key, processed_key, BlobStream};
+use crate::engine::{BlobError, BlobStore, Engine};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaKind {
@@ -48,20 +50,78 @@ pub struct MediaMeta {
     pub etag: String,
     pub last_modified: SystemTime,
     pub content_type: &'static str,
-    mapping: Option<Arc<memmap2::Mmap>>,
-    /// The whole file as one shareable buffer over the mapping (empty for an empty file).
-    bytes: Bytes,
+    source: Source,
+}
+
+/// Where a media file's bytes are.
+enum Source {
+    /// A local file, mapped: the whole file as one shareable buffer over the mapping (empty
+    /// for an empty file).
+    Mapped {
+        mapping: Option<Arc<memmap2::Mmap>>,
+        bytes: Bytes,
+    },
+    /// A blob of a remote store, read by ranges.
+    Remote {
+        blobs: Arc<dyn BlobStore>,
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Mapped { .. } => f.write_str("Mapped"),
+            Source::Remote { key, .. } => write!(f, "Remote({key})"),
+        }
+    }
 }
 
 impl MediaMeta {
-    /// Bytes `first..=last` of the file, without a copy.
-    pub fn slice(&self, first: u64, last: u64) -> Bytes {
-        self.bytes.slice(first as usize..=last as usize)
+    /// Whether the bytes are on this machine (then [`MediaMeta::slice`] gives them).
+    pub fn is_local(&self) -> bool {
+        matches!(self.source, Source::Mapped { .. })
+    }
+
+    /// Bytes `first..=last` of a local file, without a copy; `None` for a remote one.
+    pub fn slice(&self, first: u64, last: u64) -> Option<Bytes> {
+        match &self.source {
+            Source::Mapped { bytes, .. } => Some(bytes.slice(first as usize..=last as usize)),
+            Source::Remote { .. } => None,
+        }
+    }
+
+    /// Bytes `first..=last`, streamed from wherever they are.
+    pub fn read_range(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<BlobStream, BlobError>> + Send>>
+    {
+        match &self.source {
+            Source::Mapped { bytes, .. } => {
+                let slice = bytes.slice(first as usize..=last as usize);
+                Box::pin(async move {
+                    Ok(
+                        Box::pin(futures_util::stream::once(async move { Ok(slice) }))
+                            as BlobStream,
+                    )
+                })
+            }
+            Source::Remote { blobs, key } => {
+                let (blobs, key) = (blobs.clone(), key.clone());
+                Box::pin(async move { blobs.read_range(&key, first, last).await })
+            }
+        }
     }
 
     /// Asks the kernel to start reading `len` bytes from `from`, without waiting for them.
     pub fn read_ahead(&self, from: u64, len: u64) {
-        if let Some(mapping) = &self.mapping {
+        if let Source::Mapped {
+            mapping: Some(mapping),
+            ..
+        } = &self.source
+        {
             let len = len.min(self.len.saturating_sub(from));
             if len > 0 {
                 let _ =
@@ -78,8 +138,10 @@ impl MediaMeta {
             etag: etag.to_string(),
             last_modified: SystemTime::UNIX_EPOCH,
             content_type: "video/mp4",
-            mapping: None,
-            bytes,
+            source: Source::Mapped {
+                mapping: None,
+                bytes,
+            },
         }
     }
 }
@@ -165,14 +227,23 @@ pub enum OpenError {
     Busy { retry_after_s: u64 },
     #[error("the media could not be opened: {0}")]
     Failed(String),
+    /// The store that holds it cannot be reached now.
+    #[error("the media store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn system_time(ts: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64)
 }
 
-/// What the store says the media is, and a mapping of its file.
-pub async fn describe(engine: &Engine, key: MediaKey) -> Result<MediaMeta, OpenError> {
+/// What the store says the media is, and where its bytes are: a mapping of its local file
+/// (the store's own, or a copy in `cache`), else the remote blob, whose copy `cache` then
+/// starts to make when the media is published.
+pub async fn describe(
+    engine: &Engine,
+    key: MediaKey,
+    cache: &Arc<ReadThroughCache>,
+) -> Result<MediaMeta, OpenError> {
     let video: Video = engine
         .store
         .video(key.video_id)
@@ -213,13 +284,36 @@ pub async fn describe(engine: &Engine, key: MediaKey) -> Result<MediaMeta, OpenE
             "video/mp4",
         ),
     };
-    let path = engine.blobs.local_path(&blob).ok_or(OpenError::NotFound)?;
-    let (len, mapping) = tokio::task::spawn_blocking(move || map_file(&path))
-        .await
-        .map_err(|e| OpenError::Failed(e.to_string()))??;
-    let bytes = match &mapping {
-        Some(mapping) => Bytes::from_owner(MappedFile(mapping.clone())),
-        None => Bytes::new(),
+    let local = engine.blobs.local_path(&blob).or_else(|| {
+        key.kind
+            .is_published()
+            .then(|| cache.copy_of(&blob))
+            .flatten()
+    });
+    let (len, source) = match local {
+        Some(path) => {
+            let (len, mapping) = tokio::task::spawn_blocking(move || map_file(&path))
+                .await
+                .map_err(|e| OpenError::Failed(e.to_string()))??;
+            let bytes = match &mapping {
+                Some(mapping) => Bytes::from_owner(MappedFile(mapping.clone())),
+                None => Bytes::new(),
+            };
+            (len, Source::Mapped { mapping, bytes })
+        }
+        None => {
+            let len = match engine.blobs.len(&blob).await {
+                Ok(Some(len)) => len,
+                Ok(None) | Err(BlobError::NotFound) => return Err(OpenError::NotFound),
+                Err(BlobError::Unavailable(why)) => return Err(OpenError::Unavailable(why)),
+                Err(e) => return Err(OpenError::Failed(e.to_string())),
+            };
+            if key.kind.is_published() {
+                cache.fill(engine.blobs.clone(), &blob);
+            }
+            let blobs = engine.blobs.clone();
+            (len, Source::Remote { blobs, key: blob })
+        }
     };
     Ok(MediaMeta {
         kind: key.kind,
@@ -227,9 +321,113 @@ pub async fn describe(engine: &Engine, key: MediaKey) -> Result<MediaMeta, OpenE
         etag,
         last_modified: system_time(modified),
         content_type,
-        mapping,
-        bytes,
+        source,
     })
+}
+
+/// Local copies of published media kept in a remote store, least recently used out past
+/// `max_bytes`. Published media never change, so a copy is never stale.
+pub struct ReadThroughCache {
+    dir: std::path::PathBuf,
+    max_bytes: u64,
+    /// Copies being made, so that a hot video is downloaded once.
+    filling: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl ReadThroughCache {
+    pub fn new(dir: std::path::PathBuf, max_bytes: u64) -> Self {
+        Self {
+            dir,
+            max_bytes,
+            filling: std::sync::Mutex::default(),
+        }
+    }
+
+    fn path_of(&self, key: &str) -> std::path::PathBuf {
+        self.dir.join(key)
+    }
+
+    /// The local copy of `key`, if there is one; marked as used now.
+    pub fn copy_of(&self, key: &str) -> Option<std::path::PathBuf> {
+        let path = self.path_of(key);
+        let file = std::fs::File::options().append(true).open(&path).ok()?;
+        let _ = file.set_modified(SystemTime::now());
+        Some(path)
+    }
+
+    /// Starts copying `key` from `blobs` in the background, unless a copy is being made.
+    pub fn fill(self: &Arc<Self>, blobs: Arc<dyn BlobStore>, key: &str) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
+        if !filling.insert(key.to_string()) {
+            return;
+        }
+        drop(filling);
+        let (cache, key) = (self.clone(), key.to_string());
+        tokio::spawn(async move {
+            if let Err(error) = cache.copy(blobs.as_ref(), &key).await {
+                tracing::warn!(key, %error, "copying a published media file into the cache failed");
+            }
+            cache
+                .filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        });
+    }
+
+    async fn copy(&self, blobs: &dyn BlobStore, key: &str) -> Result<(), BlobError> {
+        let target = self.path_of(key);
+        let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
+        tokio::fs::create_dir_all(&parent).await?;
+        let part = parent.join(format!(".{}.part", uuid::Uuid::new_v4().simple()));
+        let copied = blobs.fetch(key, &part).await;
+        if copied.is_ok() {
+            tokio::fs::rename(&part, &target).await?;
+        } else {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        copied?;
+        let (dir, max) = (self.dir.clone(), self.max_bytes);
+        tokio::task::spawn_blocking(move || evict(&dir, max))
+            .await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+}
+
+/// Removes the least recently used copies under `dir` until they take at most `max_bytes`.
+fn evict(dir: &std::path::Path, max_bytes: u64) -> std::io::Result<()> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(SystemTime, u64, std::path::PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                walk(&entry.path(), out);
+            } else if !entry.file_name().to_string_lossy().starts_with('.') {
+                let used = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push((used, metadata.len(), entry.path()));
+            }
+        }
+    }
+    let mut copies = Vec::new();
+    walk(dir, &mut copies);
+    let mut total: u64 = copies.iter().map(|c| c.1).sum();
+    copies.sort();
+    for (_, len, path) in copies {
+        if total <= max_bytes {
+            break;
+        }
+        std::fs::remove_file(&path)?;
+        total -= len;
+    }
+    Ok(())
 }
 
 /// A mapping as the owner of a [`Bytes`].

@@ -18,15 +18,18 @@ use crate::actors::supervisor::{ChildSpec, Intensity, Supervisor, SupervisorSett
 use crate::actors::transcoder::{Transcoder, TranscoderChildren, TranscoderSettings};
 use crate::actors::ActorRef;
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, QueueBackend, StorageBackend};
 use crate::domain::VideoStatus;
+use crate::engine::aws::Endpoint;
 use crate::engine::blobs::video_id_in;
+use crate::engine::s3_blobs::{S3Blobs, S3Location};
 use crate::engine::sled_engine::SledEngine;
-use crate::engine::{BlobStore, Engine, LocalBlobs};
+use crate::engine::sqs_queue::{SqsLocation, SqsQueue};
+use crate::engine::{BlobStore, Engine, JobQueue, LocalBlobs};
 use crate::faults::Faults;
 use crate::health::HealthRegistry;
 use crate::load::Load;
-use crate::media::StreamPermits;
+use crate::media::{ReadThroughCache, StreamPermits};
 use crate::node::{Node, NodeActors, NodeParts, UploadAdmission};
 use crate::rate_limit::{ClientAddressing, RateLimits};
 use crate::signed_url::UrlSigner;
@@ -178,14 +181,18 @@ async fn open_engine(
         Duration::from_secs(config.storage.commit_timeout_s),
         config.storage.cache_mb * 1024 * 1024,
     )?;
-    let blobs: Arc<dyn BlobStore> = Arc::new(
-        LocalBlobs::open(data_dir.join(MEDIA_DIR))
-            .map_err(io_error("opening the media directory"))?,
-    );
+    let blobs = open_blobs(config, data_dir).await?;
+    let (queue, outbox): (Arc<dyn JobQueue>, Option<Arc<dyn JobQueue>>) = match config.queue.backend
+    {
+        QueueBackend::Embedded => (sled.clone(), None),
+        // The store's own queue becomes the outbox the relay empties into SQS.
+        QueueBackend::Sqs => (Arc::new(open_sqs(config).await?), Some(sled.clone())),
+    };
     let engine = Engine {
         store: sled.clone(),
-        queue: sled.clone(),
+        queue,
         blobs,
+        outbox,
     };
     let orphans = remove_orphan_files(&engine).await?;
     let recovery = sled.recovery();
@@ -198,6 +205,57 @@ async fn open_engine(
         "recovery done"
     );
     Ok((sled, engine))
+}
+
+/// The media store of the configuration; a remote one must answer before the node starts.
+async fn open_blobs(config: &Config, data_dir: &Path) -> Result<Arc<dyn BlobStore>, StartupError> {
+    match config.storage.backend {
+        StorageBackend::Local => Ok(Arc::new(
+            LocalBlobs::open(data_dir.join(MEDIA_DIR))
+                .map_err(io_error("opening the media directory"))?,
+        )),
+        StorageBackend::S3 => {
+            let s3 = &config.storage.s3;
+            let location = S3Location {
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone(),
+                endpoint: Endpoint {
+                    region: s3.region.clone(),
+                    endpoint_url: s3.endpoint_url.clone(),
+                },
+                force_path_style: s3.force_path_style,
+            };
+            let store = S3Blobs::connect(&location).await;
+            store.check().await.map_err(|e| {
+                StartupError::Config(format!(
+                    "storage.s3: the bucket {:?} does not answer: {e}",
+                    s3.bucket
+                ))
+            })?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// The SQS queues of the configuration, once both answer and their redrive policy agrees
+/// with `queue.max_receives`.
+async fn open_sqs(config: &Config) -> Result<SqsQueue, StartupError> {
+    let sqs = &config.queue.sqs;
+    let location = SqsLocation {
+        queue_url: sqs.queue_url.clone(),
+        dead_letter_queue_url: sqs.dead_letter_queue_url.clone(),
+        endpoint: Endpoint {
+            region: sqs.region.clone(),
+            endpoint_url: sqs.endpoint_url.clone(),
+        },
+        wait_time_s: sqs.wait_time_s,
+    };
+    let queue = SqsQueue::connect(&location, config.queue.max_receives).await;
+    queue
+        .check()
+        .await
+        .map_err(|e| StartupError::Config(format!("queue.sqs: {e}")))?;
+    Ok(queue)
 }
 
 /// How a child is reached and how it is started.
@@ -232,8 +290,21 @@ fn streamer(config: &Config, shared: &Shared) -> Child<Streamer> {
         actor.health.clone(),
     );
     let capacity = config.stream.cache_entries;
+    let copies = Arc::new(ReadThroughCache::new(
+        match config.storage.s3.cache_dir.as_str() {
+            "" => config.storage.data_dir.join("cache"),
+            dir => std::path::PathBuf::from(dir),
+        },
+        config.storage.s3.cache_max_mb * 1024 * 1024,
+    ));
     let spec = ChildSpec::for_actor(&actor, config.actors.mailbox_capacity, move || {
-        Streamer::new(engine.clone(), permits.clone(), capacity, health.clone())
+        Streamer::new(
+            engine.clone(),
+            permits.clone(),
+            capacity,
+            copies.clone(),
+            health.clone(),
+        )
     });
     Child { actor, spec }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::application::{io_error, Application, RunError, StartupError};
 use crate::actors::supervisor::StopChildren;
 use crate::config::Config;
-use crate::engine::{Engine, StoreError};
+use crate::engine::{Engine, JobQueue, StoreError};
 use crate::http::server::{serve, ServerLimits};
 use crate::http::Served;
 use crate::node::Node;
@@ -102,6 +102,10 @@ impl Application {
             node.rate_limits().clone(),
             Duration::from_secs(node.config().rate_limit.evict_every_s.max(1)),
         ));
+        let relay = node.engine().outbox.clone().map(|outbox| {
+            let queue = node.engine().queue.clone();
+            tokio::spawn(keep_relaying(outbox, queue))
+        });
 
         let escalated = tokio::select! {
             _ = shutdown => None,
@@ -119,6 +123,9 @@ impl Application {
         serving.stop().await;
         watchdog.abort();
         eviction.abort();
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         // Short: the process must be gone `shutdown_grace_s` + 5 s after SIGTERM, flush included.
         let _ = tokio::time::timeout(Duration::from_secs(2), supervisor.send(StopChildren)).await;
         // Transcodes in progress are abandoned: their leases expire and they run again later.
@@ -136,6 +143,21 @@ impl Application {
         match escalated {
             Some(reason) => Err(RunError::Escalated(reason)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Runs the outbox relay, started again should it ever panic (aborted at shutdown).
+async fn keep_relaying(outbox: Arc<dyn JobQueue>, queue: Arc<dyn JobQueue>) {
+    use futures_util::FutureExt;
+    loop {
+        let run = crate::engine::outbox::relay(outbox.clone(), queue.clone());
+        if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            tracing::error!(
+                panic = crate::panics::payload_message(panic.as_ref()),
+                "the outbox relay panicked; starting it again"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -7,6 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A blob's bytes as they arrive.
+pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -35,6 +40,17 @@ pub trait BlobStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
     /// Where the blob can be read on this machine, when it is stored locally.
     fn local_path(&self, key: &str) -> Option<PathBuf>;
+    /// A local file with the blob's bytes: the blob itself when it is stored locally, else a
+    /// copy downloaded to `into`. `NotFound` when there is no such blob.
+    async fn fetch(&self, key: &str, into: &Path) -> Result<PathBuf, BlobError>;
+    /// The blob's length, or `None` when there is no such blob.
+    async fn len(&self, key: &str) -> Result<Option<u64>, BlobError>;
+    /// Bytes `first..=last` of the blob, streamed as they are read.
+    async fn read_range(&self, key: &str, first: u64, last: u64) -> Result<BlobStream, BlobError>;
+    /// Whether the store can be reached now (readiness); a local store always can.
+    async fn check(&self) -> Result<(), BlobError> {
+        Ok(())
+    }
 }
 
 pub struct LocalBlobs {
@@ -134,6 +150,37 @@ impl BlobStore for LocalBlobs {
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path_of(key).ok()
+    }
+
+    async fn fetch(&self, key: &str, _into: &Path) -> Result<PathBuf, BlobError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::try_exists(&path).await? {
+            true => Ok(path),
+            false => Err(BlobError::NotFound),
+        }
+    }
+
+    async fn len(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        match tokio::fs::metadata(self.path_of(key)?).await {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_range(&self, key: &str, first: u64, last: u64) -> Result<BlobStream, BlobError> {
+        use futures_util::TryStreamExt;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = match tokio::fs::File::open(self.path_of(key)?).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        file.seek(std::io::SeekFrom::Start(first)).await?;
+        let limited = file.take(last.saturating_sub(first) + 1);
+        Ok(Box::pin(
+            tokio_util::io::ReaderStream::with_capacity(limited, 256 * 1024).map_err(BlobError::Io),
+        ))
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod blobs;
 pub mod commit;
+pub mod outbox;
 pub mod probe;
 pub mod queue;
 pub mod s3_blobs;
@@ -28,4 +29,7 @@ pub struct Engine {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn JobQueue>,
     pub blobs: Arc<dyn BlobStore>,
+    /// Where the store commits jobs with their records when the queue is another system: the
+    /// outbox the relay empties into `queue` (see [`outbox`]). `None` when they are one.
+    pub outbox: Option<Arc<dyn JobQueue>>,
 }

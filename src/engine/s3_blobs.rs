@@ -12,10 +12,10 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::aws::{sdk_config, Endpoint};
+pub use super::blobs::BlobStream;
 use super::blobs::{check_key, BlobError, BlobStore};
 
 /// Size of the parts of a multipart upload (S3 wants at least 5 MiB but for the last one).
@@ -41,9 +41,6 @@ pub struct S3Blobs {
     bucket: String,
     prefix: String,
 }
-
-/// A blob's bytes as they arrive.
-pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send>>;
 
 /// What a failed call means for the caller: try later, not found, or refused.
 fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> BlobError
@@ -93,7 +90,7 @@ impl S3Blobs {
     }
 
     /// Whether the bucket answers (start-up and readiness checks).
-    pub async fn check(&self) -> Result<(), BlobError> {
+    pub async fn check_bucket(&self) -> Result<(), BlobError> {
         self.client
             .head_bucket()
             .bucket(&self.bucket)
@@ -104,7 +101,7 @@ impl S3Blobs {
     }
 
     /// The length of a blob, or `None` when there is no such blob.
-    pub async fn len(&self, key: &str) -> Result<Option<u64>, BlobError> {
+    pub async fn object_len(&self, key: &str) -> Result<Option<u64>, BlobError> {
         let head = self
             .client
             .head_object()
@@ -124,7 +121,7 @@ impl S3Blobs {
     }
 
     /// Bytes `first..=last` of a blob, streamed as they arrive (one ranged GET).
-    pub async fn read_range(
+    pub async fn ranged_get(
         &self,
         key: &str,
         first: u64,
@@ -299,7 +296,7 @@ impl BlobStore for S3Blobs {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, BlobError> {
-        Ok(self.len(key).await?.is_some())
+        Ok(self.object_len(key).await?.is_some())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
@@ -325,5 +322,22 @@ impl BlobStore for S3Blobs {
 
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None
+    }
+
+    async fn fetch(&self, key: &str, into: &Path) -> Result<PathBuf, BlobError> {
+        self.download(key, into).await?;
+        Ok(into.to_path_buf())
+    }
+
+    async fn len(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        self.object_len(key).await
+    }
+
+    async fn read_range(&self, key: &str, first: u64, last: u64) -> Result<BlobStream, BlobError> {
+        self.ranged_get(key, first, last).await
+    }
+
+    async fn check(&self) -> Result<(), BlobError> {
+        self.check_bucket().await
     }
 }

@@ -22,6 +22,8 @@ use super::range::{
 };
 use super::request::Request;
 use super::response::{empty, stream, Response};
+use crate::engine::blobs::BlobStream;
+use crate::engine::BlobError;
 use crate::media::{MediaGrant, MediaKey, MediaKind, MediaMeta, StreamPermit};
 use crate::node::Node;
 
@@ -176,12 +178,21 @@ pub enum Piece {
     Range { first: u64, last: u64 },
 }
 
-/// A response body made of pieces, sent from the file's mapping; holds its stream permit until
-/// it is finished or dropped (a client that went away frees its permit).
+/// A response body made of pieces, sent from the file's mapping, or read by ranges from the
+/// store that holds it; holds its stream permit until it is finished or dropped (a client that
+/// went away frees its permit).
 pub struct MediaBody {
     meta: Arc<MediaMeta>,
     pieces: VecDeque<Piece>,
     permit: StreamPermit,
+    /// A range of a remote file being read.
+    remote: Remote,
+}
+
+enum Remote {
+    Idle,
+    Opening(Pin<Box<dyn std::future::Future<Output = Result<BlobStream, BlobError>> + Send>>),
+    Streaming(BlobStream),
 }
 
 impl MediaBody {
@@ -190,36 +201,71 @@ impl MediaBody {
             meta: grant.meta,
             pieces: pieces.into(),
             permit: grant.permit,
+            remote: Remote::Idle,
         }
+    }
+
+    /// The next chunk of a local range piece: a slice of the mapping, the rest put back.
+    fn local_chunk(&mut self, first: u64, last: u64) -> Bytes {
+        let end = last.min(first + CHUNK_BYTES - 1);
+        if end < last {
+            self.pieces.push_front(Piece::Range {
+                first: end + 1,
+                last,
+            });
+            // Readahead for the slice after this one, so it rarely faults in on a runtime
+            // thread.
+            self.meta.read_ahead(end + 1, CHUNK_BYTES * 2);
+        }
+        self.meta.slice(first, end).unwrap_or_default()
     }
 }
 
 impl futures_util::Stream for MediaBody {
     type Item = Result<Bytes, std::io::Error>;
 
-    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(piece) = self.pieces.pop_front() else {
-            return Poll::Ready(None);
-        };
-        let chunk = match piece {
-            Piece::Text(text) => text,
-            Piece::Range { first, last } => {
-                let end = last.min(first + CHUNK_BYTES - 1);
-                if end < last {
-                    self.pieces.push_front(Piece::Range {
-                        first: end + 1,
-                        last,
-                    });
-                    // Readahead for the slice after this one, so it rarely faults in on a
-                    // runtime thread.
-                    self.meta.read_ahead(end + 1, CHUNK_BYTES * 2);
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.remote {
+                Remote::Opening(opening) => match opening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(stream)) => this.remote = Remote::Streaming(stream),
+                    Poll::Ready(Err(e)) => {
+                        this.remote = Remote::Idle;
+                        return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                    }
+                },
+                Remote::Streaming(stream) => match stream.as_mut().poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        this.permit.served(chunk.len() as u64);
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        this.remote = Remote::Idle;
+                        return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                    }
+                    Poll::Ready(None) => this.remote = Remote::Idle,
+                },
+                Remote::Idle => {
+                    let Some(piece) = this.pieces.pop_front() else {
+                        return Poll::Ready(None);
+                    };
+                    match piece {
+                        Piece::Text(text) => return Poll::Ready(Some(Ok(text))),
+                        Piece::Range { first, last } if this.meta.is_local() => {
+                            let chunk = this.local_chunk(first, last);
+                            this.permit.served(chunk.len() as u64);
+                            return Poll::Ready(Some(Ok(chunk)));
+                        }
+                        Piece::Range { first, last } => {
+                            this.remote = Remote::Opening(this.meta.read_range(first, last));
+                        }
+                    }
                 }
-                let chunk = self.meta.slice(first, end);
-                self.permit.served(chunk.len() as u64);
-                chunk
             }
-        };
-        Poll::Ready(Some(Ok(chunk)))
+        }
     }
 }
 

@@ -77,6 +77,10 @@ impl From<OpenError> for Error {
             OpenError::NotFound => Error::NoMedia,
             OpenError::Busy { retry_after_s } => Error::StreamsBusy { retry_after_s },
             OpenError::Failed(cause) => Error::Internal(cause),
+            OpenError::Unavailable(reason) => Error::Unavailable {
+                reason,
+                retry_after_s: 5,
+            },
         }
     }
 }

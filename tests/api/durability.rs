@@ -71,6 +71,7 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
             blobs: std::sync::Arc::new(
                 showcase::engine::LocalBlobs::open(dir.path().join("media")).unwrap(),
             ),
+            outbox: None,
         };
         common::publish_in(&engine, id).await;
     }
