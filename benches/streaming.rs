@@ -131,6 +131,7 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
     let t = common::TestApp {
         client: common::Client::new(app.url("")),
         app,
+        aws: None,
         dir: tempfile::tempdir().unwrap(),
     };
     let id = runtime.block_on(async {

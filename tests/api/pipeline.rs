@@ -163,16 +163,8 @@ async fn an_upload_is_processed_with_visible_progress_and_published() {
     let stored = t.app.engine().store.video(id).await.unwrap().unwrap();
     assert_eq!(stored.content_hash.as_ref().unwrap().len(), 64);
     assert!((stored.processed_duration_s.unwrap() - 11.0).abs() < 0.2);
-    assert!(t
-        .dir
-        .path()
-        .join(format!("media/processed/{id}.mp4"))
-        .exists());
-    assert!(t
-        .dir
-        .path()
-        .join(format!("media/posters/{id}.jpg"))
-        .exists());
+    assert!(t.blob(&format!("processed/{id}.mp4")).is_some());
+    assert!(t.blob(&format!("posters/{id}.jpg")).is_some());
     let stats = t.app.engine().queue.stats().await.unwrap();
     assert_eq!((stats.depth, stats.in_flight, stats.dead), (0, 0, 0));
     let (_, public) = t.get("/api/public/videos", None).await;
@@ -456,10 +448,9 @@ async fn a_job_whose_owner_is_gone_is_dead_lettered_at_once_and_its_files_remove
     // A video whose owner is not in the store (a deleted account, a restored backup).
     let id = engine.store.allocate_video_id().await.unwrap();
     let original = format!("originals/{id}.mp4");
-    let path = t.dir.path().join("media").join(&original);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::copy(short_clip(), &path).unwrap();
-    let media = showcase::engine::probe::probe_mp4(&path).unwrap();
+    t.put_blob(&original, &std::fs::read(short_clip()).unwrap())
+        .await;
+    let media = showcase::engine::probe::probe_mp4(&short_clip()).unwrap();
     engine
         .store
         .commit_upload(
@@ -483,7 +474,7 @@ async fn a_job_whose_owner_is_gone_is_dead_lettered_at_once_and_its_files_remove
     let letters = engine.queue.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].job.receive_count, 1, "not retried");
-    assert!(!path.exists(), "the original is removed");
+    assert!(t.blob(&original).is_none(), "the original is removed");
     assert!(
         t.files_under("media").is_empty(),
         "{:?}",

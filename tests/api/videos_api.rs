@@ -48,14 +48,10 @@ async fn a_valid_upload_is_stored_with_its_record_and_its_job() {
     assert_eq!(job.task_id, task_id);
     assert_eq!(engine.queue.stats().await.unwrap().depth, 1);
 
-    let stored = t
-        .dir
-        .path()
-        .join("media/originals")
-        .join(format!("{id}.mp4"));
-    assert_eq!(
-        std::fs::read(&stored).unwrap(),
-        std::fs::read(clip(Clip::Valid)).unwrap()
+    assert!(
+        t.blob(&format!("originals/{id}.mp4")).unwrap()
+            == std::fs::read(clip(Clip::Valid)).unwrap(),
+        "the original is stored as uploaded"
     );
     assert!(t.files_under("tmp").is_empty());
 
@@ -257,11 +253,7 @@ async fn delete_removes_record_job_and_files_unless_published() {
     let engine = t.app.engine();
     assert!(engine.store.video(gone).await.unwrap().is_none());
     assert!(engine.queue.job(gone).await.unwrap().is_none());
-    assert!(!t
-        .dir
-        .path()
-        .join(format!("media/originals/{gone}.mp4"))
-        .exists());
+    assert!(t.blob(&format!("originals/{gone}.mp4")).is_none());
     assert_eq!(
         t.get(&format!("/api/videos/{gone}"), Some(&token)).await.0,
         StatusCode::NOT_FOUND

@@ -6,6 +6,7 @@
 //! processes print theirs when they are dropped); without it the logs are discarded.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod client;
 pub mod moto;
 pub mod process;
@@ -29,6 +30,8 @@ pub const PASSWORD: &str = "canasta-2026";
 pub struct TestApp {
     pub app: RunningApp,
     pub client: Client,
+    /// The S3 and SQS server of the node, when the tests run on the AWS backends.
+    pub aws: Option<aws::Aws>,
     // Dropped after `app` (fields drop in order), so the node stops before its dir goes.
     pub dir: tempfile::TempDir,
 }
@@ -91,10 +94,12 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         adjust(&mut config);
+        let aws = aws::on_aws().then(|| aws::Aws::start(&mut config));
         let app = showcase::app::spawn(config).expect("the node starts");
         Self {
             client: Client::new(app.url("")),
             app,
+            aws,
             dir,
         }
     }
@@ -137,13 +142,12 @@ impl TestApp {
     /// puts its outputs, with their real content hashes. Returns the video's bytes.
     pub async fn publish_with_files(&self, video_id: u64, video: &Path, poster: &Path) -> Vec<u8> {
         use sha2::Digest;
-        let media = self.dir.path().join("media");
-        std::fs::create_dir_all(media.join("processed")).unwrap();
-        std::fs::create_dir_all(media.join("posters")).unwrap();
         let bytes = std::fs::read(video).unwrap();
-        std::fs::write(media.join(format!("processed/{video_id}.mp4")), &bytes).unwrap();
         let poster_bytes = std::fs::read(poster).unwrap();
-        std::fs::write(media.join(format!("posters/{video_id}.jpg")), &poster_bytes).unwrap();
+        self.put_blob(&format!("processed/{video_id}.mp4"), &bytes)
+            .await;
+        self.put_blob(&format!("posters/{video_id}.jpg"), &poster_bytes)
+            .await;
         self.app
             .engine()
             .store
@@ -162,8 +166,57 @@ impl TestApp {
         bytes
     }
 
+    /// Files under `sub` of the data dir; under `media`, the node's blobs wherever they are
+    /// kept (as `media/<key>`).
     pub fn files_under(&self, sub: &str) -> Vec<PathBuf> {
-        files_under(&self.dir.path().join(sub))
+        let media = sub == "media" || sub.starts_with("media/");
+        match &self.aws {
+            Some(aws) if media => {
+                let prefix = sub.trim_start_matches("media").trim_start_matches('/');
+                let prefix = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                aws::block_on(async {
+                    use showcase::engine::BlobStore;
+                    aws.blobs().await.list(&prefix).await.unwrap()
+                })
+                .into_iter()
+                .map(|key| PathBuf::from("media").join(key))
+                .collect()
+            }
+            _ => files_under(&self.dir.path().join(sub)),
+        }
+    }
+
+    /// The bytes of the node's blob `key` (`originals/3.mp4`), if there is one.
+    pub fn blob(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.aws {
+            Some(aws) => aws::block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let copy = dir.path().join("blob");
+                aws.blobs().await.download(key, &copy).await.ok()?;
+                std::fs::read(copy).ok()
+            }),
+            None => std::fs::read(self.dir.path().join("media").join(key)).ok(),
+        }
+    }
+
+    /// Stores `bytes` as the node's blob `key`, where the node keeps its media.
+    pub async fn put_blob(&self, key: &str, bytes: &[u8]) {
+        use showcase::engine::BlobStore;
+        let scratch = tempfile::tempdir().unwrap();
+        let file = scratch.path().join("blob");
+        std::fs::write(&file, bytes).unwrap();
+        match &self.aws {
+            Some(aws) => aws.blobs().await.put_file(key, &file).await.unwrap(),
+            None => showcase::engine::LocalBlobs::open(self.dir.path().join("media"))
+                .unwrap()
+                .put_file(key, &file)
+                .await
+                .unwrap(),
+        }
     }
 }
 
