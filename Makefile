@@ -80,6 +80,8 @@ lint: deps
 
 test: test-deps lint
 	cargo test
+	# The API suite again, its nodes keeping media in S3 and jobs in SQS (moto).
+	SHOWCASE_TEST_BACKENDS=aws cargo test --test api
 
 bench: test-deps
 	$(call install_missing,$(BENCH_PACKAGES))

@@ -233,7 +233,14 @@ async fn process(deps: &Deps, lease: &Lease, credit: OwnedSemaphorePermit) -> (J
     let dir = work_dir(&deps.settings, lease);
     let ended = match transcode(deps, lease, &dir, credit).await {
         Ok(report) => publish(deps, lease, &dir, report).await,
-        Err(TranscodeFailure::Cancelled) => (JobOutcome::Cancelled, "cancelled".into()),
+        Err(TranscodeFailure::Cancelled) => {
+            // Cancelled because its video was deleted: a queue that cannot remove a job by id
+            // (SQS) still holds it, and it is done with.
+            if let Ok(None) = engine.store.video(id).await {
+                let _ = engine.queue.ack(id, &lease.token).await;
+            }
+            (JobOutcome::Cancelled, "cancelled".into())
+        }
         Err(TranscodeFailure::Permanent(reason)) => fail(deps, lease, &reason).await,
         Err(TranscodeFailure::Transient(reason))
             if lease.job.receive_count >= deps.settings.max_receives =>

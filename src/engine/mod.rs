@@ -33,3 +33,15 @@ pub struct Engine {
     /// outbox the relay empties into `queue` (see [`outbox`]). `None` when they are one.
     pub outbox: Option<Arc<dyn JobQueue>>,
 }
+
+impl Engine {
+    /// The counts of the jobs, the ones still in the outbox waiting with the rest.
+    pub async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
+        let mut stats = self.queue.stats().await?;
+        if let Some(outbox) = &self.outbox {
+            let waiting = outbox.stats().await?;
+            stats.depth += waiting.depth + waiting.in_flight;
+        }
+        Ok(stats)
+    }
+}

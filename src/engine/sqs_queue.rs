@@ -9,14 +9,15 @@
 //! approximate attributes.
 //!
 //! Where SQS cannot do what the embedded queue does:
-//! - a message cannot be found or removed by video id: `job` answers `None` and `cancel`
-//!   `false`. Cancellation goes through the video record instead (the worker acknowledges a
+//! - a message cannot be found or removed by video id: `job` knows only the jobs this node
+//!   holds leases on, and `cancel` answers `false`. Cancellation goes through the video record instead (the worker acknowledges a
 //!   job whose video is gone without working on it);
 //! - a message cannot be changed: the reason a job was given back is not kept with it (the
 //!   video record keeps the last failure), and a job dead-lettered by the redrive policy
 //!   carries the receive count as its reason;
-//! - listing the dead letters reads them with a zero visibility timeout, up to
-//!   [`MAX_LISTED`]; the counts are SQS's approximations;
+//! - listing the dead letters reads them with a zero visibility timeout until a read brings
+//!   nothing new, up to [`MAX_LISTED`]: with many dead letters a listing may miss some (SQS
+//!   samples its servers); the counts are SQS's approximations;
 //! - moving a message between queues is a send then a delete: a crash in between leaves it in
 //!   both, which at-least-once delivery and idempotent jobs already allow.
 
@@ -56,7 +57,12 @@ pub struct SqsQueue {
     max_receives: u32,
     /// The jobs this node holds leases on, by receipt handle: what a dead letter carries.
     leased: std::sync::Mutex<HashMap<String, Job>>,
+    /// Why this node last gave a job back, by video: SQS keeps no reason with a message.
+    reasons: std::sync::Mutex<HashMap<VideoId, String>>,
 }
+
+/// Give-back reasons remembered at most (they are forgotten all at once past it).
+const MAX_REASONS: usize = 10_000;
 
 fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> QueueError
 where
@@ -121,6 +127,7 @@ impl SqsQueue {
             wait_time_s: location.wait_time_s.min(20) as i32,
             max_receives,
             leased: std::sync::Mutex::default(),
+            reasons: std::sync::Mutex::default(),
         }
     }
 
@@ -180,6 +187,18 @@ impl SqsQueue {
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
         self.leased.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reasons(&self) -> std::sync::MutexGuard<'_, HashMap<VideoId, String>> {
+        self.reasons.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, video_id: VideoId, reason: &str) {
+        let mut reasons = self.reasons();
+        if reasons.len() >= MAX_REASONS {
+            reasons.clear();
+        }
+        reasons.insert(video_id, reason.to_string());
     }
 
     async fn send(&self, url: &str, job: &Job) -> Result<(), QueueError> {
@@ -294,7 +313,10 @@ impl JobQueue for SqsQueue {
         };
         let token = message.receipt_handle().unwrap_or_default().to_string();
         let job = match job_of(message) {
-            Ok(job) => job,
+            Ok(mut job) => {
+                job.last_error = self.reasons().get(&job.video_id).cloned();
+                job
+            }
             Err(e) => {
                 // A message that is no job would come back for ever: it goes to the dead letters.
                 tracing::warn!(error = %e, "a message that is not a job was removed from the queue");
@@ -327,19 +349,21 @@ impl JobQueue for SqsQueue {
         Ok(now_ms() + visibility.as_millis() as u64)
     }
 
-    async fn ack(&self, _: VideoId, token: &str) -> Result<(), QueueError> {
+    async fn ack(&self, video_id: VideoId, token: &str) -> Result<(), QueueError> {
         self.leases().remove(token);
+        self.reasons().remove(&video_id);
         self.delete(&self.queue_url, token).await
     }
 
     async fn nack(
         &self,
-        _: VideoId,
+        video_id: VideoId,
         token: &str,
         delay: Duration,
-        _reason: &str,
+        reason: &str,
     ) -> Result<(), QueueError> {
         self.leases().remove(token);
+        self.remember(video_id, reason);
         self.client
             .change_message_visibility()
             .queue_url(&self.queue_url)
@@ -376,32 +400,45 @@ impl JobQueue for SqsQueue {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut letters: Vec<DeadLetter> = Vec::new();
-        let mut handles = Vec::new();
-        while letters.len() < MAX_LISTED {
-            // Held while the pass lasts so that each is read once, then released below.
-            let batch = self
-                .receive_batch(&self.dead_url, Duration::from_secs(30))
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
+        // Read with a zero visibility timeout, so that a listing hides nothing from anyone
+        // else (another listing, a re-drive): batches are taken until one brings nothing new.
+        let mut letters: HashMap<String, DeadLetter> = HashMap::new();
+        for _ in 0..MAX_LISTED / BATCH as usize {
+            let batch = self.receive_batch(&self.dead_url, Duration::ZERO).await?;
+            let before = letters.len();
             for message in batch {
-                handles.push(message.receipt_handle().unwrap_or_default().to_string());
-                let Ok(job) = job_of(&message) else { continue };
+                let Some(id) = message.message_id().map(str::to_string) else {
+                    continue;
+                };
+                let Ok(mut job) = job_of(&message) else {
+                    continue;
+                };
+                // A job dead-lettered here carries its receive count in its body; one moved
+                // by the redrive policy carries it in the message (and reads add to it).
+                if let Ok(sent) = serde_json::from_str::<Job>(message.body().unwrap_or("")) {
+                    if sent.receive_count > 0 {
+                        job.receive_count = sent.receive_count;
+                    }
+                }
                 let reason = job.last_error.clone().unwrap_or_else(|| {
                     format!("received {} times without success", self.max_receives)
                 });
                 let dead_at_ms = attribute(&message, MessageSystemAttributeName::SentTimestamp)
                     .unwrap_or_else(now_ms);
-                letters.push(DeadLetter {
-                    job,
-                    reason,
-                    dead_at_ms,
-                });
+                letters.insert(
+                    id,
+                    DeadLetter {
+                        job,
+                        reason,
+                        dead_at_ms,
+                    },
+                );
+            }
+            if letters.len() == before {
+                break;
             }
         }
-        self.release(&handles).await;
+        let mut letters: Vec<DeadLetter> = letters.into_values().collect();
         letters.sort_by_key(|d| d.job.video_id);
         letters.dedup_by_key(|d| d.job.video_id);
         Ok(letters)
@@ -445,7 +482,12 @@ impl JobQueue for SqsQueue {
         })
     }
 
-    async fn job(&self, _: VideoId) -> Result<Option<Job>, QueueError> {
-        Ok(None)
+    /// Only a job this node holds a lease on can be found.
+    async fn job(&self, video_id: VideoId) -> Result<Option<Job>, QueueError> {
+        Ok(self
+            .leases()
+            .values()
+            .find(|job| job.video_id == video_id)
+            .cloned())
     }
 }

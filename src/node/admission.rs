@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::engine::JobQueue;
+use crate::engine::Engine;
 use crate::faults::Faults;
 use crate::load::{Load, MAX_RETRY_S};
 use crate::upload::{StuckProbes, UploadSlot};
@@ -77,7 +77,7 @@ pub struct UploadAdmission {
 
 impl UploadAdmission {
     /// Everything that stands in the way of an upload now, apart from a free slot.
-    pub async fn obstacles(&self, queue: &dyn JobQueue) -> Vec<Refusal> {
+    pub async fn obstacles(&self, engine: &Engine) -> Vec<Refusal> {
         let mut found = Vec::new();
         if self.stuck_probes.too_many() {
             found.push(Refusal::ProbesStuck {
@@ -94,7 +94,7 @@ impl UploadAdmission {
             Ok(_) => {}
             Err(e) => found.push(Refusal::DiskUnknown(e.to_string())),
         }
-        match queue.stats().await {
+        match engine.queue_stats().await {
             Ok(stats) if stats.depth >= self.max_queue_depth => found.push(Refusal::QueueFull {
                 depth: stats.depth,
                 max: self.max_queue_depth,
@@ -119,8 +119,8 @@ impl UploadAdmission {
     }
 
     /// A slot for one upload, or the first reason there is none.
-    pub async fn admit(&self, queue: &dyn JobQueue) -> Result<UploadSlot, Refusal> {
-        let obstacles = self.obstacles(queue).await;
+    pub async fn admit(&self, engine: &Engine) -> Result<UploadSlot, Refusal> {
+        let obstacles = self.obstacles(engine).await;
         if let Some(first) = obstacles.into_iter().find(|o| self.refuses_uploads(o)) {
             return Err(first);
         }

@@ -46,7 +46,7 @@ impl Node {
         }
         problems.extend(self.registry.problems(HEARTBEAT_STALE_MS));
         if self.actors.ingest.is_some() {
-            let obstacles = self.uploads.obstacles(self.engine.queue.as_ref()).await;
+            let obstacles = self.uploads.obstacles(&self.engine).await;
             let (stuck, others): (Vec<_>, Vec<_>) = obstacles
                 .iter()
                 .partition(|o| matches!(o, super::admission::Refusal::ProbesStuck { .. }));
@@ -76,7 +76,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION"),
             uptime_s: self.registry.uptime_s(),
             actors: self.registry.reports(),
-            queue: self.engine.queue.stats().await.ok(),
+            queue: self.engine.queue_stats().await.ok(),
             streams: StreamsReport {
                 active: self.streams.active(),
                 max_concurrent: self.streams.max_concurrent(),
@@ -94,7 +94,7 @@ impl Node {
     /// renders every metric in the Prometheus text format.
     pub async fn metrics_text(&self) -> String {
         let m = crate::events::metrics();
-        if let Ok(stats) = self.engine.queue.stats().await {
+        if let Ok(stats) = self.engine.queue_stats().await {
             m.queue_depth.set(stats.depth as i64);
             m.queue_in_flight.set(stats.in_flight as i64);
             m.queue_dead_letters.set(stats.dead as i64);
@@ -115,7 +115,7 @@ impl Node {
     /// One line for `systemctl status`.
     pub async fn status_line(&self) -> String {
         let streams = self.streams.active();
-        let queue = self.engine.queue.stats().await.unwrap_or_default();
+        let queue = self.engine.queue_stats().await.unwrap_or_default();
         let actors = self.registry.reports();
         let running = actors
             .iter()

@@ -45,7 +45,7 @@ impl Node {
     pub async fn admit_upload(&self, owner: UserId) -> Result<AdmittedUpload<'_>, Error> {
         // The actor that will commit it must be there to take it, before the body is read.
         present(&self.actors.ingest)?.available()?;
-        let slot = self.uploads.admit(self.engine.queue.as_ref()).await?;
+        let slot = self.uploads.admit(&self.engine).await?;
         Ok(AdmittedUpload {
             node: self,
             owner,

@@ -96,8 +96,13 @@ async fn a_job_is_leased_extended_given_back_and_acknowledged() {
     queue.enqueue(job(1)).await.unwrap();
     assert_eq!(queue.stats().await.unwrap().depth, 1);
 
+    assert_eq!(queue.job(1).await.unwrap(), None);
     let lease = queue.receive(LEASE).await.unwrap().expect("the job");
     assert_eq!(lease.job.video_id, 1);
+    assert_eq!(
+        queue.job(1).await.unwrap().map(|j| j.task_id),
+        Some("task-1".into())
+    );
     assert_eq!(lease.job.task_id, "task-1");
     assert_eq!(lease.job.enqueued_at_ms, 1_700_000_000_000);
     assert_eq!(lease.job.receive_count, 1);
@@ -118,7 +123,7 @@ async fn a_job_is_leased_extended_given_back_and_acknowledged() {
     queue.ack(1, &again.token).await.unwrap();
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.depth, stats.in_flight, stats.dead), (0, 0, 0));
-    // What SQS cannot do is answered safely.
+    // What SQS cannot do is answered safely: a job is known only while this node holds it.
     assert_eq!(queue.job(1).await.unwrap(), None);
     assert!(!queue.cancel(1).await.unwrap());
 }

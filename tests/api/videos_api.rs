@@ -39,14 +39,19 @@ async fn a_valid_upload_is_stored_with_its_record_and_its_job() {
         "{}",
         video.original.duration_s
     );
-    let job = engine
-        .queue
-        .job(id)
-        .await
-        .unwrap()
-        .expect("the job is queued");
-    assert_eq!(job.task_id, task_id);
-    assert_eq!(engine.queue.stats().await.unwrap().depth, 1);
+    if crate::common::aws::on_aws() {
+        // SQS cannot look a job up by id: it is counted, and its task is the record's.
+        assert_eq!(video.task_id, task_id);
+    } else {
+        let job = engine
+            .queue
+            .job(id)
+            .await
+            .unwrap()
+            .expect("the job is queued");
+        assert_eq!(job.task_id, task_id);
+    }
+    assert_eq!(engine.queue_stats().await.unwrap().depth, 1);
 
     assert!(
         t.blob(&format!("originals/{id}.mp4")).unwrap()
