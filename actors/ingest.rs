@@ -81,7 +81,7 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
         .blobs
         .put_file(&key, file.path())
         .await
-        .map_err(|e| CommitError::Blob(e.to_string()))?;
+        .map_err(CommitError::Blob)?;
     file.disarm();
     let task_id = uuid::Uuid::new_v4().to_string();
     let new = NewVideo {

@@ -91,7 +91,7 @@ pub struct PreparedUpload {
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error("storing the file failed: {0}")]
-    Blob(String),
+    Blob(#[from] crate::engine::BlobError),
     #[error("recording the upload failed: {0}")]
     Store(StoreError),
 }

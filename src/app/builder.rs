@@ -30,7 +30,7 @@ use crate::faults::Faults;
 use crate::health::HealthRegistry;
 use crate::load::Load;
 use crate::media::{ReadThroughCache, StreamPermits};
-use crate::node::{Node, NodeActors, NodeParts, UploadAdmission};
+use crate::node::{BackendHealth, Node, NodeActors, NodeParts, UploadAdmission};
 use crate::rate_limit::{ClientAddressing, RateLimits};
 use crate::signed_url::UrlSigner;
 
@@ -147,6 +147,16 @@ fn assemble_node(
         load: shared.load,
         faults: shared.faults.clone(),
         stuck_probes: Arc::default(),
+        backends: Arc::new(BackendHealth::new(
+            match config.storage.backend {
+                StorageBackend::Local => "local",
+                StorageBackend::S3 => "s3",
+            },
+            match config.queue.backend {
+                QueueBackend::Embedded => "embedded",
+                QueueBackend::Sqs => "sqs",
+            },
+        )),
     };
     Ok(Node::new(NodeParts {
         auth: Auth::new(

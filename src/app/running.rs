@@ -102,6 +102,7 @@ impl Application {
             node.rate_limits().clone(),
             Duration::from_secs(node.config().rate_limit.evict_every_s.max(1)),
         ));
+        let prober = tokio::spawn(probe_backends(node.clone()));
         let relay = node.engine().outbox.clone().map(|outbox| {
             let queue = node.engine().queue.clone();
             tokio::spawn(keep_relaying(outbox, queue))
@@ -123,6 +124,7 @@ impl Application {
         serving.stop().await;
         watchdog.abort();
         eviction.abort();
+        prober.abort();
         if let Some(relay) = relay {
             relay.abort();
         }
@@ -144,6 +146,16 @@ impl Application {
             Some(reason) => Err(RunError::Escalated(reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// Checks the media store and the queue every `PROBE_EVERY`, for ever (aborted at shutdown).
+async fn probe_backends(node: Arc<Node>) {
+    let mut ticks = tokio::time::interval(crate::node::PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        node.probe_backends().await;
     }
 }
 

@@ -59,7 +59,13 @@ pub struct SqsQueue {
     leased: std::sync::Mutex<HashMap<String, Job>>,
     /// Why this node last gave a job back, by video: SQS keeps no reason with a message.
     reasons: std::sync::Mutex<HashMap<VideoId, String>>,
+    /// The last counts and when they were read: admission asks on every upload, and the counts
+    /// are approximations anyway.
+    counted: std::sync::Mutex<Option<(std::time::Instant, QueueStats)>>,
 }
+
+/// How long counts read from SQS are reused.
+const COUNTS_FOR: Duration = Duration::from_secs(1);
 
 /// Give-back reasons remembered at most (they are forgotten all at once past it).
 const MAX_REASONS: usize = 10_000;
@@ -128,6 +134,7 @@ impl SqsQueue {
             max_receives,
             leased: std::sync::Mutex::default(),
             reasons: std::sync::Mutex::default(),
+            counted: std::sync::Mutex::default(),
         }
     }
 
@@ -193,6 +200,11 @@ impl SqsQueue {
         self.reasons.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Counts read before a change made here are not reused after it.
+    fn forget_counts(&self) {
+        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn remember(&self, video_id: VideoId, reason: &str) {
         let mut reasons = self.reasons();
         if reasons.len() >= MAX_REASONS {
@@ -202,6 +214,7 @@ impl SqsQueue {
     }
 
     async fn send(&self, url: &str, job: &Job) -> Result<(), QueueError> {
+        self.forget_counts();
         self.client
             .send_message()
             .queue_url(url)
@@ -213,6 +226,7 @@ impl SqsQueue {
     }
 
     async fn delete(&self, url: &str, handle: &str) -> Result<(), QueueError> {
+        self.forget_counts();
         self.client
             .delete_message()
             .queue_url(url)
@@ -241,6 +255,34 @@ impl SqsQueue {
             .await
             .map_err(|e| classify("ReceiveMessage", e))?;
         Ok(output.messages().to_vec())
+    }
+
+    /// The counts, read from both queues' attributes now.
+    async fn read_stats(&self) -> Result<QueueStats, QueueError> {
+        let count = |attributes: &HashMap<QueueAttributeName, String>, name| {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let main = self.attributes(&self.queue_url).await?;
+        let dead = self.attributes(&self.dead_url).await?;
+        Ok(QueueStats {
+            depth: count(&main, QueueAttributeName::ApproximateNumberOfMessages)
+                + count(
+                    &main,
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+                ),
+            in_flight: count(
+                &main,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            ),
+            dead: count(&dead, QueueAttributeName::ApproximateNumberOfMessages)
+                + count(
+                    &dead,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ),
+        })
     }
 
     /// Moves the dead letters for which `pick` says so back to the queue, with a fresh receive
@@ -311,6 +353,7 @@ impl JobQueue for SqsQueue {
         let Some(message) = output.messages().first() else {
             return Ok(None);
         };
+        self.forget_counts();
         let token = message.receipt_handle().unwrap_or_default().to_string();
         let job = match job_of(message) {
             Ok(mut job) => {
@@ -364,6 +407,7 @@ impl JobQueue for SqsQueue {
     ) -> Result<(), QueueError> {
         self.leases().remove(token);
         self.remember(video_id, reason);
+        self.forget_counts();
         self.client
             .change_message_visibility()
             .queue_url(&self.queue_url)
@@ -456,30 +500,14 @@ impl JobQueue for SqsQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let count = |attributes: &HashMap<QueueAttributeName, String>, name| {
-            attributes
-                .get(&name)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let main = self.attributes(&self.queue_url).await?;
-        let dead = self.attributes(&self.dead_url).await?;
-        Ok(QueueStats {
-            depth: count(&main, QueueAttributeName::ApproximateNumberOfMessages)
-                + count(
-                    &main,
-                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-                ),
-            in_flight: count(
-                &main,
-                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            ),
-            dead: count(&dead, QueueAttributeName::ApproximateNumberOfMessages)
-                + count(
-                    &dead,
-                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-                ),
-        })
+        let fresh = *self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, stats)) = fresh.filter(|(at, _)| at.elapsed() < COUNTS_FOR) {
+            return Ok(stats);
+        }
+        let stats = self.read_stats().await?;
+        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), stats));
+        Ok(stats)
     }
 
     /// Only a job this node holds a lease on can be found.

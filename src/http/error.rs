@@ -282,6 +282,9 @@ fn refused(refusal: &Refusal) -> ApiError {
             "La cola de procesamiento no está disponible; intente más tarde."
         }
         Refusal::ProbesStuck { .. } => "El análisis de videos está detenido; intente más tarde.",
+        Refusal::BackendDown(_) => {
+            "El almacenamiento de videos o la cola de procesamiento no responden; intente más tarde."
+        }
     };
     ApiError::unavailable_because(detail, refusal.retry_after_s(), refusal.reason())
 }

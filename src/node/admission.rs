@@ -12,6 +12,8 @@ use crate::faults::Faults;
 use crate::load::{Load, MAX_RETRY_S};
 use crate::upload::{StuckProbes, UploadSlot};
 
+use super::backends::BackendHealth;
+
 /// Why an upload is refused before its body is read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -31,6 +33,9 @@ pub enum Refusal {
     QueueUnavailable(String),
     #[error("every upload slot is taken")]
     NoSlot { retry_after_s: u64 },
+    /// The media store or the queue did not answer its last check.
+    #[error("{0}")]
+    BackendDown(String),
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -42,7 +47,7 @@ impl Refusal {
                 *retry_after_s
             }
             Refusal::ProbesStuck { .. } => 60,
-            Refusal::QueueUnavailable(_) => 5,
+            Refusal::QueueUnavailable(_) | Refusal::BackendDown(_) => 5,
             // Nothing on this node frees disk by itself: an operator must act.
             Refusal::DiskFull { .. } | Refusal::DiskUnknown(_) => MAX_RETRY_S,
         }
@@ -56,6 +61,7 @@ impl Refusal {
             Refusal::QueueFull { .. } => "queue_full",
             Refusal::QueueUnavailable(_) => "queue_unavailable",
             Refusal::ProbesStuck { .. } => "probes_stuck",
+            Refusal::BackendDown(_) => "backend_unavailable",
         }
     }
 }
@@ -73,12 +79,19 @@ pub struct UploadAdmission {
     pub faults: Arc<Faults>,
     /// Upload probes abandoned past their deadline and still running.
     pub stuck_probes: Arc<StuckProbes>,
+    /// Whether the media store and the queue answer.
+    pub backends: Arc<BackendHealth>,
 }
 
 impl UploadAdmission {
     /// Everything that stands in the way of an upload now, apart from a free slot.
     pub async fn obstacles(&self, engine: &Engine) -> Vec<Refusal> {
-        let mut found = Vec::new();
+        let mut found: Vec<Refusal> = self
+            .backends
+            .problems()
+            .into_iter()
+            .map(Refusal::BackendDown)
+            .collect();
         if self.stuck_probes.too_many() {
             found.push(Refusal::ProbesStuck {
                 count: self.stuck_probes.count(),

@@ -4,7 +4,7 @@
 use crate::actors::CallError;
 use crate::auth::AuthError;
 use crate::engine::probe::ProbeError;
-use crate::engine::{QueueError, StoreError};
+use crate::engine::{BlobError, QueueError, StoreError};
 use crate::media::OpenError;
 use crate::rate_limit::OverBudget;
 use crate::upload::{CommitError, PolicyViolation};
@@ -89,7 +89,11 @@ impl From<CommitError> for Error {
     fn from(e: CommitError) -> Self {
         match e {
             CommitError::Store(e) => Error::Store(e),
-            CommitError::Blob(cause) => Error::Internal(cause),
+            CommitError::Blob(BlobError::Unavailable(reason)) => Error::Unavailable {
+                reason: format!("the media store is unavailable: {reason}"),
+                retry_after_s: 5,
+            },
+            CommitError::Blob(e) => Error::Internal(e.to_string()),
         }
     }
 }

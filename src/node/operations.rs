@@ -12,6 +12,8 @@ use crate::engine::{DeadLetter, QueueError, QueueStats};
 use crate::faults::{ActorFault, FaultSwitches};
 use crate::health::ActorReport;
 
+use super::backends::BackendReport;
+
 #[derive(Serialize)]
 pub struct DiskReport {
     pub free_bytes: Option<u64>,
@@ -35,6 +37,8 @@ pub struct ActorsReport {
     pub queue: Option<QueueStats>,
     pub streams: StreamsReport,
     pub disk: DiskReport,
+    /// The media store and the queue: which, and whether they answered their last check.
+    pub backends: Vec<BackendReport>,
 }
 
 impl Node {
@@ -62,6 +66,21 @@ impl Node {
         problems
     }
 
+    /// Checks the media store and the queue, and records what they answered.
+    pub async fn probe_backends(&self) {
+        let backends = &self.uploads.backends;
+        let storage = self.engine.blobs.check().await.map_err(|e| e.to_string());
+        backends.record_storage(storage);
+        let queue = self
+            .engine
+            .queue
+            .stats()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        backends.record_queue(queue);
+    }
+
     /// Whether the Supervisor is doing its job: not escalated, and its own heartbeat fresh.
     pub fn supervisor_healthy(&self) -> bool {
         self.registry.escalated().is_none()
@@ -87,6 +106,7 @@ impl Node {
                 free_bytes: crate::system::free_disk_bytes(&self.config.storage.data_dir).ok(),
                 min_free_bytes: self.uploads.min_free_disk_bytes,
             },
+            backends: self.uploads.backends.reports(),
         }
     }
 

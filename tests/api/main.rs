@@ -9,6 +9,7 @@
 mod common;
 
 mod auth_api;
+mod aws_outage;
 mod durability;
 mod health_api;
 mod hostile_clients;

@@ -8,6 +8,7 @@
 
 pub mod aws;
 pub mod client;
+pub mod gate;
 pub mod moto;
 pub mod process;
 pub mod raw;
