@@ -89,14 +89,17 @@ impl S3Blobs {
         Ok(format!("{}{key}", self.prefix))
     }
 
-    /// Whether the bucket answers (start-up and readiness checks).
+    /// Whether the bucket answers (start-up and readiness checks): a listing of one key under
+    /// the prefix, which a policy limited to the prefix allows.
     pub async fn check_bucket(&self) -> Result<(), BlobError> {
         self.client
-            .head_bucket()
+            .list_objects_v2()
             .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
             .send()
             .await
-            .map_err(|e| classify("HeadBucket", e))?;
+            .map_err(|e| classify("ListObjectsV2", e))?;
         Ok(())
     }
 
