@@ -20,7 +20,6 @@ use crate::actors::ActorRef;
 use crate::auth::Auth;
 use crate::config::{Config, QueueBackend, StorageBackend};
 use crate::domain::VideoStatus;
-use crate::engine::aws::Endpoint;
 use crate::engine::blobs::video_id_in;
 use crate::engine::s3_blobs::{S3Blobs, S3Location};
 use crate::engine::sled_engine::SledEngine;
@@ -226,16 +225,7 @@ async fn open_blobs(config: &Config, data_dir: &Path) -> Result<Arc<dyn BlobStor
         )),
         StorageBackend::S3 => {
             let s3 = &config.storage.s3;
-            let location = S3Location {
-                bucket: s3.bucket.clone(),
-                prefix: s3.prefix.clone(),
-                endpoint: Endpoint {
-                    region: s3.region.clone(),
-                    endpoint_url: s3.endpoint_url.clone(),
-                },
-                force_path_style: s3.force_path_style,
-            };
-            let store = S3Blobs::connect(&location).await;
+            let store = S3Blobs::connect(&S3Location::from(s3)).await;
             store.check().await.map_err(|e| {
                 StartupError::Config(format!(
                     "storage.s3: the bucket {:?} does not answer: {e}",
@@ -250,16 +240,7 @@ async fn open_blobs(config: &Config, data_dir: &Path) -> Result<Arc<dyn BlobStor
 /// The SQS queues of the configuration, once both answer and their redrive policy agrees
 /// with `queue.max_receives`.
 async fn open_sqs(config: &Config) -> Result<SqsQueue, StartupError> {
-    let sqs = &config.queue.sqs;
-    let location = SqsLocation {
-        queue_url: sqs.queue_url.clone(),
-        dead_letter_queue_url: sqs.dead_letter_queue_url.clone(),
-        endpoint: Endpoint {
-            region: sqs.region.clone(),
-            endpoint_url: sqs.endpoint_url.clone(),
-        },
-        wait_time_s: sqs.wait_time_s,
-    };
+    let location = SqsLocation::from(&config.queue.sqs);
     let queue = SqsQueue::connect(&location, config.queue.max_receives).await;
     queue
         .check()

@@ -36,6 +36,20 @@ pub struct S3Location {
     pub force_path_style: bool,
 }
 
+impl From<&crate::config::S3Config> for S3Location {
+    fn from(s3: &crate::config::S3Config) -> Self {
+        Self {
+            bucket: s3.bucket.clone(),
+            prefix: s3.prefix.clone(),
+            endpoint: Endpoint {
+                region: s3.region.clone(),
+                endpoint_url: s3.endpoint_url.clone(),
+            },
+            force_path_style: s3.force_path_style,
+        }
+    }
+}
+
 pub struct S3Blobs {
     client: Client,
     bucket: String,

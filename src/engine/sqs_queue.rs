@@ -49,6 +49,20 @@ pub struct SqsLocation {
     pub wait_time_s: u64,
 }
 
+impl From<&crate::config::SqsConfig> for SqsLocation {
+    fn from(sqs: &crate::config::SqsConfig) -> Self {
+        Self {
+            queue_url: sqs.queue_url.clone(),
+            dead_letter_queue_url: sqs.dead_letter_queue_url.clone(),
+            endpoint: Endpoint {
+                region: sqs.region.clone(),
+                endpoint_url: sqs.endpoint_url.clone(),
+            },
+            wait_time_s: sqs.wait_time_s,
+        }
+    }
+}
+
 pub struct SqsQueue {
     client: Client,
     queue_url: String,

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use showcase::engine::aws::Endpoint;
 use showcase::engine::sqs_queue::{SqsLocation, SqsQueue};
 use showcase::engine::{Job, JobQueue, QueueError};
@@ -20,34 +19,10 @@ async fn queues(moto: &Moto, max_receives: u32) -> SqsLocation {
         endpoint_url: moto.endpoint.clone(),
     };
     let raw = aws_sdk_sqs::Client::new(&showcase::engine::aws::sdk_config(&endpoint).await);
-    let dead = raw
-        .create_queue()
-        .queue_name("showcase-jobs-dead")
-        .send()
-        .await
-        .unwrap();
-    let dead_url = dead.queue_url().unwrap().to_string();
-    let arn = raw
-        .get_queue_attributes()
-        .queue_url(&dead_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let policy = format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max_receives}"}}"#);
-    let main = raw
-        .create_queue()
-        .queue_name("showcase-jobs")
-        .attributes(QueueAttributeName::RedrivePolicy, policy)
-        .send()
-        .await
-        .unwrap();
+    let (queue_url, dead_letter_queue_url) = crate::common::aws::queues(&raw, max_receives).await;
     SqsLocation {
-        queue_url: main.queue_url().unwrap().to_string(),
-        dead_letter_queue_url: dead_url,
+        queue_url,
+        dead_letter_queue_url,
         endpoint,
         wait_time_s: 0,
     }
