@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -65,7 +65,7 @@ where
     let message = |detail: String| format!("{operation}: {detail}");
     match &error {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            BlobError::Unavailable(message(format!("{error:?}")))
+            BlobError::Unavailable(message(DisplayErrorContext(&error).to_string()))
         }
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("");
@@ -81,7 +81,7 @@ where
                 _ => BlobError::Remote(message(format!("{code}: {detail}"))),
             }
         }
-        _ => BlobError::Remote(message(format!("{error:?}"))),
+        _ => BlobError::Remote(message(DisplayErrorContext(&error).to_string())),
     }
 }
 

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
@@ -91,7 +91,7 @@ where
 {
     match &error {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            QueueError::Unavailable(format!("{operation}: {error:?}"))
+            QueueError::Unavailable(format!("{operation}: {}", DisplayErrorContext(&error)))
         }
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or("");
@@ -111,7 +111,7 @@ where
                 _ => QueueError::Backend(format!("{operation}: {code}: {detail}")),
             }
         }
-        _ => QueueError::Backend(format!("{operation}: {error:?}")),
+        _ => QueueError::Backend(format!("{operation}: {}", DisplayErrorContext(&error))),
     }
 }
 
