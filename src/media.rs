@@ -53,6 +53,10 @@ pub struct MediaMeta {
     source: Source,
 }
 
+/// A ranged read of a remote file, until its bytes start to arrive.
+pub type RangeOpening =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<BlobStream, BlobError>> + Send>>;
+
 /// Where a media file's bytes are.
 enum Source {
     /// A local file, mapped: the whole file as one shareable buffer over the mapping (empty
@@ -91,26 +95,16 @@ impl MediaMeta {
         }
     }
 
-    /// Bytes `first..=last`, streamed from wherever they are.
-    pub fn read_range(
-        &self,
-        first: u64,
-        last: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<BlobStream, BlobError>> + Send>>
-    {
+    /// Bytes `first..=last` of a remote file, streamed as they arrive; `None` for a local one
+    /// (its bytes are [`MediaMeta::slice`]s).
+    pub fn remote_range(&self, first: u64, last: u64) -> Option<RangeOpening> {
         match &self.source {
-            Source::Mapped { bytes, .. } => {
-                let slice = bytes.slice(first as usize..=last as usize);
-                Box::pin(async move {
-                    Ok(
-                        Box::pin(futures_util::stream::once(async move { Ok(slice) }))
-                            as BlobStream,
-                    )
-                })
-            }
+            Source::Mapped { .. } => None,
             Source::Remote { blobs, key } => {
                 let (blobs, key) = (blobs.clone(), key.clone());
-                Box::pin(async move { blobs.read_range(&key, first, last).await })
+                Some(Box::pin(async move {
+                    blobs.read_range(&key, first, last).await
+                }))
             }
         }
     }

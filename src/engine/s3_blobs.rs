@@ -103,69 +103,6 @@ impl S3Blobs {
         Ok(format!("{}{key}", self.prefix))
     }
 
-    /// Whether the bucket answers (start-up and readiness checks): a listing of one key under
-    /// the prefix, which a policy limited to the prefix allows.
-    pub async fn check_bucket(&self) -> Result<(), BlobError> {
-        self.client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| classify("ListObjectsV2", e))?;
-        Ok(())
-    }
-
-    /// The length of a blob, or `None` when there is no such blob.
-    pub async fn object_len(&self, key: &str) -> Result<Option<u64>, BlobError> {
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.object(key)?)
-            .send()
-            .await;
-        match head {
-            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
-            Err(e) => match classify("HeadObject", e) {
-                BlobError::NotFound => Ok(None),
-                // HEAD answers have no body, so a missing object is a bare 404.
-                BlobError::Remote(m) if m.contains("NotFound") || m.contains("404") => Ok(None),
-                other => Err(other),
-            },
-        }
-    }
-
-    /// Bytes `first..=last` of a blob, streamed as they arrive (one ranged GET).
-    pub async fn ranged_get(
-        &self,
-        key: &str,
-        first: u64,
-        last: u64,
-    ) -> Result<BlobStream, BlobError> {
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object(key)?)
-            .range(format!("bytes={first}-{last}"))
-            .send()
-            .await
-            .map_err(|e| classify("GetObject", e))?;
-        let body = output.body;
-        Ok(Box::pin(futures_util::stream::try_unfold(
-            body,
-            |mut body| async move {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => Ok(Some((chunk, body))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(BlobError::Unavailable(format!("reading an object: {e}"))),
-                }
-            },
-        )))
-    }
-
     /// Copies a blob into the local file `into` (created or replaced), streamed, fsynced.
     pub async fn download(&self, key: &str, into: &Path) -> Result<(), BlobError> {
         use tokio::io::AsyncWriteExt;
@@ -313,7 +250,7 @@ impl BlobStore for S3Blobs {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, BlobError> {
-        Ok(self.object_len(key).await?.is_some())
+        Ok(self.len(key).await?.is_some())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
@@ -346,15 +283,61 @@ impl BlobStore for S3Blobs {
         Ok(into.to_path_buf())
     }
 
+    /// The length of a blob, or `None` when there is no such blob.
     async fn len(&self, key: &str) -> Result<Option<u64>, BlobError> {
-        self.object_len(key).await
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object(key)?)
+            .send()
+            .await;
+        match head {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => match classify("HeadObject", e) {
+                BlobError::NotFound => Ok(None),
+                // HEAD answers have no body, so a missing object is a bare 404.
+                BlobError::Remote(m) if m.contains("NotFound") || m.contains("404") => Ok(None),
+                other => Err(other),
+            },
+        }
     }
 
+    /// Bytes `first..=last` of a blob, streamed as they arrive (one ranged GET).
     async fn read_range(&self, key: &str, first: u64, last: u64) -> Result<BlobStream, BlobError> {
-        self.ranged_get(key, first, last).await
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object(key)?)
+            .range(format!("bytes={first}-{last}"))
+            .send()
+            .await
+            .map_err(|e| classify("GetObject", e))?;
+        let body = output.body;
+        Ok(Box::pin(futures_util::stream::try_unfold(
+            body,
+            |mut body| async move {
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Ok(Some((chunk, body))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(BlobError::Unavailable(format!("reading an object: {e}"))),
+                }
+            },
+        )))
     }
 
+    /// Whether the bucket answers (start-up and readiness checks): a listing of one key under
+    /// the prefix, which a policy limited to the prefix allows.
     async fn check(&self) -> Result<(), BlobError> {
-        self.check_bucket().await
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| classify("ListObjectsV2", e))?;
+        Ok(())
     }
 }

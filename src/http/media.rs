@@ -23,8 +23,7 @@ use super::range::{
 use super::request::Request;
 use super::response::{empty, stream, Response};
 use crate::engine::blobs::BlobStream;
-use crate::engine::BlobError;
-use crate::media::{MediaGrant, MediaKey, MediaKind, MediaMeta, StreamPermit};
+use crate::media::{MediaGrant, MediaKey, MediaKind, MediaMeta, RangeOpening, StreamPermit};
 use crate::node::Node;
 
 /// Size of the slices a body is sent in.
@@ -191,7 +190,7 @@ pub struct MediaBody {
 
 enum Remote {
     Idle,
-    Opening(Pin<Box<dyn std::future::Future<Output = Result<BlobStream, BlobError>> + Send>>),
+    Opening(RangeOpening),
     Streaming(BlobStream),
 }
 
@@ -254,14 +253,14 @@ impl futures_util::Stream for MediaBody {
                     };
                     match piece {
                         Piece::Text(text) => return Poll::Ready(Some(Ok(text))),
-                        Piece::Range { first, last } if this.meta.is_local() => {
-                            let chunk = this.local_chunk(first, last);
-                            this.permit.served(chunk.len() as u64);
-                            return Poll::Ready(Some(Ok(chunk)));
-                        }
-                        Piece::Range { first, last } => {
-                            this.remote = Remote::Opening(this.meta.read_range(first, last));
-                        }
+                        Piece::Range { first, last } => match this.meta.remote_range(first, last) {
+                            Some(opening) => this.remote = Remote::Opening(opening),
+                            None => {
+                                let chunk = this.local_chunk(first, last);
+                                this.permit.served(chunk.len() as u64);
+                                return Poll::Ready(Some(Ok(chunk)));
+                            }
+                        },
                     }
                 }
             }
