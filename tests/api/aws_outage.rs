@@ -5,14 +5,12 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use showcase::config::{QueueBackend, StorageBackend};
-use showcase::engine::aws::Endpoint;
 
 use crate::common::gate::Gate;
 use crate::common::moto::Moto;
 use crate::common::{aws, clip, test_config, Client, Clip, TestApp};
 
-const BUCKET: &str = "outage";
+use aws::BUCKET;
 
 async fn readiness(t: &TestApp) -> (StatusCode, serde_json::Value) {
     t.get("/api/health/ready", None).await
@@ -38,32 +36,11 @@ async fn wait_readiness(t: &TestApp, want: StatusCode, saying: &str) -> serde_js
 async fn an_outage_refuses_uploads_and_the_node_heals_without_a_restart() {
     let moto = Moto::start();
     let gate = Gate::to(moto.endpoint.trim_start_matches("http://").parse().unwrap()).await;
-    let direct = Endpoint {
-        region: "us-east-1".into(),
-        endpoint_url: moto.endpoint.clone(),
-    };
-    let shared = showcase::engine::aws::sdk_config(&direct).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
-    let (queue_url, dead_url) = aws::queues(&aws_sdk_sqs::Client::new(&shared), 5).await;
-
+    let made = aws::provision(&moto.endpoint, 5).await;
+    let s3 = aws::s3_client(&moto.endpoint).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.storage.backend = StorageBackend::S3;
-    config.storage.s3.bucket = BUCKET.into();
-    config.storage.s3.region = "us-east-1".into();
-    config.storage.s3.endpoint_url = gate.url();
-    config.storage.s3.force_path_style = true;
-    config.queue.backend = QueueBackend::Sqs;
-    config.queue.sqs.queue_url = queue_url;
-    config.queue.sqs.dead_letter_queue_url = dead_url;
-    config.queue.sqs.region = "us-east-1".into();
-    config.queue.sqs.endpoint_url = gate.url();
-    config.queue.sqs.wait_time_s = 1;
+    aws::point_at(&mut config, &gate.url(), "", &made);
     let app = showcase::app::spawn(config).expect("the node starts");
     let t = TestApp {
         client: Client::new(app.url("")),

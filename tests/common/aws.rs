@@ -18,7 +18,7 @@ pub struct Aws {
     pub s3: S3Location,
 }
 
-const BUCKET: &str = "showcase-test";
+pub const BUCKET: &str = "showcase-test";
 
 /// Runs `work` to its end on a runtime of its own (helpers called from sync code or from
 /// another runtime).
@@ -41,49 +41,82 @@ impl Aws {
     /// Starts moto, creates the bucket and the queues, and points `config` at them.
     pub fn start(config: &mut Config) -> Self {
         let moto = Moto::start();
-        let endpoint = Endpoint {
-            region: "us-east-1".into(),
-            endpoint_url: moto.endpoint.clone(),
-        };
-        let max_receives = config.queue.max_receives;
-        let (queue_url, dead_url) = block_on(async {
-            let shared = showcase::engine::aws::sdk_config(&endpoint).await;
-            let s3 = aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::config::Builder::from(&shared)
-                    .force_path_style(true)
-                    .build(),
-            );
-            s3.create_bucket().bucket(BUCKET).send().await.unwrap();
-            queues(&aws_sdk_sqs::Client::new(&shared), max_receives).await
-        });
-        config.storage.backend = StorageBackend::S3;
-        let s3 = &mut config.storage.s3;
-        s3.bucket = BUCKET.into();
-        s3.prefix = "media/".into();
-        s3.region = endpoint.region.clone();
-        s3.endpoint_url = endpoint.endpoint_url.clone();
-        s3.force_path_style = true;
-        config.queue.backend = QueueBackend::Sqs;
-        let sqs = &mut config.queue.sqs;
-        sqs.queue_url = queue_url;
-        sqs.dead_letter_queue_url = dead_url;
-        sqs.region = endpoint.region.clone();
-        sqs.endpoint_url = endpoint.endpoint_url.clone();
-        sqs.wait_time_s = 1;
+        let made = block_on(provision(&moto.endpoint, config.queue.max_receives));
+        let prefix = "media/";
+        point_at(config, &moto.endpoint, prefix, &made);
         Self {
+            s3: S3Location::from(&config.storage.s3),
             moto,
-            s3: S3Location {
-                bucket: BUCKET.into(),
-                prefix: "media/".into(),
-                endpoint,
-                force_path_style: true,
-            },
         }
     }
 
     pub async fn blobs(&self) -> S3Blobs {
         S3Blobs::connect(&self.s3).await
     }
+}
+
+/// The bucket and the queues made on a server for a test node.
+pub struct Provisioned {
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+/// The region every test server answers for.
+const REGION: &str = "us-east-1";
+
+/// A client of the S3 server at `endpoint_url`, buckets in the path.
+pub async fn s3_client(endpoint_url: &str) -> aws_sdk_s3::Client {
+    let endpoint = Endpoint {
+        region: REGION.into(),
+        endpoint_url: endpoint_url.into(),
+    };
+    let shared = showcase::engine::aws::sdk_config(&endpoint).await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// Creates [`BUCKET`], and a queue dead-lettering after `max_receives`, on the server at
+/// `endpoint_url`.
+pub async fn provision(endpoint_url: &str, max_receives: u32) -> Provisioned {
+    s3_client(endpoint_url)
+        .await
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let endpoint = Endpoint {
+        region: REGION.into(),
+        endpoint_url: endpoint_url.into(),
+    };
+    let shared = showcase::engine::aws::sdk_config(&endpoint).await;
+    let (queue_url, dead_letter_queue_url) =
+        queues(&aws_sdk_sqs::Client::new(&shared), max_receives).await;
+    Provisioned {
+        queue_url,
+        dead_letter_queue_url,
+    }
+}
+
+/// Points `config` at what `made` holds, reached through `endpoint_url`, keys under `prefix`.
+pub fn point_at(config: &mut Config, endpoint_url: &str, prefix: &str, made: &Provisioned) {
+    config.storage.backend = StorageBackend::S3;
+    let s3 = &mut config.storage.s3;
+    s3.bucket = BUCKET.into();
+    s3.prefix = prefix.into();
+    s3.region = REGION.into();
+    s3.endpoint_url = endpoint_url.into();
+    s3.force_path_style = true;
+    config.queue.backend = QueueBackend::Sqs;
+    let sqs = &mut config.queue.sqs;
+    sqs.queue_url = made.queue_url.clone();
+    sqs.dead_letter_queue_url = made.dead_letter_queue_url.clone();
+    sqs.region = REGION.into();
+    sqs.endpoint_url = endpoint_url.into();
+    sqs.wait_time_s = 1;
 }
 
 /// A queue and its dead-letter queue, dead-lettering after `max_receives`; their URLs.
