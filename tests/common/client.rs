@@ -31,7 +31,9 @@ pub fn upload_form_of(video: Vec<u8>, title: &str) -> reqwest::multipart::Form {
 
 /// Status and JSON body (a body that is not JSON comes back as a string), or the transport
 /// error.
-async fn answer(sent: reqwest::Result<reqwest::Response>) -> reqwest::Result<(StatusCode, Value)> {
+pub(super) async fn answer(
+    sent: reqwest::Result<reqwest::Response>,
+) -> reqwest::Result<(StatusCode, Value)> {
     let response = sent?;
     let status = response.status();
     let text = response.text().await?;

@@ -303,11 +303,11 @@ fn uuid_like() -> String {
     )
 }
 
+/// Status and JSON body of a response a test sent itself (see [`Client`]).
 pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
+    client::answer(Ok(response))
+        .await
+        .expect("the body is read")
 }
 
 pub fn detail_of(body: &Value) -> &str {
