@@ -147,7 +147,7 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
             media.join(format!("posters/{id}.jpg")),
         )
         .unwrap();
-        common::publish_in(&t.app.engine(), id).await;
+        common::publish_in(t.app.engine().store.as_ref(), id).await;
         id
     });
     t.app.stop().unwrap();

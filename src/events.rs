@@ -63,6 +63,43 @@ pub enum Event {
     SupervisorEscalated {
         reason: String,
     },
+    /// One call to a storage or queue service (S3, SQS), its retries included.
+    BackendCall {
+        /// `s3` or `sqs`.
+        service: String,
+        /// The service's name for it: `PutObject`, `ReceiveMessage`...
+        operation: String,
+        outcome: CallOutcome,
+        seconds: f64,
+    },
+}
+
+/// How a call to a backend service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    /// Answered with a 4xx (a missing key, a refused request).
+    ClientError,
+    /// Answered with a 5xx (throttling, an outage).
+    ServerError,
+    /// No answer in time.
+    Timeout,
+    /// No connection.
+    Unreachable,
+    Other,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::ClientError => "client_error",
+            CallOutcome::ServerError => "server_error",
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::Unreachable => "unreachable",
+            CallOutcome::Other => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +150,8 @@ pub struct Metrics {
     job_duration: HistogramVec,
     actor_restarts: IntCounterVec,
     escalations: IntCounter,
+    backend_calls: IntCounterVec,
+    backend_duration: HistogramVec,
     pub queue_depth: IntGauge,
     pub queue_in_flight: IntGauge,
     pub queue_dead_letters: IntGauge,
@@ -186,7 +225,7 @@ impl Metrics {
                 "showcase_http_request_duration_seconds",
                 "Time to answer an HTTP request (until the response head), by route.",
                 &["route"],
-                latency,
+                latency.clone(),
             ),
             uploads_accepted: counter(
                 &r,
@@ -252,6 +291,19 @@ impl Metrics {
                 &r,
                 "showcase_supervisor_escalations_total",
                 "Times the Supervisor gave up and escalated.",
+            ),
+            backend_calls: counter_vec(
+                &r,
+                "showcase_backend_requests_total",
+                "Calls to S3 and SQS (retries included), by service, operation and outcome.",
+                &["service", "operation", "outcome"],
+            ),
+            backend_duration: histogram(
+                &r,
+                "showcase_backend_request_duration_seconds",
+                "Time a call to S3 or SQS took (to the response head for downloads), by service and operation.",
+                &["service", "operation"],
+                latency,
             ),
             queue_depth: gauge(
                 &r,
@@ -416,6 +468,24 @@ pub fn emit(event: Event) {
         Event::SupervisorEscalated { reason } => {
             m.escalations.inc();
             tracing::error!(%reason, "the supervisor escalated: the node will restart");
+        }
+        Event::BackendCall {
+            service,
+            operation,
+            outcome,
+            seconds,
+        } => {
+            m.backend_calls
+                .with_label_values(&[&service, &operation, outcome.as_str()])
+                .inc();
+            m.backend_duration
+                .with_label_values(&[&service, &operation])
+                .observe(seconds);
+            if outcome == CallOutcome::Ok {
+                tracing::trace!(%service, %operation, seconds, "backend call");
+            } else {
+                tracing::debug!(%service, %operation, outcome = outcome.as_str(), seconds, "backend call failed");
+            }
         }
     }
 }

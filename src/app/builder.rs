@@ -197,6 +197,20 @@ async fn open_engine(
         // The store's own queue becomes the outbox the relay empties into SQS.
         QueueBackend::Sqs => (Arc::new(open_sqs(config).await?), Some(sled.clone())),
     };
+    tracing::info!(
+        media = %match config.storage.backend {
+            StorageBackend::Local => format!("local disk {}", data_dir.join(MEDIA_DIR).display()),
+            StorageBackend::S3 => format!(
+                "s3://{}/{}",
+                config.storage.s3.bucket, config.storage.s3.prefix
+            ),
+        },
+        jobs = %match config.queue.backend {
+            QueueBackend::Embedded => "embedded queue".to_string(),
+            QueueBackend::Sqs => format!("sqs {}", config.queue.sqs.queue_url),
+        },
+        "where media and jobs are kept"
+    );
     let engine = Engine {
         store: sled.clone(),
         queue,

@@ -5,12 +5,22 @@
 //! Every call has a timeout and the SDK's own bounded retries: a slow or absent service becomes
 //! an error the caller turns into a refusal, never a request that hangs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
+
+use crate::events::{emit, CallOutcome, Event};
 
 /// Longest wait for a connection to a service.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,4 +60,65 @@ pub async fn sdk_config(endpoint: &Endpoint) -> SdkConfig {
         loader = loader.endpoint_url(endpoint.endpoint_url.clone());
     }
     loader.load().await
+}
+
+/// Counts and times every call the engine makes to S3 or SQS (retries included), by service,
+/// operation and outcome, as [`Event::BackendCall`]. Streaming downloads are timed to their
+/// response head: the body is the caller's to read.
+#[derive(Debug)]
+pub struct Observed;
+
+/// When a call began, kept in the call's configuration bag between two hooks.
+#[derive(Debug)]
+struct Began(Instant);
+
+impl Storable for Began {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for Observed {
+    fn name(&self) -> &'static str {
+        "showcase-metrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state().store_put(Began(Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let seconds = cfg
+            .load::<Began>()
+            .map_or(0.0, |began| began.0.elapsed().as_secs_f64());
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
+        let status = context.response().map(|r| r.status().as_u16());
+        let outcome = match context.output_or_error() {
+            Some(Ok(_)) => CallOutcome::Ok,
+            Some(Err(e)) if e.is_timeout_error() => CallOutcome::Timeout,
+            Some(Err(e)) if e.is_connector_error() => CallOutcome::Unreachable,
+            _ => match status {
+                Some(400..=499) => CallOutcome::ClientError,
+                Some(500..=599) => CallOutcome::ServerError,
+                _ => CallOutcome::Other,
+            },
+        };
+        emit(Event::BackendCall {
+            service: service.to_ascii_lowercase(),
+            operation: operation.to_string(),
+            outcome,
+            seconds,
+        });
+        Ok(())
+    }
 }

@@ -36,12 +36,18 @@ pub struct Engine {
 
 impl Engine {
     /// The counts of the jobs, the ones still in the outbox waiting with the rest.
+    /// The outbox is read first: a job the relay moves between the two reads is then counted
+    /// twice for a moment, never missed (a full queue refuses uploads on this count).
     pub async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
+        let relaying = match &self.outbox {
+            Some(outbox) => {
+                let waiting = outbox.stats().await?;
+                waiting.depth + waiting.in_flight
+            }
+            None => 0,
+        };
         let mut stats = self.queue.stats().await?;
-        if let Some(outbox) = &self.outbox {
-            let waiting = outbox.stats().await?;
-            stats.depth += waiting.depth + waiting.in_flight;
-        }
+        stats.depth += relaying;
         Ok(stats)
     }
 }

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::aws::{sdk_config, Endpoint};
+use super::aws::{sdk_config, Endpoint, Observed};
 pub use super::blobs::BlobStream;
 use super::blobs::{check_key, BlobError, BlobStore};
 
@@ -90,6 +90,7 @@ impl S3Blobs {
         let shared = sdk_config(&location.endpoint).await;
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(location.force_path_style)
+            .interceptor(Observed)
             .build();
         Self {
             client: Client::from_conf(config),

@@ -29,7 +29,7 @@ use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
-use super::aws::{sdk_config, Endpoint};
+use super::aws::{sdk_config, Endpoint, Observed};
 use super::queue::{DeadLetter, Job, JobQueue, Lease, QueueError, QueueStats};
 use crate::domain::{now_ms, VideoId};
 
@@ -76,6 +76,8 @@ pub struct SqsQueue {
     /// The last counts and when they were read: admission asks on every upload, and the counts
     /// are approximations anyway.
     counted: std::sync::Mutex<Option<(std::time::Instant, QueueStats)>>,
+    /// Changes made here so far: counts read across a change are not kept.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// How long counts read from SQS are reused.
@@ -140,8 +142,11 @@ fn body_of(job: &Job) -> String {
 impl SqsQueue {
     pub async fn connect(location: &SqsLocation, max_receives: u32) -> Self {
         let shared = sdk_config(&location.endpoint).await;
+        let config = aws_sdk_sqs::config::Builder::from(&shared)
+            .interceptor(Observed)
+            .build();
         Self {
-            client: Client::new(&shared),
+            client: Client::from_conf(config),
             queue_url: location.queue_url.clone(),
             dead_url: location.dead_letter_queue_url.clone(),
             wait_time_s: location.wait_time_s.min(20) as i32,
@@ -149,6 +154,7 @@ impl SqsQueue {
             leased: std::sync::Mutex::default(),
             reasons: std::sync::Mutex::default(),
             counted: std::sync::Mutex::default(),
+            changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -214,8 +220,11 @@ impl SqsQueue {
         self.reasons.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts read before a change made here are not reused after it.
+    /// Counts read before a change made here are not reused after it. Called before a change
+    /// and once it is done, so that a read overlapping it is not kept either.
     fn forget_counts(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.counted.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -236,6 +245,7 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| classify("SendMessage", e))?;
+        self.forget_counts();
         Ok(())
     }
 
@@ -248,6 +258,7 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| classify("DeleteMessage", e))?;
+        self.forget_counts();
         Ok(())
     }
 
@@ -430,6 +441,7 @@ impl JobQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| classify("ChangeMessageVisibility", e))?;
+        self.forget_counts();
         Ok(())
     }
 
@@ -518,9 +530,13 @@ impl JobQueue for SqsQueue {
         if let Some((_, stats)) = fresh.filter(|(at, _)| at.elapsed() < COUNTS_FOR) {
             return Ok(stats);
         }
+        let changes = || self.changes.load(std::sync::atomic::Ordering::SeqCst);
+        let before = changes();
         let stats = self.read_stats().await?;
-        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), stats));
+        if changes() == before {
+            *self.counted.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), stats));
+        }
         Ok(stats)
     }
 

@@ -16,6 +16,25 @@ async fn readiness(t: &TestApp) -> (StatusCode, serde_json::Value) {
     t.get("/api/health/ready", None).await
 }
 
+/// Calls to S3 and SQS that got no answer, counted by `/metrics` (in-process nodes share it).
+async fn backend_failures(t: &TestApp) -> f64 {
+    let text = reqwest::get(t.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("showcase_backend_requests_total{"))
+        .filter(|line| {
+            ["timeout", "unreachable", "other"]
+                .iter()
+                .any(|o| line.contains(&format!("outcome=\"{o}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Readiness once it answers `want` with a body that contains `saying`.
 async fn wait_readiness(t: &TestApp, want: StatusCode, saying: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -52,6 +71,7 @@ async fn an_outage_refuses_uploads_and_the_node_heals_without_a_restart() {
     let first = t.uploaded_video(&token, "Antes").await;
     wait_readiness(&t, StatusCode::OK, "ready").await;
 
+    let failed_before = backend_failures(&t).await;
     gate.close();
     let unready = wait_readiness(
         &t,
@@ -73,6 +93,12 @@ async fn an_outage_refuses_uploads_and_the_node_heals_without_a_restart() {
         mine.as_array().unwrap().len(),
         1,
         "no record of the refused upload"
+    );
+
+    // The failed calls are in /metrics, by outcome.
+    assert!(
+        backend_failures(&t).await > failed_before,
+        "no failed call counted"
     );
 
     gate.open();

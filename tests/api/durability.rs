@@ -23,6 +23,7 @@ async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
     let server = ServerProcess::start(dir.path(), &[]);
     let token = server.client().token_for("luis@example.com").await;
     let id = upload(&server, &token).await;
+    let stored = server.stored();
     server.kill9();
 
     let server = ServerProcess::start(dir.path(), &[]);
@@ -34,22 +35,17 @@ async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
     assert_eq!(status, StatusCode::OK, "{video}");
     assert_eq!(video["status"], "uploaded");
     assert_eq!(video["title"], "Antes del corte");
-    let stored = dir.path().join(format!("media/originals/{id}.mp4"));
     assert_eq!(
-        std::fs::read(stored).unwrap(),
+        stored
+            .blob(&format!("originals/{id}.mp4"))
+            .expect("the original survived"),
         std::fs::read(clip(Clip::Valid)).unwrap()
     );
     let (_, health) = server.client().get("/api/health/actors", None).await;
     assert_eq!(health["queue"]["depth"], 1, "{health}");
     let status = server.terminate();
     assert!(status.success(), "SIGTERM ends with exit 0, got {status:?}");
-
-    let engine =
-        SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
-    let job = showcase::engine::JobQueue::job(engine.as_ref(), id)
-        .await
-        .unwrap();
-    assert_eq!(job.expect("the job survived").video_id, id);
+    assert!(stored.has_job(id).await, "the job survived");
 }
 
 #[tokio::test]
@@ -65,15 +61,7 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
     {
         let engine =
             SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
-        let engine = showcase::engine::Engine {
-            store: engine.clone(),
-            queue: engine.clone(),
-            blobs: std::sync::Arc::new(
-                showcase::engine::LocalBlobs::open(dir.path().join("media")).unwrap(),
-            ),
-            outbox: None,
-        };
-        common::publish_in(&engine, id).await;
+        common::publish_in(engine.as_ref(), id).await;
     }
 
     let server = ServerProcess::start(dir.path(), &[]);

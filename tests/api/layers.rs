@@ -25,9 +25,9 @@ const LAYERS: &[&[&str]] = &[
         "rate_limit",
         "faults",
     ],
-    &["load", "health", "events", "panics"],
+    &["load", "health", "panics"],
     &["engine"],
-    &["config", "domain", "system", "sandbox"],
+    &["config", "domain", "system", "sandbox", "events"],
 ];
 
 fn root() -> PathBuf {

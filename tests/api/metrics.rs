@@ -163,6 +163,34 @@ async fn metrics_parse_as_prometheus_text_and_move_with_the_traffic() {
     assert_eq!(value(&after, "showcase_queue_in_flight", &[]), 0.0);
     assert!(value(&after, "showcase_process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&after, "showcase_disk_free_bytes", &[]) > 0.0);
+    if server.aws.is_some() {
+        // Every call to S3 and SQS is counted and timed: here the accepted upload's one
+        // multipart upload (the refused one never reached S3), and the start-up checks.
+        let calls = |service: &str, operation: &str| {
+            value(
+                &after,
+                "showcase_backend_requests_total",
+                &[
+                    ("service", service),
+                    ("operation", operation),
+                    ("outcome", "ok"),
+                ],
+            )
+        };
+        assert_eq!(calls("s3", "CreateMultipartUpload"), 1.0);
+        assert!(calls("s3", "UploadPart") >= 1.0);
+        assert_eq!(calls("s3", "CompleteMultipartUpload"), 1.0);
+        assert!(calls("s3", "ListObjectsV2") >= 1.0);
+        assert!(calls("sqs", "GetQueueAttributes") >= 1.0);
+        assert_eq!(
+            observations(
+                &after,
+                "showcase_backend_request_duration_seconds",
+                &[("service", "s3"), ("operation", "CompleteMultipartUpload")]
+            ),
+            1.0
+        );
+    }
 
     // The refused upload's connection ends with a lingering close that throws away at most
     // what was left of its body.

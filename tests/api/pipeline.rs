@@ -439,8 +439,8 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
         json!({"depth": 0, "in_flight": 0, "dead": 0}),
         "{health}"
     );
-    let processed = common::files_under(&dir.path().join("media/processed"));
-    assert_eq!(processed.len(), 1, "{processed:?}");
+    let processed = server.stored().keys("processed/");
+    assert_eq!(processed, [format!("processed/{id}.mp4")]);
     assert!(common::files_under(&dir.path().join("tmp")).is_empty());
     assert!(server.terminate().success());
     assert!(transcode_children(dir.path()).is_empty());

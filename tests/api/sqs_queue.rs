@@ -19,7 +19,8 @@ async fn queues(moto: &Moto, max_receives: u32) -> SqsLocation {
         endpoint_url: moto.endpoint.clone(),
     };
     let raw = aws_sdk_sqs::Client::new(&showcase::engine::aws::sdk_config(&endpoint).await);
-    let (queue_url, dead_letter_queue_url) = crate::common::aws::queues(&raw, max_receives).await;
+    let (queue_url, dead_letter_queue_url) =
+        crate::common::aws::queues(&raw, "showcase-jobs", max_receives).await;
     SqsLocation {
         queue_url,
         dead_letter_queue_url,

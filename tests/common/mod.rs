@@ -12,6 +12,7 @@ pub mod gate;
 pub mod moto;
 pub mod process;
 pub mod raw;
+pub mod stored;
 
 pub use client::Client;
 
@@ -136,7 +137,7 @@ impl TestApp {
 
     /// Publishes a video the way the processing pipeline does when a job succeeds.
     pub async fn publish(&self, video_id: u64) {
-        publish_in(&self.app.engine(), video_id).await;
+        publish_in(self.app.engine().store.as_ref(), video_id).await;
     }
 
     /// Publishes a video with `video` and `poster` as its rendition, placed where the pipeline
@@ -167,25 +168,30 @@ impl TestApp {
         bytes
     }
 
+    /// Where the node keeps its media and jobs.
+    pub fn stored(&self) -> stored::Stored {
+        stored::Stored {
+            data_dir: self.dir.path().to_path_buf(),
+            remote: self.aws.as_ref().map(aws::Aws::remote),
+        }
+    }
+
     /// Files under `sub` of the data dir; under `media`, the node's blobs wherever they are
     /// kept (as `media/<key>`).
     pub fn files_under(&self, sub: &str) -> Vec<PathBuf> {
-        let media = sub == "media" || sub.starts_with("media/");
-        match &self.aws {
-            Some(aws) if media => {
-                let prefix = sub.trim_start_matches("media").trim_start_matches('/');
+        match sub.strip_prefix("media") {
+            Some(rest) if self.aws.is_some() && (rest.is_empty() || rest.starts_with('/')) => {
+                let prefix = rest.trim_start_matches('/');
                 let prefix = if prefix.is_empty() {
                     String::new()
                 } else {
-                    format!("{prefix}/")
+                    format!("{}/", prefix.trim_end_matches('/'))
                 };
-                aws::block_on(async {
-                    use showcase::engine::BlobStore;
-                    aws.blobs().await.list(&prefix).await.unwrap()
-                })
-                .into_iter()
-                .map(|key| PathBuf::from("media").join(key))
-                .collect()
+                self.stored()
+                    .keys(&prefix)
+                    .into_iter()
+                    .map(|key| PathBuf::from("media").join(key))
+                    .collect()
             }
             _ => files_under(&self.dir.path().join(sub)),
         }
@@ -193,31 +199,12 @@ impl TestApp {
 
     /// The bytes of the node's blob `key` (`originals/3.mp4`), if there is one.
     pub fn blob(&self, key: &str) -> Option<Vec<u8>> {
-        match &self.aws {
-            Some(aws) => aws::block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let copy = dir.path().join("blob");
-                aws.blobs().await.download(key, &copy).await.ok()?;
-                std::fs::read(copy).ok()
-            }),
-            None => std::fs::read(self.dir.path().join("media").join(key)).ok(),
-        }
+        self.stored().blob(key)
     }
 
     /// Stores `bytes` as the node's blob `key`, where the node keeps its media.
     pub async fn put_blob(&self, key: &str, bytes: &[u8]) {
-        use showcase::engine::BlobStore;
-        let scratch = tempfile::tempdir().unwrap();
-        let file = scratch.path().join("blob");
-        std::fs::write(&file, bytes).unwrap();
-        match &self.aws {
-            Some(aws) => aws.blobs().await.put_file(key, &file).await.unwrap(),
-            None => showcase::engine::LocalBlobs::open(self.dir.path().join("media"))
-                .unwrap()
-                .put_file(key, &file)
-                .await
-                .unwrap(),
-        }
+        self.stored().put_blob(key, bytes).await
     }
 }
 
@@ -260,9 +247,8 @@ pub fn random_file(len: u64) -> PathBuf {
     path
 }
 
-pub async fn publish_in(engine: &showcase::engine::Engine, video_id: u64) {
-    engine
-        .store
+pub async fn publish_in(store: &dyn showcase::engine::Store, video_id: u64) {
+    store
         .publish_video(
             video_id,
             Publication {

@@ -27,16 +27,22 @@ fn executable() -> PathBuf {
     path
 }
 
+/// What the SDK's standard chain reads from the environment for the tests.
+pub const CREDENTIALS: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+];
+
 /// The SDK's standard chain reads these: any values do for moto.
 pub fn test_credentials() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        for (key, value) in [
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ] {
+        for (key, value) in CREDENTIALS
+            .into_iter()
+            .zip(["testing", "testing", "us-east-1", "true"])
+        {
             if std::env::var_os(key).is_none() {
                 std::env::set_var(key, value);
             }
@@ -46,17 +52,36 @@ pub fn test_credentials() {
 
 impl Moto {
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A server that is killed when the thread that starts it ends.
+    pub fn start_tied_to_this_thread() -> Self {
+        use std::os::unix::process::CommandExt;
+        Self::start_with(|command| {
+            // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_with(adjust: impl FnOnce(&mut Command)) -> Self {
         test_credentials();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(executable())
+        let mut command = Command::new(executable());
+        command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server starts");
+            .stderr(Stdio::null());
+        adjust(&mut command);
+        let child = command.spawn().expect("moto_server starts");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not listen");

@@ -1,5 +1,6 @@
 //! The real `showcase` executable as a child process: for what only a separate process can
-//! show (SIGKILL, exit codes, its own resident memory).
+//! show (SIGKILL, exit codes, its own resident memory). With `SHOWCASE_TEST_BACKENDS=aws` it
+//! keeps its media in S3 and its jobs in SQS, found again by a restart over the same data dir.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// S3 and SQS, when the tests run on the AWS backends.
+    pub aws: Option<super::aws::ForProcess>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -44,6 +47,19 @@ impl ServerProcess {
             .env("SHOWCASE_RATE_LIMIT__VOTE_PER_MINUTE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        let aws = super::aws::on_aws().then(|| {
+            let max_receives = env
+                .iter()
+                .find(|(key, _)| *key == "SHOWCASE_QUEUE__MAX_RECEIVES")
+                .map_or(
+                    showcase::config::Config::default().queue.max_receives,
+                    |(_, v)| v.parse().unwrap(),
+                );
+            super::aws::ForProcess::for_data_dir(data_dir, max_receives)
+        });
+        for (key, value) in aws.iter().flat_map(super::aws::ForProcess::env) {
+            command.env(key, value);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -76,7 +92,16 @@ impl ServerProcess {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
+            aws,
             log,
+        }
+    }
+
+    /// Where the node keeps its media and jobs (still there once it is stopped).
+    pub fn stored(&self) -> super::stored::Stored {
+        super::stored::Stored {
+            data_dir: self.data_dir.clone(),
+            remote: self.aws.as_ref().map(super::aws::ForProcess::remote),
         }
     }
 
