@@ -143,29 +143,9 @@ impl TestApp {
     /// Publishes a video with `video` and `poster` as its rendition, placed where the pipeline
     /// puts its outputs, with their real content hashes. Returns the video's bytes.
     pub async fn publish_with_files(&self, video_id: u64, video: &Path, poster: &Path) -> Vec<u8> {
-        use sha2::Digest;
-        let bytes = std::fs::read(video).unwrap();
-        let poster_bytes = std::fs::read(poster).unwrap();
-        self.put_blob(&format!("processed/{video_id}.mp4"), &bytes)
-            .await;
-        self.put_blob(&format!("posters/{video_id}.jpg"), &poster_bytes)
-            .await;
-        self.app
-            .engine()
-            .store
-            .publish_video(
-                video_id,
-                Publication {
-                    processed_key: format!("processed/{video_id}.mp4"),
-                    poster_key: format!("posters/{video_id}.jpg"),
-                    content_hash: hex::encode(sha2::Sha256::digest(&bytes)),
-                    poster_hash: hex::encode(sha2::Sha256::digest(&poster_bytes)),
-                    duration_s: 25.0,
-                },
-            )
+        self.stored()
+            .publish(self.app.engine().store.as_ref(), video_id, video, poster)
             .await
-            .unwrap();
-        bytes
     }
 
     /// Where the node keeps its media and jobs.

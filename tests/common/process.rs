@@ -29,6 +29,32 @@ impl ServerProcess {
         env: &[(&str, &str)],
         adjust: impl FnOnce(&mut Command),
     ) -> Self {
+        let aws = super::aws::on_aws().then(|| {
+            let max_receives = env
+                .iter()
+                .find(|(key, _)| *key == "SHOWCASE_QUEUE__MAX_RECEIVES")
+                .map_or(
+                    showcase::config::Config::default().queue.max_receives,
+                    |(_, v)| v.parse().unwrap(),
+                );
+            super::aws::ForProcess::for_data_dir(data_dir, max_receives)
+        });
+        Self::spawn(data_dir, env, aws, adjust)
+    }
+
+    /// Like [`ServerProcess::start`], on S3 and SQS whatever the tests run on.
+    pub fn start_on_aws(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let max_receives = showcase::config::Config::default().queue.max_receives;
+        let aws = super::aws::ForProcess::for_data_dir(data_dir, max_receives);
+        Self::spawn(data_dir, env, Some(aws), |_| {})
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        aws: Option<super::aws::ForProcess>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_showcase"));
         command
             .arg("serve")
@@ -47,16 +73,6 @@ impl ServerProcess {
             .env("SHOWCASE_RATE_LIMIT__VOTE_PER_MINUTE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let aws = super::aws::on_aws().then(|| {
-            let max_receives = env
-                .iter()
-                .find(|(key, _)| *key == "SHOWCASE_QUEUE__MAX_RECEIVES")
-                .map_or(
-                    showcase::config::Config::default().queue.max_receives,
-                    |(_, v)| v.parse().unwrap(),
-                );
-            super::aws::ForProcess::for_data_dir(data_dir, max_receives)
-        });
         for (key, value) in aws.iter().flat_map(super::aws::ForProcess::env) {
             command.env(key, value);
         }
@@ -175,15 +191,20 @@ impl ServerProcess {
 
     /// Resident set size, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
+        rss_of(self.pid())
     }
+}
+
+/// The resident set size of process `pid`, in bytes.
+pub fn rss_of(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 impl Drop for ServerProcess {

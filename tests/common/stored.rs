@@ -95,6 +95,38 @@ impl Stored {
         self.blobs().await.put_file(key, &file).await.unwrap();
     }
 
+    /// Publishes `video_id` as the pipeline would, with `video` and `poster` as its files
+    /// (stored here, recorded in `store`); the video's bytes.
+    pub async fn publish(
+        &self,
+        store: &dyn showcase::engine::Store,
+        video_id: u64,
+        video: &Path,
+        poster: &Path,
+    ) -> Vec<u8> {
+        use sha2::Digest;
+        let bytes = std::fs::read(video).unwrap();
+        let poster_bytes = std::fs::read(poster).unwrap();
+        self.put_blob(&format!("processed/{video_id}.mp4"), &bytes)
+            .await;
+        self.put_blob(&format!("posters/{video_id}.jpg"), &poster_bytes)
+            .await;
+        store
+            .publish_video(
+                video_id,
+                showcase::domain::Publication {
+                    processed_key: format!("processed/{video_id}.mp4"),
+                    poster_key: format!("posters/{video_id}.jpg"),
+                    content_hash: hex::encode(sha2::Sha256::digest(&bytes)),
+                    poster_hash: hex::encode(sha2::Sha256::digest(&poster_bytes)),
+                    duration_s: 25.0,
+                },
+            )
+            .await
+            .unwrap();
+        bytes
+    }
+
     /// Whether a job for `video_id` waits in the queue. The embedded queue is read from its
     /// files, so only once the node is stopped; SQS is read without hiding its messages.
     pub async fn has_job(&self, video_id: u64) -> bool {
