@@ -54,7 +54,14 @@ pub struct S3Blobs {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Failed multipart uploads whose abort failed too (S3 went away mid-upload): object and
+    /// upload id, aborted again once S3 answers a check, so that no part is left behind.
+    unaborted: std::sync::Mutex<Vec<(String, String)>>,
 }
+
+/// Failed multipart uploads remembered for a later abort; past this, the bucket's lifecycle
+/// rule for incomplete uploads is left to remove the oldest.
+const MAX_UNABORTED: usize = 1024;
 
 /// What a failed call means for the caller: try later, not found, or refused.
 fn classify<E, R>(operation: &str, error: SdkError<E, R>) -> BlobError
@@ -96,6 +103,7 @@ impl S3Blobs {
             client: Client::from_conf(config),
             bucket: location.bucket.clone(),
             prefix: location.prefix.clone(),
+            unaborted: std::sync::Mutex::default(),
         }
     }
 
@@ -146,19 +154,49 @@ impl S3Blobs {
         match self.upload_parts(object, &upload_id, file, len).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                let aborted = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(object)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(abort) = aborted {
-                    tracing::warn!(object, error = %classify("AbortMultipartUpload", abort),
-                        "a failed multipart upload could not be aborted; the bucket's lifecycle rule removes its parts");
+                if let Err(abort) = self.abort(object, &upload_id).await {
+                    tracing::warn!(object, error = %abort,
+                        "a failed multipart upload could not be aborted; it will be once S3 answers");
+                    let mut unaborted = self.unaborted.lock().unwrap_or_else(|p| p.into_inner());
+                    if unaborted.len() >= MAX_UNABORTED {
+                        unaborted.remove(0);
+                    }
+                    unaborted.push((object.to_string(), upload_id));
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Aborts a multipart upload: its parts are removed. One S3 no longer knows is gone.
+    async fn abort(&self, object: &str, upload_id: &str) -> Result<(), BlobError> {
+        let aborted = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match aborted {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(classify("AbortMultipartUpload", e)),
+        }
+    }
+
+    /// Aborts again the uploads whose abort failed; those that fail again stay for later.
+    async fn abort_pending(&self) {
+        let pending =
+            std::mem::take(&mut *self.unaborted.lock().unwrap_or_else(|p| p.into_inner()));
+        for (object, upload_id) in pending {
+            match self.abort(&object, &upload_id).await {
+                Ok(()) => tracing::info!(object, "a failed multipart upload was aborted"),
+                Err(_) => self
+                    .unaborted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((object, upload_id)),
             }
         }
     }
@@ -339,6 +377,7 @@ impl BlobStore for S3Blobs {
             .send()
             .await
             .map_err(|e| classify("ListObjectsV2", e))?;
+        self.abort_pending().await;
         Ok(())
     }
 }

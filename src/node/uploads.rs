@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::admission::Refusal;
 use super::base::{present, Node};
 use super::error::Error;
 use crate::actors::ingest::CommitUpload;
@@ -104,6 +105,11 @@ impl AdmittedUpload<'_> {
         let node = self.node;
         let media = node.probe(file.path()).await?;
         check_policy(&media, &node.config.upload)?;
+        // A backend that stopped answering while the body came in: refused as a new upload
+        // would be, before anything is stored (its job would wait in the outbox otherwise).
+        if let Some(problem) = node.uploads.backends.problems().into_iter().next() {
+            return Err(Refusal::BackendDown(problem).into());
+        }
         let upload = PreparedUpload {
             owner_id: self.owner,
             title,

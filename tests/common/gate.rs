@@ -1,15 +1,21 @@
 //! A TCP gate in front of a server, for outages on demand: open, it forwards every connection
-//! to the target; closed, it cuts the connections it carries and refuses new ones.
+//! to the target; closed, it cuts the connections it carries and refuses new ones. It can also
+//! close by itself once a number of bytes have gone through to the target, to cut a transfer
+//! in its middle.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct Gate {
     pub addr: SocketAddr,
-    open: watch::Sender<bool>,
+    open: Arc<watch::Sender<bool>>,
+    /// Bytes still allowed through to the target before the gate closes; negative: no limit.
+    budget: Arc<AtomicI64>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -18,33 +24,63 @@ impl Gate {
     pub async fn to(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (open, watching) = watch::channel(true);
-        let watching = Arc::new(watching);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut state = (*watching).clone();
-                if !*state.borrow() {
-                    drop(client);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
+        let open = Arc::new(watch::Sender::new(true));
+        let budget = Arc::new(AtomicI64::new(-1));
+        let task = {
+            let (open, budget) = (open.clone(), budget.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
                         return;
                     };
-                    let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = state.wait_for(|open| !*open) => {}
+                    let mut state = open.subscribe();
+                    if !*state.borrow() {
+                        drop(client);
+                        continue;
                     }
-                });
-            }
-        });
+                    let (open, budget) = (open.clone(), budget.clone());
+                    tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let (mut from_client, mut to_client) = client.into_split();
+                        let (mut from_server, mut to_server) = server.into_split();
+                        let upstream = async {
+                            let mut buffer = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match from_client.read(&mut buffer).await {
+                                    Ok(0) | Err(_) => {
+                                        let _ = to_server.shutdown().await;
+                                        return;
+                                    }
+                                    Ok(n) => n,
+                                };
+                                if spend(&budget, n) {
+                                    open.send_replace(false);
+                                    return;
+                                }
+                                if to_server.write_all(&buffer[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                        // Each side's end is passed on to the other, as a proxy does.
+                        let downstream = async {
+                            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                            let _ = to_client.shutdown().await;
+                        };
+                        tokio::select! {
+                            _ = async { tokio::join!(upstream, downstream) } => {}
+                            _ = state.wait_for(|open| !*open) => {}
+                        }
+                    });
+                }
+            })
+        };
         Self {
             addr,
             open,
+            budget,
             _task: task,
         }
     }
@@ -55,10 +91,27 @@ impl Gate {
 
     /// Cuts every connection and refuses new ones until [`Gate::open`].
     pub fn close(&self) {
-        let _ = self.open.send(false);
+        self.open.send_replace(false);
     }
 
-    pub fn open(&self) {
-        let _ = self.open.send(true);
+    /// Lets `bytes` more through to the target, then closes.
+    pub fn close_after(&self, bytes: i64) {
+        self.budget.store(bytes, Ordering::SeqCst);
     }
+
+    /// Opens, with no limit on what goes through.
+    pub fn open(&self) {
+        self.budget.store(-1, Ordering::SeqCst);
+        self.open.send_replace(true);
+    }
+}
+
+/// Takes `n` bytes from a limited budget; true when the budget is spent.
+fn spend(budget: &AtomicI64, n: usize) -> bool {
+    let before = budget
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            (left >= 0).then(|| (left - n as i64).max(0))
+        })
+        .unwrap_or(-1);
+    before >= 0 && before <= n as i64
 }
