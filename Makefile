@@ -12,9 +12,11 @@ SHELL := /bin/bash
 BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libswscale-dev \
                   libswresample-dev libavdevice-dev clang libclang-dev pkg-config
 # Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs),
-# systemd-analyze and the kernel's system-call numbers (the unit's audit and filter), and
-# Chromium (browser test, driven by playwright-core from the npm registry).
-TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev python3-venv
+# systemd-analyze and the kernel's system-call numbers (the unit's audit and filter), Chromium
+# (browser test, driven by playwright-core from the npm registry), and PostgreSQL (the tests
+# start throwaway clusters of their own: tests/common/postgres.rs).
+TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev python3-venv \
+                 postgresql
 # S3 and SQS for the tests: moto in server mode, from PyPI, in a virtual environment of its own.
 # The tests start it themselves on 127.0.0.1 (tests/common/moto.rs finds it by MOTO_SERVER).
 VENV := $(HOME)/.cache/showcase/venv
@@ -80,8 +82,11 @@ lint: deps
 
 test: test-deps lint
 	cargo test
-	# The API suite again, its nodes keeping media in S3 and jobs in SQS (moto).
+	# The API suite again on the other backends: media in S3 and jobs in SQS (moto); records in
+	# PostgreSQL with its own queue; and all three, as a platform of several nodes runs.
 	SHOWCASE_TEST_BACKENDS=aws cargo test --test api
+	SHOWCASE_TEST_BACKENDS=postgres cargo test --test api
+	SHOWCASE_TEST_BACKENDS=aws,postgres cargo test --test api
 
 bench: test-deps
 	$(call install_missing,$(BENCH_PACKAGES))

@@ -22,7 +22,6 @@ use common::process::{rss_of, ServerProcess};
 use common::{test_config, Client, TestApp};
 use rand::Rng;
 use showcase::engine::s3_blobs::S3Blobs;
-use showcase::engine::sled_engine::SledEngine;
 use showcase::engine::BlobStore;
 
 const MIB: u64 = 1024 * 1024;
@@ -59,6 +58,7 @@ fn node(aws: bool, adjust: impl FnOnce(&mut showcase::config::Config)) -> TestAp
         client: Client::new(app.url("")),
         app,
         aws,
+        postgres: None,
         dir,
     }
 }
@@ -198,11 +198,11 @@ fn main() {
         let stored = remote.stored();
         assert!(remote.terminate().success());
         {
-            let engine = SledEngine::open(&dir.path().join("db"), 5, Duration::from_secs(5)).unwrap();
+            let (store, _) = stored.records().await;
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), &video).unwrap();
             stored
-                .publish(engine.as_ref(), remote_id, file.path(), &common::poster_jpeg())
+                .publish(store.as_ref(), remote_id, file.path(), &common::poster_jpeg())
                 .await;
         }
         let remote = ServerProcess::start_on_aws(dir.path(), &no_cache);

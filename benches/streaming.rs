@@ -132,6 +132,7 @@ fn prepare_data_dir(data_dir: &Path, file: &Path, runtime: &tokio::runtime::Runt
         client: common::Client::new(app.url("")),
         app,
         aws: None,
+        postgres: None,
         dir: tempfile::tempdir().unwrap(),
     };
     let id = runtime.block_on(async {

@@ -19,6 +19,8 @@ pub const ENV_PREFIX: &str = "SHOWCASE_";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub node: NodeConfig,
+    pub store: StoreConfig,
     pub storage: StorageConfig,
     pub queue: QueueConfig,
     pub upload: UploadConfig,
@@ -31,6 +33,86 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     pub stream: StreamConfig,
     pub rate_limit: RateLimitConfig,
+}
+
+/// What this node does in a platform of several.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub role: Role,
+}
+
+/// Which actors a node runs and which routes it serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: one node is the whole platform.
+    #[default]
+    All,
+    /// HTTP, ingest and streamer: takes uploads and serves the public.
+    Api,
+    /// Queue consumer and transcoder; serves only the operator routes.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Whether this node takes uploads and serves the public routes.
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Whether this node processes jobs.
+    pub fn processes(self) -> bool {
+        self != Role::Api
+    }
+}
+
+/// Where the records (users, videos, votes, rankings) are kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub postgres: PostgresConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded in this process, under `storage.data_dir`: one node.
+    #[default]
+    Sled,
+    /// A PostgreSQL server shared by every node.
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:5432/db`; the password may come from the credential
+    /// `postgres_password` instead (or `PGPASSWORD`).
+    pub url: String,
+    pub max_connections: u32,
+    /// From the credential `postgres_password`, resolved at load; never read from a file.
+    #[serde(skip)]
+    pub password: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 16,
+            password: String::new(),
+        }
+    }
 }
 
 /// Per-client token buckets (see `rate_limit`); a rate of 0 leaves the route unlimited.
@@ -512,6 +594,20 @@ const JWT_SECRET: SecretSource = SecretSource {
     credential: "jwt_secret",
 };
 
+/// The systemd credential that may hold the PostgreSQL password.
+const POSTGRES_PASSWORD: &str = "postgres_password";
+
+/// Whether a `postgres://user:password@host/db` URL carries a password.
+fn url_has_password(url: &str) -> bool {
+    let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user_info, _)| user_info.contains(':'))
+}
+
 /// Whether every local user may read the file at `path`.
 fn readable_by_everyone(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -656,6 +752,27 @@ impl Config {
             credentials,
             written_in_open_file(JWT_SECRET.key),
         )?;
+        if let Some(path) = credentials
+            .map(|dir| dir.join(POSTGRES_PASSWORD))
+            .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() > 0))
+        {
+            self.store.postgres.password =
+                read_secret_file(&path, &format!("the credential {POSTGRES_PASSWORD}"))?;
+        }
+        if open_file.is_some() && url_has_password(&self.store.postgres.url) {
+            let in_file = open_file.is_some_and(|f| {
+                Figment::from(Toml::file(f))
+                    .extract_inner::<String>("store.postgres.url")
+                    .is_ok_and(|url| url_has_password(&url))
+            });
+            if in_file {
+                return Err(ConfigError::Invalid(format!(
+                    "store.postgres.url holds a password in a configuration file that every \
+                     local user can read; chmod 0640 the file or use the credential \
+                     {POSTGRES_PASSWORD}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -667,6 +784,45 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Combinations of role and backends that cannot work, refused with what to change.
+    fn validate_topology(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let postgres = self.store.backend == StoreBackend::Postgres;
+        if postgres && self.store.postgres.url.trim().is_empty() {
+            return bad("store.postgres.url must be set when store.backend is \"postgres\"".into());
+        }
+        if postgres && self.store.postgres.max_connections == 0 {
+            return bad("store.postgres.max_connections must be > 0".into());
+        }
+        if postgres && self.auth.jwt_secret.is_empty() {
+            return bad(
+                "store.backend = \"postgres\" lets several nodes share the platform, and each must \
+                 verify the tokens the others issue: give auth.jwt_secret (the credential \
+                 jwt_secret, or auth.jwt_secret_file) rather than a secret generated per node"
+                    .into(),
+            );
+        }
+        let role = self.node.role;
+        if role == Role::All {
+            return Ok(());
+        }
+        let name = role.as_str();
+        if !postgres {
+            return bad(format!(
+                "node.role = \"{name}\" shares the platform with other nodes, whose records \
+                 cannot live in this node's embedded sled store: set store.backend = \"postgres\" \
+                 (or node.role = \"all\" for one node)"
+            ));
+        }
+        if self.storage.backend == StorageBackend::Local {
+            return bad(format!(
+                "node.role = \"{name}\": the other nodes cannot read media kept on this \
+                 node's disk; set storage.backend = \"s3\" (or node.role = \"all\")"
+            ));
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -691,6 +847,7 @@ impl Config {
                 "queue.sqs.queue_url and queue.sqs.dead_letter_queue_url must be set when queue.backend is \"sqs\"",
             );
         }
+        self.validate_topology()?;
         if self.queue.sqs.wait_time_s > 20 {
             return bad("queue.sqs.wait_time_s must be within 0..=20 (the longest SQS long poll)");
         }
@@ -960,5 +1117,48 @@ mod tests {
             assert_eq!(c.server.addr.to_string(), "0.0.0.0:9000");
             Ok(())
         });
+    }
+
+    /// The message of the refusal of `toml`.
+    fn refusal(toml: &str) -> String {
+        Config::from_toml_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn combinations_that_cannot_work_are_refused_with_what_to_change() {
+        let secret = format!("[auth]\njwt_secret = \"{}\"\n", "s".repeat(40));
+        let postgres =
+            "[store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"postgres://u@db/p\"\n";
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n";
+        // Several nodes cannot share an embedded store.
+        for role in ["api", "worker"] {
+            let said = refusal(&format!("[node]\nrole = \"{role}\"\n"));
+            assert!(said.contains("store.backend = \"postgres\""), "{said}");
+        }
+        // Nor media on one node's disk.
+        let said = refusal(&format!("[node]\nrole = \"worker\"\n{postgres}{secret}"));
+        assert!(said.contains("storage.backend = \"s3\""), "{said}");
+        // Nodes sharing a store must share the secret of their tokens.
+        let said = refusal(postgres);
+        assert!(said.contains("auth.jwt_secret"), "{said}");
+        let said = refusal("[store]\nbackend = \"postgres\"\n");
+        assert!(said.contains("store.postgres.url"), "{said}");
+        // What works.
+        let c = Config::from_toml_str(&format!("[node]\nrole = \"api\"\n{postgres}{secret}{s3}"))
+            .unwrap();
+        assert_eq!(
+            (c.node.role, c.store.backend),
+            (Role::Api, StoreBackend::Postgres)
+        );
+        assert!(Config::from_toml_str(&format!("{postgres}{secret}")).is_ok());
+        assert!(refusal("[node]\nrole = \"boss\"\n").contains("boss"));
+    }
+
+    #[test]
+    fn a_password_in_a_database_url_is_seen() {
+        assert!(url_has_password("postgres://app:hunter2@db:5432/showcase"));
+        assert!(!url_has_password("postgres://app@db:5432/showcase"));
+        assert!(!url_has_password("postgres://db/showcase?user=a:b"));
+        assert!(!url_has_password("not a url"));
     }
 }

@@ -9,7 +9,6 @@ use tokio::sync::watch;
 
 use crate::actors::supervisor::Supervisor;
 use crate::actors::transcoder::TranscoderChildren;
-use crate::engine::sled_engine::SledEngine;
 use crate::engine::{Engine, StoreError};
 use crate::node::Node;
 
@@ -47,7 +46,8 @@ pub struct Application {
     /// The operations listener (`server.ops_addr`), when configured.
     pub(super) ops_listener: Option<(TcpListener, SocketAddr)>,
     pub(super) supervisor: Addr<Supervisor>,
-    pub(super) sled: Arc<SledEngine>,
+    /// Flushed last, at shutdown.
+    pub(super) store: Arc<dyn crate::engine::Store>,
     pub(super) transcoder_children: Arc<TranscoderChildren>,
     pub(super) escalation: watch::Receiver<Option<String>>,
 }

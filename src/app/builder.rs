@@ -18,13 +18,14 @@ use crate::actors::supervisor::{ChildSpec, Intensity, Supervisor, SupervisorSett
 use crate::actors::transcoder::{Transcoder, TranscoderChildren, TranscoderSettings};
 use crate::actors::ActorRef;
 use crate::auth::Auth;
-use crate::config::{Config, QueueBackend, StorageBackend};
+use crate::config::{Config, QueueBackend, StorageBackend, StoreBackend};
 use crate::domain::VideoStatus;
 use crate::engine::blobs::video_id_in;
+use crate::engine::pg_engine::PgEngine;
 use crate::engine::s3_blobs::{S3Blobs, S3Location};
 use crate::engine::sled_engine::SledEngine;
 use crate::engine::sqs_queue::{SqsLocation, SqsQueue};
-use crate::engine::{BlobStore, Engine, JobQueue, LocalBlobs};
+use crate::engine::{BlobStore, Engine, JobQueue, LocalBlobs, Store};
 use crate::faults::Faults;
 use crate::health::HealthRegistry;
 use crate::load::Load;
@@ -70,7 +71,7 @@ impl Application {
         close_to_others(&data_dir)?;
         let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &data_dir)
             .map_err(io_error("loading the server secret"))?;
-        let (sled, engine) = open_engine(&config, &data_dir).await?;
+        let engine = open_engine(&config, &data_dir).await?;
 
         let shared = Shared {
             engine: engine.clone(),
@@ -97,7 +98,7 @@ impl Application {
             addr,
             ops_listener,
             supervisor: started.supervisor,
-            sled,
+            store: engine.store.clone(),
             transcoder_children: shared.transcoder_children,
             escalation: started.escalation,
         })
@@ -178,26 +179,38 @@ fn assemble_node(
 
 /// Opens the store, the queue and the media directory, and runs startup recovery: temp files
 /// of unfinished uploads, media files nothing refers to, leases of the previous process.
-async fn open_engine(
-    config: &Config,
-    data_dir: &Path,
-) -> Result<(Arc<SledEngine>, Engine), StartupError> {
+async fn open_engine(config: &Config, data_dir: &Path) -> Result<Engine, StartupError> {
     let removed =
         crate::upload::clear_temp_dir(data_dir).map_err(io_error("clearing temp files"))?;
-    let sled = SledEngine::open_with_cache(
-        &data_dir.join(DB_DIR),
-        config.queue.max_receives,
-        Duration::from_secs(config.storage.commit_timeout_s),
-        config.storage.cache_mb * 1024 * 1024,
-    )?;
     let blobs = open_blobs(config, data_dir).await?;
+    // The store's own queue: the queue itself, or the outbox when jobs go to SQS.
+    let (store, own_queue, recovery): (Arc<dyn Store>, Arc<dyn JobQueue>, _) =
+        match config.store.backend {
+            StoreBackend::Sled => {
+                let sled = SledEngine::open_with_cache(
+                    &data_dir.join(DB_DIR),
+                    config.queue.max_receives,
+                    Duration::from_secs(config.storage.commit_timeout_s),
+                    config.storage.cache_mb * 1024 * 1024,
+                )?;
+                let recovery = sled.recovery().clone();
+                (sled.clone(), sled, Some(recovery))
+            }
+            StoreBackend::Postgres => {
+                let postgres = Arc::new(open_postgres(config).await?);
+                (postgres.clone(), postgres, None)
+            }
+        };
     let (queue, outbox): (Arc<dyn JobQueue>, Option<Arc<dyn JobQueue>>) = match config.queue.backend
     {
-        QueueBackend::Embedded => (sled.clone(), None),
-        // The store's own queue becomes the outbox the relay empties into SQS.
-        QueueBackend::Sqs => (Arc::new(open_sqs(config).await?), Some(sled.clone())),
+        QueueBackend::Embedded => (own_queue, None),
+        QueueBackend::Sqs => (Arc::new(open_sqs(config).await?), Some(own_queue)),
     };
     tracing::info!(
+        records = %match config.store.backend {
+            StoreBackend::Sled => format!("sled {}", data_dir.join(DB_DIR).display()),
+            StoreBackend::Postgres => "postgresql".to_string(),
+        },
         media = %match config.storage.backend {
             StorageBackend::Local => format!("local disk {}", data_dir.join(MEDIA_DIR).display()),
             StorageBackend::S3 => format!(
@@ -205,20 +218,27 @@ async fn open_engine(
                 config.storage.s3.bucket, config.storage.s3.prefix
             ),
         },
-        jobs = %match config.queue.backend {
-            QueueBackend::Embedded => "embedded queue".to_string(),
-            QueueBackend::Sqs => format!("sqs {}", config.queue.sqs.queue_url),
+        jobs = %match (config.queue.backend, config.store.backend) {
+            (QueueBackend::Embedded, StoreBackend::Sled) => "embedded queue".to_string(),
+            (QueueBackend::Embedded, StoreBackend::Postgres) => "postgresql jobs table".to_string(),
+            (QueueBackend::Sqs, _) => format!("sqs {}", config.queue.sqs.queue_url),
         },
-        "where media and jobs are kept"
+        role = config.node.role.as_str(),
+        "where records, media and jobs are kept"
     );
     let engine = Engine {
-        store: sled.clone(),
+        store,
         queue,
         blobs,
         outbox,
     };
-    let orphans = remove_orphan_files(&engine).await?;
-    let recovery = sled.recovery();
+    // With a store of its own, nothing else writes while the node starts. A shared store has
+    // other nodes uploading now: their files are not orphans, so none are swept here.
+    let orphans = match config.store.backend {
+        StoreBackend::Sled => remove_orphan_files(&engine).await?,
+        StoreBackend::Postgres => 0,
+    };
+    let recovery = recovery.unwrap_or_default();
     tracing::info!(
         temp_files_removed = removed,
         orphan_files_removed = orphans,
@@ -227,7 +247,21 @@ async fn open_engine(
         released_leases = recovery.released_leases,
         "recovery done"
     );
-    Ok((sled, engine))
+    Ok(engine)
+}
+
+/// The PostgreSQL store of the configuration, its schema migrated.
+async fn open_postgres(config: &Config) -> Result<PgEngine, StartupError> {
+    let pg = &config.store.postgres;
+    let password = (!pg.password.is_empty()).then_some(pg.password.as_str());
+    PgEngine::connect(
+        &pg.url,
+        password,
+        pg.max_connections,
+        config.queue.max_receives,
+    )
+    .await
+    .map_err(|e| StartupError::Config(format!("store.postgres: {e}")))
 }
 
 /// The media store of the configuration; a remote one must answer before the node starts.

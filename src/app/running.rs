@@ -90,7 +90,7 @@ impl Application {
             addr,
             ops_listener,
             supervisor,
-            sled,
+            store,
             transcoder_children,
             mut escalation,
         } = self;
@@ -133,8 +133,8 @@ impl Application {
         // Transcodes in progress are abandoned: their leases expire and they run again later.
         transcoder_children.kill_all();
         let flushed = tokio::task::spawn_blocking(move || {
-            let result = crate::engine::Store::flush_blocking(sled.as_ref());
-            drop(sled);
+            let result = store.flush_blocking();
+            drop(store);
             result
         })
         .await

@@ -1,11 +1,12 @@
 //! The engine: durable state and media, with no HTTP and no actors. Each part sits behind a small
-//! trait with an embedded default, so a later deployment can swap sled for PostgreSQL, the local
-//! directory for S3 and the embedded queue for SQS without touching the callers.
+//! trait with an embedded default and one implementation per backend: records in sled or
+//! PostgreSQL, media in a local directory or S3, jobs in the store's own queue or SQS.
 
 pub mod aws;
 pub mod blobs;
 pub mod commit;
 pub mod outbox;
+pub mod pg_engine;
 pub mod probe;
 pub mod queue;
 pub mod s3_blobs;

@@ -30,6 +30,9 @@ pub enum StoreError {
     UserNotFound,
     #[error("store failure: {0}")]
     Backend(String),
+    /// The database cannot be reached now: another try later may succeed.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// The change was applied but could not be confirmed on disk (the flush failed or timed
     /// out): it may yet become durable. Callers must not undo what it refers to.
     #[error("the write could not be confirmed on disk: {0}")]

@@ -179,6 +179,13 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyVoted => ApiError::bad_request("Ya has votado por este video."),
             StoreError::UserNotFound => ApiError::Unauthorized("Usuario no encontrado.".into()),
             StoreError::Backend(cause) => ApiError::Internal(cause),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "the store is unavailable");
+                ApiError::unavailable(
+                    "El almacén de datos no responde; intente de nuevo en unos segundos.",
+                    UNCONFIRMED_RETRY_AFTER_S,
+                )
+            }
             StoreError::Unconfirmed(cause) => unconfirmed(&cause),
         }
     }

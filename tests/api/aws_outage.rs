@@ -65,6 +65,7 @@ async fn an_outage_refuses_uploads_and_the_node_heals_without_a_restart() {
         client: Client::new(app.url("")),
         app,
         aws: None,
+        postgres: None,
         dir,
     };
     let (_, token) = t.quick_player("Ana", "Ruiz", "Cali").await;
@@ -159,6 +160,7 @@ async fn gated() -> Gated {
             client: Client::new(app.url("")),
             app,
             aws: None,
+            postgres: None,
             dir,
         },
         s3_gate,

@@ -6,7 +6,6 @@ use crate::common;
 use common::process::ServerProcess;
 use common::{clip, Clip};
 use reqwest::StatusCode;
-use showcase::engine::sled_engine::SledEngine;
 
 async fn upload(server: &ServerProcess, token: &str) -> u64 {
     let (status, body) = server
@@ -55,13 +54,13 @@ async fn a_vote_acknowledged_just_before_sigkill_is_there_after_restart() {
     let owner = server.client().token_for("owner@example.com").await;
     let fan = server.client().token_for("fan@example.com").await;
     let id = upload(&server, &owner).await;
+    let stored = server.stored();
     assert!(server.terminate().success());
 
-    // Publish it as the pipeline would, with the node stopped (the store has one owner).
+    // Publish it as the pipeline would, with the node stopped (sled has one owner).
     {
-        let engine =
-            SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
-        common::publish_in(engine.as_ref(), id).await;
+        let (store, _) = stored.records().await;
+        common::publish_in(store.as_ref(), id).await;
     }
 
     let server = ServerProcess::start(dir.path(), &[]);
@@ -129,11 +128,11 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_zero() {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let stored = server.stored();
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
 
-    let engine =
-        SledEngine::open(&dir.path().join("db"), 5, std::time::Duration::from_secs(5)).unwrap();
+    let (store, _) = stored.records().await;
     let id = response
         .split("\"video_id\":")
         .nth(1)
@@ -142,8 +141,5 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_zero() {
         .trim()
         .parse()
         .unwrap();
-    assert!(showcase::engine::Store::video(engine.as_ref(), id)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(store.video(id).await.unwrap().is_some());
 }

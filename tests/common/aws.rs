@@ -14,9 +14,19 @@ use showcase::engine::s3_blobs::{S3Blobs, S3Location};
 use super::moto::Moto;
 use super::stored::Remote;
 
+/// The backends the tests' nodes run on besides the embedded ones: `SHOWCASE_TEST_BACKENDS`,
+/// a comma-separated list of `aws` (media in S3, jobs in SQS) and `postgres` (records).
+pub fn test_backends() -> Vec<&'static str> {
+    let given = std::env::var("SHOWCASE_TEST_BACKENDS").unwrap_or_default();
+    ["aws", "postgres"]
+        .into_iter()
+        .filter(|known| given.split(',').any(|b| b.trim() == *known))
+        .collect()
+}
+
 /// Whether the tests' nodes keep media in S3 and jobs in SQS.
 pub fn on_aws() -> bool {
-    std::env::var("SHOWCASE_TEST_BACKENDS").is_ok_and(|v| v == "aws")
+    test_backends().contains(&"aws")
 }
 
 pub struct Aws {

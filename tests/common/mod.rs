@@ -10,6 +10,7 @@ pub mod aws;
 pub mod client;
 pub mod gate;
 pub mod moto;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 pub mod stored;
@@ -34,6 +35,8 @@ pub struct TestApp {
     pub client: Client,
     /// The S3 and SQS server of the node, when the tests run on the AWS backends.
     pub aws: Option<aws::Aws>,
+    /// The URL of the node's database, when the tests keep records in PostgreSQL.
+    pub postgres: Option<String>,
     // Dropped after `app` (fields drop in order), so the node stops before its dir goes.
     pub dir: tempfile::TempDir,
 }
@@ -97,11 +100,13 @@ impl TestApp {
         let mut config = test_config(dir.path());
         adjust(&mut config);
         let aws = aws::on_aws().then(|| aws::Aws::start(&mut config));
+        let postgres = postgres::on_postgres().then(|| postgres::point_at(&mut config));
         let app = showcase::app::spawn(config).expect("the node starts");
         Self {
             client: Client::new(app.url("")),
             app,
             aws,
+            postgres,
             dir,
         }
     }
@@ -153,6 +158,7 @@ impl TestApp {
         stored::Stored {
             data_dir: self.dir.path().to_path_buf(),
             remote: self.aws.as_ref().map(aws::Aws::remote),
+            postgres: self.postgres.clone(),
         }
     }
 

@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     /// S3 and SQS, when the tests run on the AWS backends.
     pub aws: Option<super::aws::ForProcess>,
+    /// The URL of its database, when the tests keep records in PostgreSQL.
+    pub postgres: Option<String>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -76,6 +78,17 @@ impl ServerProcess {
         for (key, value) in aws.iter().flat_map(super::aws::ForProcess::env) {
             command.env(key, value);
         }
+        let postgres =
+            super::postgres::on_postgres().then(|| super::postgres::database_for(data_dir));
+        // A test that gives the JWT secret its own way keeps it.
+        let own_secret = env.iter().any(|(key, _)| {
+            *key == "CREDENTIALS_DIRECTORY" || key.starts_with("SHOWCASE_AUTH__JWT")
+        });
+        for (key, value) in postgres.iter().flat_map(|url| super::postgres::env(url)) {
+            if !(own_secret && key == "SHOWCASE_AUTH__JWT_SECRET") {
+                command.env(key, value);
+            }
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -109,6 +122,7 @@ impl ServerProcess {
             addr,
             data_dir: data_dir.to_path_buf(),
             aws,
+            postgres,
             log,
         }
     }
@@ -118,6 +132,7 @@ impl ServerProcess {
         super::stored::Stored {
             data_dir: self.data_dir.clone(),
             remote: self.aws.as_ref().map(super::aws::ForProcess::remote),
+            postgres: self.postgres.clone(),
         }
     }
 

@@ -14,6 +14,8 @@ pub struct Stored {
     pub data_dir: PathBuf,
     /// Set when the node keeps them in S3 and SQS.
     pub remote: Option<Remote>,
+    /// The URL of the node's database, when its records are in PostgreSQL.
+    pub postgres: Option<String>,
 }
 
 /// S3 and SQS as a node is configured for them.
@@ -29,6 +31,36 @@ impl Stored {
         Self {
             data_dir: data_dir.to_path_buf(),
             remote: None,
+            postgres: None,
+        }
+    }
+
+    /// The node's records and its own queue (the outbox with SQS), opened beside it: sled's
+    /// only once the node is stopped.
+    pub async fn records(
+        &self,
+    ) -> (
+        std::sync::Arc<dyn showcase::engine::Store>,
+        std::sync::Arc<dyn showcase::engine::JobQueue>,
+    ) {
+        match &self.postgres {
+            Some(url) => {
+                let engine = std::sync::Arc::new(
+                    showcase::engine::pg_engine::PgEngine::connect(url, None, 2, 5)
+                        .await
+                        .unwrap(),
+                );
+                (engine.clone(), engine)
+            }
+            None => {
+                let engine = showcase::engine::sled_engine::SledEngine::open(
+                    &self.data_dir.join("db"),
+                    5,
+                    std::time::Duration::from_secs(5),
+                )
+                .unwrap();
+                (engine.clone(), engine)
+            }
         }
     }
 
@@ -127,19 +159,13 @@ impl Stored {
         bytes
     }
 
-    /// Whether a job for `video_id` waits in the queue. The embedded queue is read from its
-    /// files, so only once the node is stopped; SQS is read without hiding its messages.
+    /// Whether a job for `video_id` waits in the queue. The embedded queue on sled is read
+    /// from its files, so only once the node is stopped; SQS is read without hiding its
+    /// messages.
     pub async fn has_job(&self, video_id: u64) -> bool {
         let Some(remote) = &self.remote else {
-            let engine = showcase::engine::sled_engine::SledEngine::open(
-                &self.data_dir.join("db"),
-                5,
-                std::time::Duration::from_secs(5),
-            )
-            .unwrap();
-            let job = showcase::engine::JobQueue::job(engine.as_ref(), video_id)
-                .await
-                .unwrap();
+            let (_, queue) = self.records().await;
+            let job = queue.job(video_id).await.unwrap();
             return job.is_some_and(|job| job.video_id == video_id);
         };
         let sqs = super::aws::sqs_client(&remote.endpoint).await;
