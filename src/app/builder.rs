@@ -147,7 +147,11 @@ fn assemble_node(
         load: shared.load,
         faults: shared.faults.clone(),
         stuck_probes: Arc::default(),
-        backends: Arc::new(BackendHealth::new(
+        backends: Arc::new(BackendHealth::new([
+            match config.store.backend {
+                StoreBackend::Sled => "sled",
+                StoreBackend::Postgres => "postgres",
+            },
             match config.storage.backend {
                 StorageBackend::Local => "local",
                 StorageBackend::S3 => "s3",
@@ -156,7 +160,7 @@ fn assemble_node(
                 QueueBackend::Embedded => "embedded",
                 QueueBackend::Sqs => "sqs",
             },
-        )),
+        ])),
     };
     Ok(Node::new(NodeParts {
         auth: Auth::new(
@@ -407,12 +411,19 @@ fn consumer(
     Child { actor, spec }
 }
 
-/// Starts the Supervisor with this node's actors as its children.
+/// Starts the Supervisor with the actors of this node's role as its children: ingest and
+/// streamer for the public, transcoder and queue consumer for the jobs.
 fn start_actors(config: &Config, shared: &Shared) -> Result<Started, StartupError> {
-    let ingest = ingest(config, shared);
-    let streamer = streamer(config, shared);
-    let transcoder = transcoder(config, shared)?;
-    let consumer = consumer(config, shared, &transcoder.actor);
+    let role = config.node.role;
+    let ingest = role.serves_api().then(|| ingest(config, shared));
+    let streamer = role.serves_api().then(|| streamer(config, shared));
+    let transcoder = role
+        .processes()
+        .then(|| transcoder(config, shared))
+        .transpose()?;
+    let consumer = transcoder
+        .as_ref()
+        .map(|transcoder| consumer(config, shared, &transcoder.actor));
     let (escalation_tx, escalation) = watch::channel(None);
     let a = &config.actors;
     let supervisor_settings = SupervisorSettings {
@@ -426,24 +437,36 @@ fn start_actors(config: &Config, shared: &Shared) -> Result<Started, StartupErro
     };
     // Order matters: the consumer, last, holds a handle to the transcoder, whose restart
     // takes the consumer along (rest-for-one).
+    let mut children = Vec::new();
+    let ingest = ingest.map(|c| {
+        children.push(c.spec);
+        c.actor
+    });
+    let streamer = streamer.map(|c| {
+        children.push(c.spec);
+        c.actor
+    });
+    let transcoder = transcoder.map(|c| {
+        children.push(c.spec.restarting_later_children());
+        c.actor
+    });
+    let consumer = consumer.map(|c| {
+        children.push(c.spec);
+        c.actor
+    });
     let supervisor = Supervisor::new(
         shared.registry.clone(),
         supervisor_settings,
-        vec![
-            ingest.spec,
-            streamer.spec,
-            transcoder.spec.restarting_later_children(),
-            consumer.spec,
-        ],
+        children,
         escalation_tx,
     )
     .start();
     Ok(Started {
         actors: NodeActors {
-            ingest: Some(ingest.actor),
-            streamer: Some(streamer.actor),
-            transcoder: Some(transcoder.actor),
-            consumer: Some(consumer.actor),
+            ingest,
+            streamer,
+            transcoder,
+            consumer,
         },
         supervisor,
         escalation,

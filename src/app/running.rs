@@ -55,7 +55,12 @@ impl Serving {
             reserved_for_operations: server_config.ops_reserved_connections,
             impatient: false,
         };
-        let handler = crate::http::handler(node.clone(), Served::Everything);
+        // A worker serves only the operator routes, on every listener.
+        let served = match node.config().node.role.serves_api() {
+            true => Served::Everything,
+            false => Served::OperationsOnly,
+        };
+        let handler = crate::http::handler(node.clone(), served);
         let server = tokio::spawn(serve(listener, handler, limits, stop_rx, grace));
         Self {
             server,

@@ -94,4 +94,9 @@ pub trait Store: Send + Sync {
 
     /// Flushes everything to disk (shutdown).
     fn flush_blocking(&self) -> Result<(), StoreError>;
+
+    /// Whether the store can be reached now (readiness); an embedded one always can.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

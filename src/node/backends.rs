@@ -16,11 +16,44 @@ struct State {
     checked_at: Option<Instant>,
 }
 
-/// The reachability of the media store and the queue.
+/// One of the services a node depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The records (sled or PostgreSQL).
+    Store,
+    /// The media (local disk or S3).
+    Storage,
+    /// The jobs (the store's queue or SQS).
+    Queue,
+}
+
+impl Service {
+    const ALL: [Service; 3] = [Service::Store, Service::Storage, Service::Queue];
+
+    /// Its name in `/api/health/actors`.
+    fn role(self) -> &'static str {
+        match self {
+            Service::Store => "store",
+            Service::Storage => "storage",
+            Service::Queue => "queue",
+        }
+    }
+
+    /// Its name in words, for readiness and refusals.
+    fn words(self) -> &'static str {
+        match self {
+            Service::Store => "record store",
+            Service::Storage => "media store",
+            Service::Queue => "job queue",
+        }
+    }
+}
+
+/// The reachability of the record store, the media store and the queue.
 #[derive(Debug)]
 pub struct BackendHealth {
-    storage: (&'static str, Mutex<State>),
-    queue: (&'static str, Mutex<State>),
+    /// Each service, the backend that provides it, and what it last answered.
+    services: [(Service, &'static str, Mutex<State>); 3],
 }
 
 /// One backend, as `/api/health/actors` shows it.
@@ -38,47 +71,44 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl BackendHealth {
-    /// `storage` and `queue` name the backends (`local`, `s3`, `embedded`, `sqs`).
-    pub fn new(storage: &'static str, queue: &'static str) -> Self {
+    /// `backends` name what provides each service, in [`Service`] order (store, storage,
+    /// queue): `sled`, `postgres`, `local`, `s3`, `embedded`, `sqs`.
+    pub fn new(backends: [&'static str; 3]) -> Self {
         Self {
-            storage: (storage, Mutex::default()),
-            queue: (queue, Mutex::default()),
+            services: std::array::from_fn(|i| (Service::ALL[i], backends[i], Mutex::default())),
         }
     }
 
-    fn record(state: &Mutex<State>, outcome: Result<(), String>) {
-        let mut state = lock(state);
-        state.last_error = outcome.err();
-        state.checked_at = Some(Instant::now());
+    /// Records what `service` answered its check.
+    pub fn record(&self, service: Service, outcome: Result<(), String>) {
+        if let Some((_, _, state)) = self.services.iter().find(|(s, _, _)| *s == service) {
+            let mut state = lock(state);
+            state.last_error = outcome.err();
+            state.checked_at = Some(Instant::now());
+        }
     }
 
-    pub fn record_storage(&self, outcome: Result<(), String>) {
-        Self::record(&self.storage.1, outcome);
-    }
-
-    pub fn record_queue(&self, outcome: Result<(), String>) {
-        Self::record(&self.queue.1, outcome);
-    }
-
-    /// What is unreachable now, in words; empty when both answered their last check.
+    /// What is unreachable now, in words; empty when every service answered its last check.
     pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (role, (backend, state)) in [("media store", &self.storage), ("job queue", &self.queue)]
-        {
-            if let Some(error) = &lock(state).last_error {
-                problems.push(format!("the {role} ({backend}) is unreachable: {error}"));
-            }
-        }
-        problems
+        self.services
+            .iter()
+            .filter_map(|(service, backend, state)| {
+                let error = lock(state).last_error.clone()?;
+                Some(format!(
+                    "the {} ({backend}) is unreachable: {error}",
+                    service.words()
+                ))
+            })
+            .collect()
     }
 
     pub fn reports(&self) -> Vec<BackendReport> {
-        [("storage", &self.storage), ("queue", &self.queue)]
-            .into_iter()
-            .map(|(role, (backend, state))| {
+        self.services
+            .iter()
+            .map(|(service, backend, state)| {
                 let state = lock(state);
                 BackendReport {
-                    role,
+                    role: service.role(),
                     backend,
                     reachable: state.last_error.is_none(),
                     last_error: state.last_error.clone(),

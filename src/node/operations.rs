@@ -12,7 +12,7 @@ use crate::engine::{DeadLetter, QueueError, QueueStats};
 use crate::faults::{ActorFault, FaultSwitches};
 use crate::health::ActorReport;
 
-use super::backends::BackendReport;
+use super::backends::{BackendReport, Service};
 
 #[derive(Serialize)]
 pub struct DiskReport {
@@ -32,6 +32,8 @@ pub struct StreamsReport {
 #[derive(Serialize)]
 pub struct ActorsReport {
     pub version: &'static str,
+    /// `all`, `api` or `worker` (`node.role`).
+    pub role: &'static str,
     pub uptime_s: u64,
     pub actors: Vec<ActorReport>,
     pub queue: Option<QueueStats>,
@@ -62,15 +64,21 @@ impl Node {
                 ));
             }
             problems.extend(others.iter().map(ToString::to_string));
+        } else {
+            // A worker's readiness: its actors, and the backends its jobs need.
+            problems.extend(self.uploads.backends.problems());
         }
         problems
     }
 
-    /// Checks the media store and the queue, and records what they answered.
+    /// Checks the record store, the media store and the queue, and records what they
+    /// answered.
     pub async fn probe_backends(&self) {
         let backends = &self.uploads.backends;
+        let store = self.engine.store.check().await.map_err(|e| e.to_string());
+        backends.record(Service::Store, store);
         let storage = self.engine.blobs.check().await.map_err(|e| e.to_string());
-        backends.record_storage(storage);
+        backends.record(Service::Storage, storage);
         let queue = self
             .engine
             .queue
@@ -78,7 +86,7 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
-        backends.record_queue(queue);
+        backends.record(Service::Queue, queue);
     }
 
     /// Whether the Supervisor is doing its job: not escalated, and its own heartbeat fresh.
@@ -93,6 +101,7 @@ impl Node {
     pub async fn actors_report(&self) -> ActorsReport {
         ActorsReport {
             version: env!("CARGO_PKG_VERSION"),
+            role: self.config.node.role.as_str(),
             uptime_s: self.registry.uptime_s(),
             actors: self.registry.reports(),
             queue: self.engine.queue_stats().await.ok(),

@@ -20,6 +20,7 @@ mod overload;
 mod pipeline;
 mod public_api;
 mod queue;
+mod roles;
 mod s3_blobs;
 mod secrets;
 mod sqs_queue;

@@ -202,11 +202,16 @@ pub const JWT_SECRET: &str = "a-test-secret-shared-by-every-node-of-a-platform";
 /// Points `config` at a fresh database; its URL.
 pub fn point_at(config: &mut showcase::config::Config) -> String {
     let url = fresh_database();
+    use_database(config, &url);
+    url
+}
+
+/// Points `config` at the database at `url`, with the secret every node of it shares.
+pub fn use_database(config: &mut showcase::config::Config, url: &str) {
     config.store.backend = showcase::config::StoreBackend::Postgres;
-    config.store.postgres.url = url.clone();
+    config.store.postgres.url = url.into();
     config.store.postgres.max_connections = 8;
     config.auth.jwt_secret = JWT_SECRET.into();
-    url
 }
 
 /// The database of the node run as a process over `data_dir`, made at its first start and

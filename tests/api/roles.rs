@@ -1,0 +1,148 @@
+//! A platform of several nodes: an api node and a worker node of one PostgreSQL, one bucket
+//! and one queue, each with the actors and routes of its role.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use showcase::config::{Config, Role};
+
+use crate::common::moto::Moto;
+use crate::common::{self, aws, postgres, test_config, Client, TestApp};
+
+/// What the nodes of one platform share.
+struct Platform {
+    moto: Moto,
+    made: aws::Provisioned,
+    database: String,
+}
+
+impl Platform {
+    fn start() -> Self {
+        let moto = Moto::start();
+        let made = aws::block_on(aws::provision(&moto.endpoint, 3));
+        Self {
+            made,
+            moto,
+            database: postgres::fresh_database(),
+        }
+    }
+
+    /// A node of this platform in `role`.
+    fn node(&self, role: Role, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.node.role = role;
+        config.queue.max_receives = 3;
+        config.upload.min_duration_s = 1.0;
+        aws::point_at(&mut config, &self.moto.endpoint, "platform/", &self.made);
+        postgres::use_database(&mut config, &self.database);
+        adjust(&mut config);
+        let app = showcase::app::spawn(config).expect("the node starts");
+        TestApp {
+            client: Client::new(app.url("")),
+            app,
+            aws: None,
+            postgres: Some(self.database.clone()),
+            dir,
+        }
+    }
+}
+
+async fn actors(t: &TestApp) -> (String, BTreeSet<String>) {
+    let (status, report) = t.get("/api/health/actors", None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let names = report["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect();
+    (report["role"].as_str().unwrap().to_string(), names)
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_node_and_a_worker_node_make_one_platform() {
+    let platform = Platform::start();
+    let api = platform.node(Role::Api, |_| {});
+    let worker = platform.node(Role::Worker, |c| c.transcode.workers = 1);
+
+    assert_eq!(
+        actors(&api).await,
+        ("api".into(), set(&["ingest", "streamer", "supervisor"]))
+    );
+    assert_eq!(
+        actors(&worker).await,
+        (
+            "worker".into(),
+            set(&["queue_consumer", "supervisor", "transcoder"])
+        )
+    );
+    // A worker serves the operator routes only.
+    for path in ["/api/health", "/api/health/ready", "/metrics"] {
+        let response = worker.http.get(worker.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/api/public/videos", "/api/public/rankings", "/"] {
+        let (status, _) = worker.get(path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (status, body) = worker
+        .post_json(
+            "/api/auth/login",
+            &serde_json::json!({"email": "a@b.co", "password": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A player signs up and uploads on the api node; the worker publishes the video.
+    let (status, _) = api.signup("Ana", "Ruiz", "ana@example.com", "Cali").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, login) = api.login("ana@example.com", common::PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let clip = common::generate_mp4("roles-1920x1080-6s.mp4", 1920, 1080, 6);
+    let (status, body) = api.upload(&token, &clip, "En equipo").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["video_id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let published: Value = loop {
+        let (_, video) = api.get(&format!("/api/videos/{id}"), Some(&token)).await;
+        if video["status"] == "processed" {
+            break video;
+        }
+        assert!(Instant::now() < deadline, "not published: {video}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let media = api
+        .http
+        .get(api.url(published["processed_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(media.status(), StatusCode::OK);
+    assert!(media.bytes().await.unwrap().len() > 10_000);
+
+    // A vote on the api node is in the rankings; both nodes count an empty queue.
+    let (_, fan) = api.quick_player("Luis", "Díaz", "Bogotá").await;
+    assert_eq!(api.vote(&fan, id).await.0, StatusCode::OK);
+    let (_, rankings) = api.get("/api/public/rankings?city=cali", None).await;
+    assert_eq!(rankings[0]["votes"], 1, "{rankings}");
+    // SQS's counts are approximate and read at most once a second: they settle.
+    for node in [&api, &worker] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, report) = node.get("/api/health/actors", None).await;
+            if report["queue"] == serde_json::json!({"depth": 0, "in_flight": 0, "dead": 0}) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{report}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
