@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use prometheus::{
     exponential_buckets, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Everything worth a log line and a metric.
@@ -155,6 +155,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub queue_in_flight: IntGauge,
     pub queue_dead_letters: IntGauge,
+    pub backlog_per_worker: Gauge,
+    pub platform_nodes: IntGaugeVec,
     pub streams_active: IntGauge,
     pub stream_bytes: IntGauge,
     pub streams_refused: IntGauge,
@@ -320,6 +322,27 @@ impl Metrics {
                 "showcase_queue_dead_letters",
                 "Jobs in the dead letters.",
             ),
+            backlog_per_worker: {
+                let g = Gauge::new(
+                    "showcase_queue_backlog_per_worker",
+                    "Jobs waiting per worker node of the platform (the worker group's scaling signal).",
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            platform_nodes: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "showcase_platform_nodes",
+                        "Nodes of the platform seen alive in the last 10 s, by what they do (a node of role all counts as both).",
+                    ),
+                    &["role"],
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             streams_active: gauge(
                 &r,
                 "showcase_streams_active",

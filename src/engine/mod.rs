@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub use blobs::{BlobError, BlobStore, LocalBlobs};
 pub use queue::{DeadLetter, Job, JobQueue, Lease, QueueError, QueueStats};
-pub use store::{Store, StoreError};
+pub use store::{Membership, Store, StoreError};
 
 /// Handles to every engine part, cloned into the actors and the HTTP layer.
 #[derive(Clone)]

@@ -16,12 +16,13 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use crate::config::Role;
 use crate::domain::{
     fold_name, now_ms, now_ts, MediaInfo, NewUser, NewVideo, Page, ProcessingState, Publication,
     RankedPlayer, User, UserId, Video, VideoId, VideoStatus,
 };
 use crate::engine::queue::{DeadLetter, Job, JobQueue, Lease, QueueError, QueueStats};
-use crate::engine::store::{Store, StoreError};
+use crate::engine::store::{Membership, Store, StoreError};
 
 /// The schema, embedded in the binary and applied at start (`showcase migrate` alone).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -571,6 +572,44 @@ impl Store for PgEngine {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn node_alive(
+        &self,
+        id: &str,
+        role: Role,
+        fresh: Duration,
+    ) -> Result<Membership, StoreError> {
+        let now = now_ms() as i64;
+        sqlx::query(
+            "INSERT INTO nodes (id, role, seen_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, seen_at_ms = EXCLUDED.seen_at_ms",
+        )
+        .bind(id)
+        .bind(role.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        // Nodes gone for a day are forgotten.
+        sqlx::query("DELETE FROM nodes WHERE seen_at_ms < $1")
+            .bind(now - 86_400_000)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE role IN ('api', 'all')) AS api, \
+                    count(*) FILTER (WHERE role IN ('worker', 'all')) AS worker \
+             FROM nodes WHERE seen_at_ms >= $1",
+        )
+        .bind(now - fresh.as_millis() as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Membership {
+            api: row.get::<i64, _>("api") as u64,
+            worker: row.get::<i64, _>("worker") as u64,
+        })
     }
 }
 

@@ -6,11 +6,29 @@
 
 use async_trait::async_trait;
 
+use crate::config::Role;
 use crate::domain::{
     NewUser, NewVideo, Page, ProcessingState, Publication, RankedPlayer, User, UserId, Video,
     VideoId,
 };
 use crate::engine::queue::Job;
+
+/// How many nodes of each kind the platform has now (a node of role `all` counts as both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Membership {
+    pub api: u64,
+    pub worker: u64,
+}
+
+impl Membership {
+    /// A platform of one node in `role`.
+    pub fn alone(role: Role) -> Self {
+        Self {
+            api: role.serves_api() as u64,
+            worker: role.processes() as u64,
+        }
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum StoreError {
@@ -98,5 +116,16 @@ pub trait Store: Send + Sync {
     /// Whether the store can be reached now (readiness); an embedded one always can.
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Records that node `id`, of `role`, is alive now; the nodes of the platform seen alive
+    /// within `fresh`. A store of one node's own has that node alone.
+    async fn node_alive(
+        &self,
+        _id: &str,
+        role: Role,
+        _fresh: std::time::Duration,
+    ) -> Result<Membership, StoreError> {
+        Ok(Membership::alone(role))
     }
 }

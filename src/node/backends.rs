@@ -7,8 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::Role;
+use crate::engine::Membership;
+
 /// How often the backends are checked.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// A node not seen alive for this long is no longer counted among the platform's.
+pub const NODE_FRESH: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct State {
@@ -116,5 +122,31 @@ impl BackendHealth {
                 }
             })
             .collect()
+    }
+}
+
+/// This node's name among the platform's nodes, and those nodes as last counted.
+#[derive(Debug)]
+pub struct Platform {
+    pub id: String,
+    counted: Mutex<Membership>,
+}
+
+impl Platform {
+    pub fn new(role: Role) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            id: format!("{}-{}-{}", host.trim(), std::process::id(), &unique[..8]),
+            counted: Mutex::new(Membership::alone(role)),
+        }
+    }
+
+    pub fn record(&self, membership: Membership) {
+        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) = membership;
+    }
+
+    pub fn counted(&self) -> Membership {
+        *self.counted.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -63,6 +63,8 @@ pub struct Node {
     pub(super) rate_limits: Arc<RateLimits>,
     pub(super) addressing: ClientAddressing,
     pub(super) shutting_down: AtomicBool,
+    /// This node among the platform's.
+    pub(super) platform: super::backends::Platform,
 }
 
 /// The fields of a new account, checked by the caller for form; the node hashes the password.
@@ -95,6 +97,7 @@ impl Node {
             rate_limits,
             addressing,
         } = parts;
+        let platform = super::backends::Platform::new(config.node.role);
         Self {
             config,
             engine,
@@ -108,6 +111,7 @@ impl Node {
             rate_limits,
             addressing,
             shutting_down: AtomicBool::new(false),
+            platform,
         }
     }
 

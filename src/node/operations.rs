@@ -8,11 +8,11 @@ use super::base::{present, Node, HEARTBEAT_STALE_MS};
 use super::error::Error;
 use crate::actors::{ActorRef, InjectFault};
 use crate::domain::ProcessingState;
-use crate::engine::{DeadLetter, QueueError, QueueStats};
+use crate::engine::{DeadLetter, Membership, QueueError, QueueStats};
 use crate::faults::{ActorFault, FaultSwitches};
 use crate::health::ActorReport;
 
-use super::backends::{BackendReport, Service};
+use super::backends::{BackendReport, Service, NODE_FRESH};
 
 #[derive(Serialize)]
 pub struct DiskReport {
@@ -34,6 +34,8 @@ pub struct ActorsReport {
     pub version: &'static str,
     /// `all`, `api` or `worker` (`node.role`).
     pub role: &'static str,
+    /// The platform's nodes seen alive within the last seconds, by what they do.
+    pub nodes: Membership,
     pub uptime_s: u64,
     pub actors: Vec<ActorReport>,
     pub queue: Option<QueueStats>,
@@ -77,6 +79,16 @@ impl Node {
         let backends = &self.uploads.backends;
         let store = self.engine.store.check().await.map_err(|e| e.to_string());
         backends.record(Service::Store, store);
+        let role = self.config.node.role;
+        match self
+            .engine
+            .store
+            .node_alive(&self.platform.id, role, NODE_FRESH)
+            .await
+        {
+            Ok(membership) => self.platform.record(membership),
+            Err(error) => tracing::debug!(%error, "counting the platform's nodes failed"),
+        }
         let storage = self.engine.blobs.check().await.map_err(|e| e.to_string());
         backends.record(Service::Storage, storage);
         let queue = self
@@ -102,6 +114,7 @@ impl Node {
         ActorsReport {
             version: env!("CARGO_PKG_VERSION"),
             role: self.config.node.role.as_str(),
+            nodes: self.platform.counted(),
             uptime_s: self.registry.uptime_s(),
             actors: self.registry.reports(),
             queue: self.engine.queue_stats().await.ok(),
@@ -123,7 +136,17 @@ impl Node {
     /// renders every metric in the Prometheus text format.
     pub async fn metrics_text(&self) -> String {
         let m = crate::events::metrics();
+        let nodes = self.platform.counted();
+        m.platform_nodes
+            .with_label_values(&["api"])
+            .set(nodes.api as i64);
+        m.platform_nodes
+            .with_label_values(&["worker"])
+            .set(nodes.worker as i64);
         if let Ok(stats) = self.engine.queue_stats().await {
+            // The scaling signal of the worker group: AWS's backlog per instance for SQS.
+            m.backlog_per_worker
+                .set(stats.depth as f64 / nodes.worker.max(1) as f64);
             m.queue_depth.set(stats.depth as i64);
             m.queue_in_flight.set(stats.in_flight as i64);
             m.queue_dead_letters.set(stats.dead as i64);

@@ -62,6 +62,45 @@ async fn actors(t: &TestApp) -> (String, BTreeSet<String>) {
     (report["role"].as_str().unwrap().to_string(), names)
 }
 
+/// Waits until `t` counts `expected` (api, worker) nodes in the platform: each node says it
+/// is alive every 2 s, and one not heard of for 10 s is no longer counted.
+async fn nodes_become(t: &TestApp, expected: (u64, u64)) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, report) = t.get("/api/health/actors", None).await;
+        let counted = (
+            report["nodes"]["api"].as_u64().unwrap(),
+            report["nodes"]["worker"].as_u64().unwrap(),
+        );
+        if counted == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted {counted:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The value of the unlabelled sample `name` in `/metrics`.
+async fn metric(t: &TestApp, name: &str) -> f64 {
+    let text = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
@@ -83,6 +122,10 @@ async fn an_api_node_and_a_worker_node_make_one_platform() {
             set(&["queue_consumer", "supervisor", "transcoder"])
         )
     );
+    // Each counts the platform's nodes.
+    for node in [&api, &worker] {
+        nodes_become(node, (1, 1)).await;
+    }
     // A worker serves the operator routes only.
     for path in ["/api/health", "/api/health/ready", "/metrics"] {
         let response = worker.http.get(worker.url(path)).send().await.unwrap();
@@ -145,4 +188,43 @@ async fn an_api_node_and_a_worker_node_make_one_platform() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_per_worker_divides_the_waiting_jobs_by_the_worker_nodes() {
+    let platform = Platform::start();
+    let api = platform.node(Role::Api, |_| {});
+    // Two worker nodes that take no job: the backlog stays where it is.
+    let workers = [
+        platform.node(Role::Worker, |c| c.transcode.workers = 0),
+        platform.node(Role::Worker, |c| c.transcode.workers = 0),
+    ];
+    for node in workers.iter().chain([&api]) {
+        nodes_become(node, (1, 2)).await;
+    }
+    let (_, token) = api.quick_player("Ana", "Ruiz", "Cali").await;
+    let clip = common::generate_mp4("roles-1920x1080-6s.mp4", 1920, 1080, 6);
+    for n in 0..4 {
+        let (status, body) = api.upload(&token, &clip, &format!("Video {n}")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for node in workers.iter().chain([&api]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(node, "showcase_queue_backlog_per_worker").await != 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "backlog per worker {}",
+                metric(node, "showcase_queue_backlog_per_worker").await
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    // A worker that stops is no longer counted.
+    let [first, second] = workers;
+    drop(first);
+    nodes_become(&second, (1, 1)).await;
+    assert_eq!(
+        metric(&second, "showcase_queue_backlog_per_worker").await,
+        4.0
+    );
 }
