@@ -94,6 +94,7 @@ bench: test-deps
 	cargo bench --bench pipeline
 	cargo bench --bench streaming
 	cargo bench --bench aws
+	cargo bench --bench records
 
 # Installs the binary, the systemd unit and the configuration (kept if already there, closed
 # to other users), generates the admin token and the JWT secret the unit passes as credentials
