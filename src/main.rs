@@ -38,6 +38,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Applies the store's schema (PostgreSQL's migrations, which `serve` also applies at
+    /// start); with --from and --to, copies a whole platform from one configuration's stores
+    /// into another's: users, videos, votes, queued and dead-lettered jobs, media. Stop the
+    /// nodes of the source first; the copy can be run again.
+    Migrate {
+        /// Configuration file whose store gets the schema [default: ./config.toml].
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        config: Option<PathBuf>,
+        /// The configuration of the platform to copy from.
+        #[arg(long, requires = "to")]
+        from: Option<PathBuf>,
+        /// The configuration of the platform to copy into.
+        #[arg(long, requires = "from")]
+        to: Option<PathBuf>,
+    },
     /// Transcodes one video (run by the server in a child process; progress as JSON lines on
     /// stdout; exit 0 done, 65 the input cannot be decoded, 1 any other failure).
     Transcode {
@@ -66,6 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Migrate { config, from, to } => migrate(config, from.zip(to)),
         Command::Transcode {
             input,
             output,
@@ -85,9 +101,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// `showcase migrate`: the schema, or a copy; says what it did, exit 1 with why when it fails.
+fn migrate(config: Option<PathBuf>, copy: Option<(PathBuf, PathBuf)>) -> ExitCode {
+    let loaded = |path: &PathBuf, explicit: bool| {
+        Config::load(path, explicit).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let outcome = runtime().block_on(async {
+        match copy {
+            Some((from, to)) => {
+                let (from, to) = (loaded(&from, true)?, loaded(&to, true)?);
+                init_logging(&to.log);
+                let report = showcase::app::copy_platform(&from, &to)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut lines: Vec<String> = report.iter().map(ToString::to_string).collect();
+                lines.push(
+                    "verified: every record, vote count and ranking is in the destination".into(),
+                );
+                Ok(lines.join("\n"))
+            }
+            None => {
+                let explicit = config.is_some();
+                let path = config.unwrap_or_else(|| PathBuf::from("config.toml"));
+                let config = loaded(&path, explicit)?;
+                init_logging(&config.log);
+                showcase::app::apply_schema(&config)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    });
+    match outcome {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("showcase migrate: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    // The database driver's notices ("relation already exists, skipping") are not news.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},sqlx=warn", log.level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -255,7 +255,7 @@ async fn open_engine(config: &Config, data_dir: &Path) -> Result<Engine, Startup
 }
 
 /// The PostgreSQL store of the configuration, its schema migrated.
-async fn open_postgres(config: &Config) -> Result<PgEngine, StartupError> {
+pub(super) async fn open_postgres(config: &Config) -> Result<PgEngine, StartupError> {
     let pg = &config.store.postgres;
     let password = (!pg.password.is_empty()).then_some(pg.password.as_str());
     PgEngine::connect(
@@ -269,7 +269,10 @@ async fn open_postgres(config: &Config) -> Result<PgEngine, StartupError> {
 }
 
 /// The media store of the configuration; a remote one must answer before the node starts.
-async fn open_blobs(config: &Config, data_dir: &Path) -> Result<Arc<dyn BlobStore>, StartupError> {
+pub(super) async fn open_blobs(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<Arc<dyn BlobStore>, StartupError> {
     match config.storage.backend {
         StorageBackend::Local => Ok(Arc::new(
             LocalBlobs::open(data_dir.join(MEDIA_DIR))
@@ -291,7 +294,7 @@ async fn open_blobs(config: &Config, data_dir: &Path) -> Result<Arc<dyn BlobStor
 
 /// The SQS queues of the configuration, once both answer and their redrive policy agrees
 /// with `queue.max_receives`.
-async fn open_sqs(config: &Config) -> Result<SqsQueue, StartupError> {
+pub(super) async fn open_sqs(config: &Config) -> Result<SqsQueue, StartupError> {
     let location = SqsLocation::from(&config.queue.sqs);
     let queue = SqsQueue::connect(&location, config.queue.max_receives).await;
     queue

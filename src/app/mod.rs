@@ -8,8 +8,10 @@
 
 mod application;
 mod builder;
+mod migrate;
 mod running;
 
 pub use application::{Application, RunError, StartupError};
 pub use builder::{DB_DIR, JOBS_DIR, MEDIA_DIR};
+pub use migrate::{apply_schema, copy_platform, Copied};
 pub use running::{runtime, spawn, RunningApp, EVENT_INTERVAL_TICKS};

@@ -566,6 +566,161 @@ impl Store for PgEngine {
         Ok(())
     }
 
+    async fn export_users(&self, after: UserId, limit: usize) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(rows.iter().map(|r| user_of(r, "")).collect())
+    }
+
+    async fn export_videos(&self, after: VideoId, limit: usize) -> Result<Vec<Video>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VIDEO_COLUMNS} FROM videos WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(rows.iter().map(video_of).collect())
+    }
+
+    async fn export_votes(
+        &self,
+        after: (VideoId, UserId),
+        limit: usize,
+    ) -> Result<Vec<(VideoId, UserId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT video_id, voter_id FROM votes WHERE (video_id, voter_id) > ($1, $2) \
+             ORDER BY video_id, voter_id LIMIT $3",
+        )
+        .bind(after.0 as i64)
+        .bind(after.1 as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>("video_id") as u64,
+                    r.get::<i64, _>("voter_id") as u64,
+                )
+            })
+            .collect())
+    }
+
+    async fn import_user(&self, user: &User) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+            .bind(user.id as i64)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if exists {
+            return Ok(false);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, first_name, last_name, email, password_hash, city, country, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(user.id as i64)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(user.email.trim().to_lowercase())
+        .bind(&user.password_hash)
+        .bind(&user.city)
+        .bind(&user.country)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::EmailTaken);
+        }
+        sqlx::query("SELECT setval('user_ids', greatest((SELECT last_value FROM user_ids), $1))")
+            .bind(user.id as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(commit_error)?;
+        Ok(true)
+    }
+
+    async fn import_video(&self, video: &Video) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let published = video.status == VideoStatus::Processed;
+        let city = match published {
+            true => Some(fold_name(
+                &sqlx::query_scalar::<_, String>("SELECT city FROM users WHERE id = $1")
+                    .bind(video.owner_id as i64)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or(StoreError::UserNotFound)?,
+            )),
+            false => None,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO videos (id, owner_id, title, status, progress, uploaded_at, processed_at, \
+             task_id, original_key, original_size_bytes, original_duration_s, original_width, \
+             original_height, processed_key, poster_key, content_hash, poster_hash, \
+             processed_duration_s, votes, error, city_folded) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 0, $19, $20) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(video.id as i64)
+        .bind(video.owner_id as i64)
+        .bind(&video.title)
+        .bind(video.status.as_str())
+        .bind(video.progress as i16)
+        .bind(video.uploaded_at)
+        .bind(video.processed_at)
+        .bind(&video.task_id)
+        .bind(&video.original_key)
+        .bind(video.original.size_bytes as i64)
+        .bind(video.original.duration_s)
+        .bind(video.original.width as i32)
+        .bind(video.original.height as i32)
+        .bind(&video.processed_key)
+        .bind(&video.poster_key)
+        .bind(&video.content_hash)
+        .bind(&video.poster_hash)
+        .bind(video.processed_duration_s)
+        .bind(&video.error)
+        .bind(&city)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(city) = city {
+            sqlx::query(
+                "INSERT INTO player_scores (user_id, city_folded, votes) VALUES ($1, $2, 0) \
+                 ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(video.owner_id as i64)
+            .bind(&city)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        sqlx::query("SELECT setval('video_ids', greatest((SELECT last_value FROM video_ids), $1))")
+            .bind(video.id as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(commit_error)?;
+        Ok(true)
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -838,6 +993,28 @@ impl JobQueue for PgEngine {
             in_flight: row.get::<i64, _>("in_flight") as u64,
             dead: row.get::<i64, _>("dead") as u64,
         })
+    }
+
+    async fn import_dead(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        let job = &letter.job;
+        sqlx::query(
+            "INSERT INTO jobs (video_id, task_id, original_key, enqueued_at_ms, receive_count, \
+             last_error, visible_at_ms, dead_reason, dead_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (video_id) DO NOTHING",
+        )
+        .bind(job.video_id as i64)
+        .bind(&job.task_id)
+        .bind(&job.original_key)
+        .bind(job.enqueued_at_ms as i64)
+        .bind(job.receive_count as i32)
+        .bind(&job.last_error)
+        .bind(letter.dead_at_ms as i64)
+        .bind(&letter.reason)
+        .bind(letter.dead_at_ms as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(queue_error)?;
+        Ok(())
     }
 
     async fn job(&self, video_id: VideoId) -> Result<Option<Job>, QueueError> {

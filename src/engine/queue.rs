@@ -113,4 +113,7 @@ pub trait JobQueue: Send + Sync {
     async fn stats(&self) -> Result<QueueStats, QueueError>;
     /// A queued, leased or dead job of this video, if any.
     async fn job(&self, video_id: VideoId) -> Result<Option<Job>, QueueError>;
+    /// Writes a dead letter copied from another queue (`showcase migrate`); a video that has a
+    /// job, live or dead, keeps it.
+    async fn import_dead(&self, letter: DeadLetter) -> Result<(), QueueError>;
 }

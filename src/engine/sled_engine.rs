@@ -282,6 +282,110 @@ impl Inner {
         Self::get(&self.t.videos, &be(id))
     }
 
+    /// Moves the id counter at `key` up to `id` at least, so fresh ids stay above it.
+    fn raise_id(&self, key: &[u8], id: u64) -> Result<(), StoreError> {
+        self.t
+            .meta
+            .update_and_fetch(key, |old| {
+                Some(be(old.map(read_u64).unwrap_or(0).max(id)).to_vec())
+            })
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn import_user(&self, user: &User) -> Result<bool, StoreError> {
+        let email = user.email.trim().to_lowercase();
+        let id = user.id;
+        let bytes = encode(user);
+        let inserted = tx_result((&self.t.users, &self.t.users_by_email).transaction(
+            |(users, by_email)| {
+                if users.get(be(id))?.is_some() {
+                    return Ok(false);
+                }
+                if by_email.get(email.as_bytes())?.is_some() {
+                    return abort(StoreError::EmailTaken);
+                }
+                by_email.insert(email.as_bytes(), &be(id))?;
+                users.insert(&be(id), bytes.clone())?;
+                Ok(true)
+            },
+        ))?;
+        self.raise_id(NEXT_USER_ID, id)?;
+        Ok(inserted)
+    }
+
+    fn import_video(&self, video: &Video) -> Result<bool, StoreError> {
+        let mut video = video.clone();
+        video.votes = 0;
+        let published = video.status == VideoStatus::Processed;
+        let city = match published {
+            true => city_prefix(
+                &self
+                    .load_user(video.owner_id)?
+                    .ok_or(StoreError::UserNotFound)?
+                    .city,
+            ),
+            false => Vec::new(),
+        };
+        let bytes = encode(&video);
+        let _guard = self.lock_videos();
+        let trees = (
+            &self.t.videos,
+            &self.t.videos_by_owner,
+            &self.t.published,
+            &self.t.published_by_city,
+            &self.t.player_votes,
+            &self.t.ranking,
+            &self.t.ranking_by_city,
+        );
+        let inserted = tx_result(trees.transaction(
+            |(
+                videos,
+                by_owner,
+                published_tree,
+                by_city,
+                player_votes,
+                ranking,
+                ranking_by_city,
+            )| {
+                if videos.get(be(video.id))?.is_some() {
+                    return Ok(false);
+                }
+                videos.insert(&be(video.id), bytes.clone())?;
+                by_owner.insert(cat(&[&be(video.owner_id), &rev(video.id)]), &[])?;
+                if published {
+                    published_tree.insert(&rev(video.id), &be(video.owner_id))?;
+                    by_city.insert(cat(&[&city, &rev(video.id)]), &[])?;
+                    if player_votes.get(be(video.owner_id))?.is_none() {
+                        player_votes.insert(&be(video.owner_id), &be(0))?;
+                        let (all, in_city) = ranking_keys(&city, 0, video.owner_id);
+                        ranking.insert(all, &[])?;
+                        ranking_by_city.insert(in_city, &[])?;
+                    }
+                }
+                Ok(true)
+            },
+        ))?;
+        self.raise_id(NEXT_VIDEO_ID, video.id)?;
+        Ok(inserted)
+    }
+
+    /// Up to `limit` records of `tree` whose keys come after `after`, decoded.
+    fn page_after<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        use std::ops::Bound;
+        tree.range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|entry| {
+                let (_, value) = entry.map_err(backend)?;
+                decode(&value)
+            })
+            .collect()
+    }
+
     fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         let email = user.email.trim().to_lowercase();
         if self
@@ -710,5 +814,42 @@ impl Store for SledEngine {
 
     fn flush_blocking(&self) -> Result<(), StoreError> {
         self.inner.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    async fn export_users(&self, after: UserId, limit: usize) -> Result<Vec<User>, StoreError> {
+        Inner::page_after(&self.inner.t.users, &be(after), limit)
+    }
+
+    async fn export_videos(&self, after: VideoId, limit: usize) -> Result<Vec<Video>, StoreError> {
+        Inner::page_after(&self.inner.t.videos, &be(after), limit)
+    }
+
+    async fn export_votes(
+        &self,
+        after: (VideoId, UserId),
+        limit: usize,
+    ) -> Result<Vec<(VideoId, UserId)>, StoreError> {
+        use std::ops::Bound;
+        let after = cat(&[&be(after.0), &be(after.1)]);
+        self.inner
+            .t
+            .votes
+            .range::<&[u8], _>((Bound::Excluded(after.as_slice()), Bound::Unbounded))
+            .take(limit)
+            .map(|entry| {
+                let (key, _) = entry.map_err(backend)?;
+                Ok((read_u64(&key[..8]), read_u64(&key[8..16])))
+            })
+            .collect()
+    }
+
+    async fn import_user(&self, user: &User) -> Result<bool, StoreError> {
+        let user = user.clone();
+        self.mutate(move |inner| inner.import_user(&user)).await
+    }
+
+    async fn import_video(&self, video: &Video) -> Result<bool, StoreError> {
+        let video = video.clone();
+        self.mutate(move |inner| inner.import_video(&video)).await
     }
 }

@@ -228,6 +228,23 @@ impl Inner {
         Ok(had_job || had_dead)
     }
 
+    fn import_dead(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        let index = self.lock_queue();
+        let id = letter.job.video_id;
+        let bytes = encode(&letter);
+        let inserted = qtx_result((&self.t.jobs, &self.t.dead).transaction(|(jobs, dead)| {
+            if jobs.get(be(id))?.is_some() || dead.get(be(id))?.is_some() {
+                return Ok(false);
+            }
+            dead.insert(&be(id), bytes.clone())?;
+            Ok(true)
+        }))?;
+        if inserted {
+            index.counts.add_dead(1);
+        }
+        Ok(())
+    }
+
     fn redrive(&self, id: VideoId) -> Result<(), QueueError> {
         let mut index = self.lock_queue();
         let now = now_ms();
@@ -284,6 +301,10 @@ impl JobQueue for SledEngine {
         let (token, reason) = (token.to_string(), reason.to_string());
         self.mutate(move |inner| inner.nack(id, &token, delay, &reason))
             .await
+    }
+
+    async fn import_dead(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        self.mutate(move |inner| inner.import_dead(letter)).await
     }
 
     async fn dead_letter(&self, id: VideoId, token: &str, reason: &str) -> Result<(), QueueError> {

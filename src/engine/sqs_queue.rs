@@ -540,6 +540,15 @@ impl JobQueue for SqsQueue {
         Ok(stats)
     }
 
+    /// Sent to the dead-letter queue with its reason as its last error. SQS cannot tell whether
+    /// the video has a message already: the caller checks the dead letters first.
+    async fn import_dead(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        let mut job = letter.job;
+        job.last_error = Some(letter.reason);
+        let dead_url = self.dead_url.clone();
+        self.send(&dead_url, &job).await
+    }
+
     /// Only a job this node holds a lease on can be found.
     async fn job(&self, video_id: VideoId) -> Result<Option<Job>, QueueError> {
         Ok(self

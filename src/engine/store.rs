@@ -113,6 +113,25 @@ pub trait Store: Send + Sync {
     /// Flushes everything to disk (shutdown).
     fn flush_blocking(&self) -> Result<(), StoreError>;
 
+    /// Copying a store (`showcase migrate --from --to`): the users with ids after `after`, in
+    /// id order, at most `limit`.
+    async fn export_users(&self, after: UserId, limit: usize) -> Result<Vec<User>, StoreError>;
+    /// The videos with ids after `after`, in id order, at most `limit`.
+    async fn export_videos(&self, after: VideoId, limit: usize) -> Result<Vec<Video>, StoreError>;
+    /// The votes (video, voter) after `after`, in that order, at most `limit`.
+    async fn export_votes(
+        &self,
+        after: (VideoId, UserId),
+        limit: usize,
+    ) -> Result<Vec<(VideoId, UserId)>, StoreError>;
+    /// Writes a user copied from another store as it is (id, password hash, dates); returns
+    /// false when one with its id is there already. Fresh ids stay above it.
+    async fn import_user(&self, user: &User) -> Result<bool, StoreError>;
+    /// Writes a video copied from another store as it is, but for its vote count, which the
+    /// imported votes make; false when one with its id is there already. A published one
+    /// enters the rankings.
+    async fn import_video(&self, video: &Video) -> Result<bool, StoreError>;
+
     /// Whether the store can be reached now (readiness); an embedded one always can.
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())

@@ -15,6 +15,7 @@ mod health_api;
 mod hostile_clients;
 mod layers;
 mod metrics;
+mod migrate;
 mod other_clients;
 mod overload;
 mod pipeline;
