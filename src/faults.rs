@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::outbox::RelayStep;
 use crate::engine::transcode::ChildFault;
 
 /// The switches as the admin route shows and sets them.
@@ -21,6 +22,9 @@ pub struct FaultSwitches {
     /// Makes the probe of every upload hang for ever without reading, as a parser bug would:
     /// drills the probe's deadline and a shutdown with a blocking thread that never ends.
     pub wedged_probe: bool,
+    /// Holds the outbox relay at a step (`before_send`, `before_remove`): drills a crash in
+    /// that window.
+    pub relay_hold: Option<RelayStep>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +59,17 @@ impl Faults {
         }
         *self.switches.lock().unwrap_or_else(|p| p.into_inner()) = switches;
         true
+    }
+
+    /// Whether the relay must wait before `step`.
+    pub fn relay_held(&self, step: RelayStep) -> bool {
+        self.enabled
+            && self
+                .switches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .relay_hold
+                == Some(step)
     }
 
     /// Whether the disk must be reported full.
@@ -115,14 +130,18 @@ mod tests {
             transcode_child: Some(ChildFault::Crash),
             disk_full: true,
             wedged_probe: true,
+            relay_hold: Some(RelayStep::BeforeSend),
         };
         assert!(!off.set(crash.clone()));
         assert_eq!(off.transcode_child(), None);
         assert!(!off.disk_full());
+        assert!(!off.relay_held(RelayStep::BeforeSend));
         let on = Faults::new(true);
         assert!(on.set(crash));
         assert_eq!(on.transcode_child(), Some(ChildFault::Crash));
         assert!(on.disk_full());
+        assert!(on.relay_held(RelayStep::BeforeSend));
+        assert!(!on.relay_held(RelayStep::BeforeRemove));
         assert!(on.wedged_probe());
         assert!(!off.wedged_probe());
         assert_eq!(on.free_disk_bytes(std::path::Path::new("/")).unwrap(), 0);

@@ -110,7 +110,7 @@ impl Application {
         let prober = tokio::spawn(probe_backends(node.clone()));
         let relay = node.engine().outbox.clone().map(|outbox| {
             let queue = node.engine().queue.clone();
-            tokio::spawn(keep_relaying(outbox, queue))
+            tokio::spawn(keep_relaying(outbox, queue, node.faults().clone()))
         });
 
         let escalated = tokio::select! {
@@ -165,10 +165,17 @@ async fn probe_backends(node: Arc<Node>) {
 }
 
 /// Runs the outbox relay, started again should it ever panic (aborted at shutdown).
-async fn keep_relaying(outbox: Arc<dyn JobQueue>, queue: Arc<dyn JobQueue>) {
+async fn keep_relaying(
+    outbox: Arc<dyn JobQueue>,
+    queue: Arc<dyn JobQueue>,
+    faults: Arc<crate::faults::Faults>,
+) {
     use futures_util::FutureExt;
     loop {
-        let run = crate::engine::outbox::relay(outbox.clone(), queue.clone());
+        let faults = faults.clone();
+        let run = crate::engine::outbox::relay(outbox.clone(), queue.clone(), move |step| {
+            faults.relay_held(step)
+        });
         if let Err(panic) = std::panic::AssertUnwindSafe(run).catch_unwind().await {
             tracing::error!(
                 panic = crate::panics::payload_message(panic.as_ref()),

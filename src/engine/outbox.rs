@@ -12,15 +12,38 @@ use std::time::Duration;
 
 use super::queue::{JobQueue, QueueError};
 
-/// How long the relay holds a job it is sending.
-const LEASE: Duration = Duration::from_secs(60);
+/// How long the relay holds a job it is sending (extended every retry while the queue is
+/// away); a job whose relay died is sent again by another once this runs out.
+const LEASE: Duration = Duration::from_secs(10);
 /// How often an idle relay looks at the outbox.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Wait between two attempts to send a job while the queue is unreachable.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// Moves jobs from `outbox` to `queue`, for ever (aborted at shutdown).
-pub async fn relay(outbox: Arc<dyn JobQueue>, queue: Arc<dyn JobQueue>) {
+/// A step of the relay where a fault drill may hold it, to crash the node in that window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayStep {
+    /// The job is committed in the outbox and not yet sent.
+    BeforeSend,
+    /// The job is sent and not yet removed from the outbox.
+    BeforeRemove,
+}
+
+/// Waits while `held` says the relay must not go past `step`.
+async fn pass(step: RelayStep, held: &impl Fn(RelayStep) -> bool) {
+    while held(step) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Moves jobs from `outbox` to `queue`, for ever (aborted at shutdown). `held` is the fault
+/// drill's say (always false outside drills).
+pub async fn relay(
+    outbox: Arc<dyn JobQueue>,
+    queue: Arc<dyn JobQueue>,
+    held: impl Fn(RelayStep) -> bool,
+) {
     'jobs: loop {
         let lease = match outbox.receive(LEASE).await {
             Ok(Some(lease)) => lease,
@@ -35,6 +58,7 @@ pub async fn relay(outbox: Arc<dyn JobQueue>, queue: Arc<dyn JobQueue>) {
             }
         };
         let id = lease.job.video_id;
+        pass(RelayStep::BeforeSend, &held).await;
         // Sent until it goes, keeping the outbox lease: a job must not be dead-lettered in
         // the outbox because the queue was away for a while.
         let mut attempts = 0u32;
@@ -59,6 +83,7 @@ pub async fn relay(outbox: Arc<dyn JobQueue>, queue: Arc<dyn JobQueue>) {
                 }
             }
         }
+        pass(RelayStep::BeforeRemove, &held).await;
         if let Err(error) = outbox.ack(id, &lease.token).await {
             tracing::debug!(video_id = id, %error, "removing a relayed job from the outbox failed");
         }

@@ -131,6 +131,11 @@ impl Node {
         &self.signer
     }
 
+    /// The fault-injection switches (inert unless `faults.enabled`).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
     pub fn rate_limits(&self) -> &Arc<RateLimits> {
         &self.rate_limits
     }

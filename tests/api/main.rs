@@ -17,6 +17,7 @@ mod layers;
 mod metrics;
 mod migrate;
 mod other_clients;
+mod outbox;
 mod overload;
 mod pipeline;
 mod public_api;

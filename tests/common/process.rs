@@ -41,20 +41,34 @@ impl ServerProcess {
                 );
             super::aws::ForProcess::for_data_dir(data_dir, max_receives)
         });
-        Self::spawn(data_dir, env, aws, adjust)
+        let postgres =
+            super::postgres::on_postgres().then(|| super::postgres::database_for(data_dir));
+        Self::spawn(data_dir, env, aws, postgres, adjust)
     }
 
     /// Like [`ServerProcess::start`], on S3 and SQS whatever the tests run on.
     pub fn start_on_aws(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let max_receives = showcase::config::Config::default().queue.max_receives;
         let aws = super::aws::ForProcess::for_data_dir(data_dir, max_receives);
-        Self::spawn(data_dir, env, Some(aws), |_| {})
+        let postgres =
+            super::postgres::on_postgres().then(|| super::postgres::database_for(data_dir));
+        Self::spawn(data_dir, env, Some(aws), postgres, |_| {})
+    }
+
+    /// Like [`ServerProcess::start`], as a node of a platform of several: records in
+    /// PostgreSQL, media in S3, jobs in SQS, whatever the tests run on.
+    pub fn start_on_platform(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let max_receives = showcase::config::Config::default().queue.max_receives;
+        let aws = super::aws::ForProcess::for_data_dir(data_dir, max_receives);
+        let postgres = super::postgres::database_for(data_dir);
+        Self::spawn(data_dir, env, Some(aws), Some(postgres), |_| {})
     }
 
     fn spawn(
         data_dir: &Path,
         env: &[(&str, &str)],
         aws: Option<super::aws::ForProcess>,
+        postgres: Option<String>,
         adjust: impl FnOnce(&mut Command),
     ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_showcase"));
@@ -78,8 +92,6 @@ impl ServerProcess {
         for (key, value) in aws.iter().flat_map(super::aws::ForProcess::env) {
             command.env(key, value);
         }
-        let postgres =
-            super::postgres::on_postgres().then(|| super::postgres::database_for(data_dir));
         // A test that gives the JWT secret its own way keeps it.
         let own_secret = env.iter().any(|(key, _)| {
             *key == "CREDENTIALS_DIRECTORY" || key.starts_with("SHOWCASE_AUTH__JWT")
