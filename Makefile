@@ -98,6 +98,7 @@ bench: test-deps
 
 # Installs the binary, the systemd unit and the configuration (kept if already there, closed
 # to other users), generates the admin token and the JWT secret the unit passes as credentials
+# (and an empty postgres_password for the database's, when there is one)
 # (0600 root, kept if already there; left empty when an existing installation gives the secret
 # elsewhere: in its configuration, or a secret the node generated), then reloads systemd.
 # Start with `systemctl enable --now showcase`; the admin token is in /etc/showcase/admin_token.
@@ -132,6 +133,9 @@ install: build
 	    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | $(SUDO) install -m 0600 /dev/stdin $$file; \
 	  fi; \
 	done
+	@file=$(DESTDIR)/etc/showcase/postgres_password; [ -e $$file ] || { \
+	  echo "$$file: left empty; with store.backend = \"postgres\", the database password goes there"; \
+	  $(SUDO) install -m 0600 /dev/null $$file; }
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null; then $(SUDO) systemctl daemon-reload || true; fi
 
 # The crash-recovery drill: CYCLES rounds of load, SIGKILL at a random moment, restart.

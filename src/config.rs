@@ -1065,6 +1065,43 @@ mod tests {
     }
 
     #[test]
+    fn the_database_password_comes_from_its_credential_never_an_open_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        let password = creds.join(POSTGRES_PASSWORD);
+        std::fs::write(&password, "s3cr3t\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let mut c = Config::default();
+        c.resolve_secrets(None, Some(&creds)).unwrap();
+        assert_eq!(c.store.postgres.password, "s3cr3t");
+        // The password never travels in the configuration's serialised form.
+        assert!(!toml::to_string(&c).unwrap().contains("s3cr3t"));
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let said = Config::default()
+            .resolve_secrets(None, Some(&creds))
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("every local user"), "{said}");
+
+        // A URL with a password, in a file every user can read, is refused; closed, it is not.
+        let file = dir.path().join("showcase.toml");
+        let url = "postgres://app:hunter2@db/showcase";
+        std::fs::write(&file, format!("[store.postgres]\nurl = {url:?}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = Config::default();
+        c.store.postgres.url = url.into();
+        let said = c
+            .resolve_secrets(Some(&file), None)
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("postgres_password"), "{said}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        c.resolve_secrets(Some(&file), None).unwrap();
+    }
+
+    #[test]
     fn the_operations_listener_needs_an_address_and_connections() {
         assert!(Config::from_toml_str("[server]\nops_addr = \"127.0.0.1:9090\"\n").is_ok());
         assert!(Config::from_toml_str("[server]\nops_addr = \"localhost:9090\"\n").is_err());
