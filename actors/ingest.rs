@@ -28,11 +28,17 @@ pub struct CommitUpload {
 pub struct Ingest {
     engine: Engine,
     health: Arc<ActorHealth>,
+    /// This node's name among the platform's: the owner of its uploads in progress.
+    node_id: Arc<str>,
 }
 
 impl Ingest {
-    pub fn new(engine: Engine, health: Arc<ActorHealth>) -> Self {
-        Self { engine, health }
+    pub fn new(engine: Engine, health: Arc<ActorHealth>, node_id: Arc<str>) -> Self {
+        Self {
+            engine,
+            health,
+            node_id,
+        }
     }
 }
 
@@ -51,10 +57,11 @@ impl Handler<CommitUpload> for Ingest {
 
     fn handle(&mut self, msg: CommitUpload, _: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
+        let node_id = self.node_id.clone();
         let in_flight = self.health.start_work();
         Box::pin(async move {
             let _in_flight = in_flight;
-            let result = commit(&engine, msg.upload).await;
+            let result = commit(&engine, &node_id, msg.upload).await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, "upload commit failed");
             }
@@ -63,7 +70,11 @@ impl Handler<CommitUpload> for Ingest {
     }
 }
 
-async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job), CommitError> {
+async fn commit(
+    engine: &Engine,
+    node_id: &str,
+    upload: PreparedUpload,
+) -> Result<(Video, Job), CommitError> {
     let PreparedUpload {
         owner_id,
         title,
@@ -77,11 +88,17 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
         .await
         .map_err(CommitError::Store)?;
     let key = original_key(id);
+    // On a shared store, noted first: should this node die before the commit, another deletes
+    // the file no record will refer to.
     engine
-        .blobs
-        .put_file(&key, file.path())
+        .store
+        .intend_blob(&key, node_id)
         .await
-        .map_err(CommitError::Blob)?;
+        .map_err(CommitError::Store)?;
+    if let Err(e) = engine.blobs.put_file(&key, file.path()).await {
+        let _ = engine.store.settle_blob(&key).await;
+        return Err(CommitError::Blob(e));
+    }
     file.disarm();
     let task_id = uuid::Uuid::new_v4().to_string();
     let new = NewVideo {
@@ -99,7 +116,9 @@ async fn commit(engine: &Engine, upload: PreparedUpload) -> Result<(Video, Job),
         Err(e @ StoreError::Unconfirmed(_)) => Err(CommitError::Store(e)),
         Err(e) => {
             // The record was not written: remove the stored file so no orphan remains.
-            let _ = engine.blobs.delete(&key).await;
+            if engine.blobs.delete(&key).await.is_ok() {
+                let _ = engine.store.settle_blob(&key).await;
+            }
             Err(CommitError::Store(e))
         }
     }

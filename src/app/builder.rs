@@ -46,6 +46,8 @@ pub const JOBS_DIR: &str = "jobs";
 /// What every actor of a node shares.
 struct Shared {
     engine: Engine,
+    /// This node's name among the platform's.
+    node_id: Arc<str>,
     registry: Arc<HealthRegistry>,
     load: Arc<Load>,
     faults: Arc<Faults>,
@@ -75,6 +77,7 @@ impl Application {
 
         let shared = Shared {
             engine: engine.clone(),
+            node_id: crate::node::Platform::new_id().into(),
             registry: Arc::new(HealthRegistry::new()),
             load: Arc::new(Load::default()),
             faults: Arc::new(Faults::new(config.faults.enabled)),
@@ -108,6 +111,7 @@ impl Application {
 /// What the node itself keeps of the shared parts.
 struct NodeShared {
     engine: Engine,
+    node_id: Arc<str>,
     registry: Arc<HealthRegistry>,
     load: Arc<Load>,
     faults: Arc<Faults>,
@@ -118,6 +122,7 @@ impl Shared {
     fn clone_parts(&self) -> NodeShared {
         NodeShared {
             engine: self.engine.clone(),
+            node_id: self.node_id.clone(),
             registry: self.registry.clone(),
             load: self.load.clone(),
             faults: self.faults.clone(),
@@ -171,6 +176,7 @@ fn assemble_node(
         signer: UrlSigner::new(secret),
         rate_limits: Arc::new(RateLimits::new(&config.rate_limit)),
         engine: shared.engine,
+        node_id: shared.node_id,
         actors,
         uploads,
         streams: shared.streams,
@@ -321,9 +327,13 @@ fn actor_ref<A: actix::Actor>(config: &Config, shared: &Shared, name: &'static s
 
 fn ingest(config: &Config, shared: &Shared) -> Child<Ingest> {
     let actor = actor_ref::<Ingest>(config, shared, "ingest");
-    let (engine, health) = (shared.engine.clone(), actor.health.clone());
+    let (engine, health, node_id) = (
+        shared.engine.clone(),
+        actor.health.clone(),
+        shared.node_id.clone(),
+    );
     let spec = ChildSpec::for_actor(&actor, config.actors.mailbox_capacity, move || {
-        Ingest::new(engine.clone(), health.clone())
+        Ingest::new(engine.clone(), health.clone(), node_id.clone())
     });
     Child { actor, spec }
 }

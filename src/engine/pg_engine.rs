@@ -316,6 +316,12 @@ impl Store for PgEngine {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        // The original is referred to now: no longer an upload in progress.
+        sqlx::query("DELETE FROM pending_blobs WHERE key = $1")
+            .bind(&job.original_key)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         tx.commit().await.map_err(commit_error)?;
         Ok((video_of(&row), job))
     }
@@ -727,6 +733,44 @@ impl Store for PgEngine {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn intend_blob(&self, key: &str, node: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pending_blobs (key, node_id, since_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET node_id = EXCLUDED.node_id, since_ms = EXCLUDED.since_ms",
+        )
+        .bind(key)
+        .bind(node)
+        .bind(now_ms() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn settle_blob(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM pending_blobs WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn abandoned_blobs(&self, fresh: Duration) -> Result<Vec<String>, StoreError> {
+        let since = now_ms() as i64 - fresh.as_millis() as i64;
+        sqlx::query_scalar(
+            "SELECT p.key FROM pending_blobs p WHERE p.since_ms < $2 OR (p.since_ms < $1 AND \
+             NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = p.node_id AND n.seen_at_ms >= $1)) \
+             ORDER BY p.key LIMIT 100",
+        )
+        .bind(since)
+        // No upload takes an hour: a note that old is abandoned, whatever its node.
+        .bind(now_ms() as i64 - 3_600_000)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
     }
 
     async fn node_alive(

@@ -137,6 +137,27 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
+    /// Notes that node `node` is storing blob `key` for an upload not yet committed; the
+    /// upload's commit (or [`Store::settle_blob`]) removes the note. A store of one node's own
+    /// keeps no notes: its start-up sweep finds such files.
+    async fn intend_blob(&self, _key: &str, _node: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Removes the note of `key`.
+    async fn settle_blob(&self, _key: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Blobs noted by nodes not seen alive within `fresh`: stored for uploads whose commit
+    /// will never come.
+    async fn abandoned_blobs(
+        &self,
+        _fresh: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Records that node `id`, of `role`, is alive now; the nodes of the platform seen alive
     /// within `fresh`. A store of one node's own has that node alone.
     async fn node_alive(

@@ -128,16 +128,21 @@ impl BackendHealth {
 /// This node's name among the platform's nodes, and those nodes as last counted.
 #[derive(Debug)]
 pub struct Platform {
-    pub id: String,
+    pub id: std::sync::Arc<str>,
     counted: Mutex<Membership>,
 }
 
 impl Platform {
-    pub fn new(role: Role) -> Self {
+    /// A name no other node has: host, process and a random part.
+    pub fn new_id() -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let unique = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-{}-{}", host.trim(), std::process::id(), &unique[..8])
+    }
+
+    pub fn new(id: std::sync::Arc<str>, role: Role) -> Self {
         Self {
-            id: format!("{}-{}-{}", host.trim(), std::process::id(), &unique[..8]),
+            id,
             counted: Mutex::new(Membership::alone(role)),
         }
     }

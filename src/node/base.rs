@@ -39,6 +39,8 @@ pub struct NodeActors {
 pub struct NodeParts {
     pub config: Config,
     pub engine: Engine,
+    /// This node's name among the platform's ([`super::Platform::new_id`]).
+    pub node_id: std::sync::Arc<str>,
     pub auth: Auth,
     pub signer: UrlSigner,
     pub actors: NodeActors,
@@ -87,6 +89,7 @@ impl Node {
         let NodeParts {
             config,
             engine,
+            node_id,
             auth,
             signer,
             actors,
@@ -97,7 +100,7 @@ impl Node {
             rate_limits,
             addressing,
         } = parts;
-        let platform = super::backends::Platform::new(config.node.role);
+        let platform = super::backends::Platform::new(node_id, config.node.role);
         Self {
             config,
             engine,

@@ -89,6 +89,7 @@ impl Node {
             Ok(membership) => self.platform.record(membership),
             Err(error) => tracing::debug!(%error, "counting the platform's nodes failed"),
         }
+        self.sweep_abandoned_blobs().await;
         let storage = self.engine.blobs.check().await.map_err(|e| e.to_string());
         backends.record(Service::Storage, storage);
         let queue = self
@@ -99,6 +100,28 @@ impl Node {
             .map(|_| ())
             .map_err(|e| e.to_string());
         backends.record(Service::Queue, queue);
+    }
+
+    /// Deletes the originals of uploads whose node died before their commit: no record will
+    /// ever refer to them. One that a record does refer to (a commit whose answer was lost) is
+    /// kept, and only its note goes.
+    async fn sweep_abandoned_blobs(&self) {
+        let store = &self.engine.store;
+        let Ok(keys) = store.abandoned_blobs(NODE_FRESH).await else {
+            return;
+        };
+        for key in keys {
+            let referenced = match crate::engine::blobs::video_id_in(&key, "originals/", ".mp4") {
+                Some(id) => store.video_exists(id).await.unwrap_or(true),
+                None => false,
+            };
+            if !referenced && self.engine.blobs.delete(&key).await.is_err() {
+                continue;
+            }
+            if store.settle_blob(&key).await.is_ok() && !referenced {
+                tracing::info!(key, "removed the original of an upload whose node died");
+            }
+        }
     }
 
     /// Whether the Supervisor is doing its job: not escalated, and its own heartbeat fresh.

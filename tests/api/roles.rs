@@ -228,3 +228,74 @@ async fn the_backlog_per_worker_divides_the_waiting_jobs_by_the_worker_nodes() {
         4.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_of_an_upload_whose_node_died_is_removed_by_another() {
+    use showcase::engine::{BlobStore, Store};
+    let platform = Platform::start();
+    let api = platform.node(Role::Api, |_| {});
+    let store = showcase::engine::pg_engine::PgEngine::connect(&platform.database, None, 2, 3)
+        .await
+        .unwrap();
+    let mut config = test_config(api.dir.path());
+    aws::point_at(
+        &mut config,
+        &platform.moto.endpoint,
+        "platform/",
+        &platform.made,
+    );
+    let blobs = showcase::engine::s3_blobs::S3Blobs::connect(
+        &showcase::engine::s3_blobs::S3Location::from(&config.storage.s3),
+    )
+    .await;
+    let pending = async || -> Vec<String> {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(&platform.database)
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT key FROM pending_blobs ORDER BY key")
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+    };
+
+    // An upload that commits leaves no note behind.
+    let (_, token) = api.quick_player("Ana", "Ruiz", "Cali").await;
+    let clip = common::generate_mp4("roles-1920x1080-6s.mp4", 1920, 1080, 6);
+    let (status, body) = api.upload(&token, &clip, "Completo").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let committed = format!("originals/{}.mp4", body["video_id"]);
+    assert_eq!(pending().await, Vec::<String>::new());
+
+    // A node that died between storing an original and committing its record; and one whose
+    // record did commit though its answer was lost (its note outlived it).
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("orphan.mp4");
+    std::fs::copy(&clip, &file).unwrap();
+    blobs.put_file("originals/900.mp4", &file).await.unwrap();
+    store
+        .intend_blob("originals/900.mp4", "a-node-that-died")
+        .await
+        .unwrap();
+    store
+        .intend_blob(&committed, "a-node-that-died")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pending().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "notes left: {:?}",
+            pending().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !blobs.exists("originals/900.mp4").await.unwrap(),
+        "the orphan stayed"
+    );
+    assert!(
+        blobs.exists(&committed).await.unwrap(),
+        "a committed original went"
+    );
+}
