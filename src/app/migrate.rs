@@ -24,6 +24,8 @@ const MEDIA_PREFIXES: [&str; 3] = ["originals/", "processed/", "posters/"];
 
 /// One configuration's stores, opened for copying (no node runs on them).
 struct Platform {
+    /// Where copies wait before they are stored: `<data_dir>/tmp`.
+    scratch_dir: std::path::PathBuf,
     store: Arc<dyn Store>,
     /// The store's own queue: the queue itself, or the outbox of SQS.
     own_queue: Arc<dyn JobQueue>,
@@ -61,6 +63,7 @@ impl Platform {
             QueueBackend::Sqs => Some(open_sqs(config).await?),
         };
         Ok(Self {
+            scratch_dir: data_dir.join("tmp"),
             store,
             own_queue,
             sqs,
@@ -270,8 +273,10 @@ async fn copy_jobs(
 struct Scratch(std::path::PathBuf);
 
 impl Scratch {
-    fn new() -> Result<Self, StartupError> {
-        let dir = std::env::temp_dir().join(format!("showcase-migrate-{}", std::process::id()));
+    /// Under `parent`: the destination's data directory, so that storing a copy on its local
+    /// disk is a rename within one file system.
+    fn new(parent: &std::path::Path) -> Result<Self, StartupError> {
+        let dir = parent.join(format!("migrate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| StartupError::Io {
             what: format!("creating {}", dir.display()),
             source: e,
@@ -297,7 +302,7 @@ async fn copy_media(source: &Platform, destination: &Platform) -> Result<Copied,
         what: "media files",
         ..Copied::default()
     };
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new(&destination.scratch_dir)?;
     for prefix in MEDIA_PREFIXES {
         for key in source.blobs.list(prefix).await.map_err(failed)? {
             media.source += 1;
@@ -314,12 +319,13 @@ async fn copy_media(source: &Platform, destination: &Platform) -> Result<Copied,
                 .await
                 .map_err(failed)?;
             let copy = scratch.path().join("copy");
-            if fetched != copy {
-                std::fs::copy(&fetched, &copy).map_err(|e| StartupError::Io {
+            // On disk before it is stored: a local store renames it into place.
+            std::fs::copy(&fetched, &copy)
+                .and_then(|_| std::fs::File::open(&copy)?.sync_all())
+                .map_err(|e| StartupError::Io {
                     what: format!("copying {key}"),
                     source: e,
                 })?;
-            }
             destination
                 .blobs
                 .put_file(&key, &copy)

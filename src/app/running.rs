@@ -108,6 +108,7 @@ impl Application {
             Duration::from_secs(node.config().rate_limit.evict_every_s.max(1)),
         ));
         let prober = tokio::spawn(probe_backends(node.clone()));
+        let platform = tokio::spawn(take_part(node.clone()));
         let relay = node.engine().outbox.clone().map(|outbox| {
             let queue = node.engine().queue.clone();
             tokio::spawn(keep_relaying(outbox, queue, node.faults().clone()))
@@ -130,6 +131,7 @@ impl Application {
         watchdog.abort();
         eviction.abort();
         prober.abort();
+        platform.abort();
         if let Some(relay) = relay {
             relay.abort();
         }
@@ -150,6 +152,22 @@ impl Application {
         match escalated {
             Some(reason) => Err(RunError::Escalated(reason)),
             None => Ok(()),
+        }
+    }
+}
+
+/// Says the node is alive every `PROBE_EVERY`, and every fifth time deletes the originals of
+/// dead nodes' uploads, for ever (aborted at shutdown).
+async fn take_part(node: Arc<Node>) {
+    let mut ticks = tokio::time::interval(crate::node::PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for tick in 0u64.. {
+        ticks.tick().await;
+        node.beat().await;
+        if tick % 5 == 4 {
+            let sweeper = node.clone();
+            // Off the beat: deleting files must not delay the next one.
+            tokio::spawn(async move { sweeper.sweep_abandoned_blobs().await });
         }
     }
 }

@@ -46,24 +46,37 @@ const USER_COLUMNS: &str =
 const JOB_COLUMNS: &str = "video_id, task_id, original_key, enqueued_at_ms, receive_count, \
      last_error, visible_at_ms, lease, dead_reason, dead_at_ms";
 
+/// Whether a database error means the service is away for now (another try later may work):
+/// no connection, or the server refusing work while it starts, stops, fails over or is full.
+fn away(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") // connection exceptions
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "25006")
+        }),
+        _ => false,
+    }
+}
+
 /// What a database error means for a caller: the service is away, or something else failed.
 fn store_error(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(e.to_string())
-        }
-        e => StoreError::Backend(e.to_string()),
+    match away(&e) {
+        true => StoreError::Unavailable(e.to_string()),
+        false => StoreError::Backend(e.to_string()),
     }
 }
 
 fn queue_error(e: sqlx::Error) -> QueueError {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            QueueError::Unavailable(e.to_string())
-        }
-        e => QueueError::Backend(e.to_string()),
+    match away(&e) {
+        true => QueueError::Unavailable(e.to_string()),
+        false => QueueError::Backend(e.to_string()),
     }
 }
+
+/// The database's clock, in milliseconds: nodes' liveness is judged on one clock, not each
+/// node's own.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// A commit whose answer was lost may still have happened: it must not be undone.
 fn commit_error(e: sqlx::Error) -> StoreError {
@@ -316,12 +329,19 @@ impl Store for PgEngine {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        // The original is referred to now: no longer an upload in progress.
-        sqlx::query("DELETE FROM pending_blobs WHERE key = $1")
-            .bind(&job.original_key)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        // The original is referred to now: no longer an upload in progress. Its note claimed
+        // means another node took this one for dead and is deleting the file.
+        let claimed: Option<bool> =
+            sqlx::query_scalar("DELETE FROM pending_blobs WHERE key = $1 RETURNING claimed")
+                .bind(&job.original_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        if claimed == Some(true) {
+            return Err(StoreError::Unavailable(
+                "this node was taken for dead while the upload was stored; its file is gone".into(),
+            ));
+        }
         tx.commit().await.map_err(commit_error)?;
         Ok((video_of(&row), job))
     }
@@ -736,13 +756,13 @@ impl Store for PgEngine {
     }
 
     async fn intend_blob(&self, key: &str, node: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO pending_blobs (key, node_id, since_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO UPDATE SET node_id = EXCLUDED.node_id, since_ms = EXCLUDED.since_ms",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO pending_blobs (key, node_id, since_ms) VALUES ($1, $2, {DB_NOW_MS}) \
+                 ON CONFLICT (key) DO UPDATE SET node_id = EXCLUDED.node_id, \
+                 since_ms = EXCLUDED.since_ms, claimed = false"
+        ))
         .bind(key)
         .bind(node)
-        .bind(now_ms() as i64)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;
@@ -759,15 +779,18 @@ impl Store for PgEngine {
     }
 
     async fn abandoned_blobs(&self, fresh: Duration) -> Result<Vec<String>, StoreError> {
-        let since = now_ms() as i64 - fresh.as_millis() as i64;
-        sqlx::query_scalar(
-            "SELECT p.key FROM pending_blobs p WHERE p.since_ms < $2 OR (p.since_ms < $1 AND \
-             NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = p.node_id AND n.seen_at_ms >= $1)) \
-             ORDER BY p.key LIMIT 100",
-        )
-        .bind(since)
-        // No upload takes an hour: a note that old is abandoned, whatever its node.
-        .bind(now_ms() as i64 - 3_600_000)
+        // Claimed in the statement that finds them: a commit in progress holds its note's row
+        // and is skipped; one that comes later finds its note claimed and fails.
+        sqlx::query_scalar(&format!(
+            "UPDATE pending_blobs SET claimed = true WHERE key IN ( \
+               SELECT p.key FROM pending_blobs p \
+               WHERE p.since_ms < {DB_NOW_MS} - 3600000 OR (p.since_ms < {DB_NOW_MS} - $1 AND \
+                 NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = p.node_id \
+                             AND n.seen_at_ms >= {DB_NOW_MS} - $1)) \
+               ORDER BY p.key LIMIT 100 FOR UPDATE SKIP LOCKED) \
+             RETURNING key"
+        ))
+        .bind(fresh.as_millis() as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)
@@ -779,29 +802,28 @@ impl Store for PgEngine {
         role: Role,
         fresh: Duration,
     ) -> Result<Membership, StoreError> {
-        let now = now_ms() as i64;
-        sqlx::query(
-            "INSERT INTO nodes (id, role, seen_at_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, seen_at_ms = EXCLUDED.seen_at_ms",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO nodes (id, role, seen_at_ms) VALUES ($1, $2, {DB_NOW_MS}) \
+             ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, seen_at_ms = EXCLUDED.seen_at_ms"
+        ))
         .bind(id)
         .bind(role.as_str())
-        .bind(now)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;
         // Nodes gone for a day are forgotten.
-        sqlx::query("DELETE FROM nodes WHERE seen_at_ms < $1")
-            .bind(now - 86_400_000)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        let row = sqlx::query(
+        sqlx::query(&format!(
+            "DELETE FROM nodes WHERE seen_at_ms < {DB_NOW_MS} - 86400000"
+        ))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let row = sqlx::query(&format!(
             "SELECT count(*) FILTER (WHERE role IN ('api', 'all')) AS api, \
                     count(*) FILTER (WHERE role IN ('worker', 'all')) AS worker \
-             FROM nodes WHERE seen_at_ms >= $1",
-        )
-        .bind(now - fresh.as_millis() as i64)
+             FROM nodes WHERE seen_at_ms >= {DB_NOW_MS} - $1"
+        ))
+        .bind(fresh.as_millis() as i64)
         .fetch_one(&self.pool)
         .await
         .map_err(store_error)?;

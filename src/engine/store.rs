@@ -149,8 +149,9 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
-    /// Blobs noted by nodes not seen alive within `fresh`: stored for uploads whose commit
-    /// will never come.
+    /// Claims the blobs noted by nodes not seen alive within `fresh` (or noted an hour ago):
+    /// stored for uploads whose commit will never come. A commit that finds its note claimed
+    /// fails, so the caller may delete the files.
     async fn abandoned_blobs(
         &self,
         _fresh: std::time::Duration,

@@ -16,6 +16,11 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// A node not seen alive for this long is no longer counted among the platform's.
 pub const NODE_FRESH: Duration = Duration::from_secs(10);
 
+/// A node not seen alive for this long is dead: the originals of its uploads in progress are
+/// deleted. Longer than [`NODE_FRESH`], so that a node slow to say it is alive (a busy pool,
+/// a pause) is not taken for dead while it stores an upload.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Default)]
 struct State {
     last_error: Option<String>,

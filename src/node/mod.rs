@@ -17,7 +17,9 @@ mod operations;
 mod uploads;
 
 pub use admission::{Refusal, UploadAdmission};
-pub use backends::{BackendHealth, BackendReport, Platform, Service, NODE_FRESH, PROBE_EVERY};
+pub use backends::{
+    BackendHealth, BackendReport, Platform, Service, ABANDONED_AFTER, NODE_FRESH, PROBE_EVERY,
+};
 pub use base::{Node, NodeActors, NodeParts, SignUp, HEARTBEAT_STALE_MS};
 pub use error::Error;
 pub use operations::{ActorsReport, DiskReport, StreamsReport};

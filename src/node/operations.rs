@@ -12,7 +12,7 @@ use crate::engine::{DeadLetter, Membership, QueueError, QueueStats};
 use crate::faults::{ActorFault, FaultSwitches};
 use crate::health::ActorReport;
 
-use super::backends::{BackendReport, Service, NODE_FRESH};
+use super::backends::{BackendReport, Service, ABANDONED_AFTER, NODE_FRESH};
 
 #[derive(Serialize)]
 pub struct DiskReport {
@@ -79,17 +79,7 @@ impl Node {
         let backends = &self.uploads.backends;
         let store = self.engine.store.check().await.map_err(|e| e.to_string());
         backends.record(Service::Store, store);
-        let role = self.config.node.role;
-        match self
-            .engine
-            .store
-            .node_alive(&self.platform.id, role, NODE_FRESH)
-            .await
-        {
-            Ok(membership) => self.platform.record(membership),
-            Err(error) => tracing::debug!(%error, "counting the platform's nodes failed"),
-        }
-        self.sweep_abandoned_blobs().await;
+
         let storage = self.engine.blobs.check().await.map_err(|e| e.to_string());
         backends.record(Service::Storage, storage);
         let queue = self
@@ -102,12 +92,27 @@ impl Node {
         backends.record(Service::Queue, queue);
     }
 
+    /// Says this node is alive, and counts the platform's nodes (on a task of its own, so that
+    /// a slow backend check never makes the node look dead).
+    pub async fn beat(&self) {
+        let role = self.config.node.role;
+        match self
+            .engine
+            .store
+            .node_alive(&self.platform.id, role, NODE_FRESH)
+            .await
+        {
+            Ok(membership) => self.platform.record(membership),
+            Err(error) => tracing::debug!(%error, "counting the platform's nodes failed"),
+        }
+    }
+
     /// Deletes the originals of uploads whose node died before their commit: no record will
     /// ever refer to them. One that a record does refer to (a commit whose answer was lost) is
     /// kept, and only its note goes.
-    async fn sweep_abandoned_blobs(&self) {
+    pub async fn sweep_abandoned_blobs(&self) {
         let store = &self.engine.store;
-        let Ok(keys) = store.abandoned_blobs(NODE_FRESH).await else {
+        let Ok(keys) = store.abandoned_blobs(ABANDONED_AFTER).await else {
             return;
         };
         for key in keys {

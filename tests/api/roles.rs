@@ -281,7 +281,8 @@ async fn the_original_of_an_upload_whose_node_died_is_removed_by_another() {
         .intend_blob(&committed, "a-node-that-died")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A node is dead after 30 s unseen; the sweep runs every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !pending().await.is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -297,5 +298,74 @@ async fn the_original_of_an_upload_whose_node_died_is_removed_by_another() {
     assert!(
         blobs.exists(&committed).await.unwrap(),
         "a committed original went"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_whose_original_was_claimed_as_abandoned_fails() {
+    use showcase::engine::Store;
+    let store =
+        showcase::engine::pg_engine::PgEngine::connect(&postgres::fresh_database(), None, 2, 3)
+            .await
+            .unwrap();
+    let owner = store
+        .create_user(showcase::domain::NewUser {
+            first_name: "Ana".into(),
+            last_name: "Ruiz".into(),
+            email: "ana@example.com".into(),
+            password_hash: "x".into(),
+            city: "Cali".into(),
+            country: "Colombia".into(),
+        })
+        .await
+        .unwrap();
+    let new_video = |id: u64| showcase::domain::NewVideo {
+        id,
+        owner_id: owner.id,
+        title: "Tarde".into(),
+        original_key: format!("originals/{id}.mp4"),
+        original: showcase::domain::MediaInfo {
+            size_bytes: 1,
+            duration_s: 30.0,
+            width: 1920,
+            height: 1080,
+        },
+    };
+    // Noted by a node no one has seen, and claimed (with no grace) by a sweeping node.
+    let id = store.allocate_video_id().await.unwrap();
+    store
+        .intend_blob(&format!("originals/{id}.mp4"), "a-node-taken-for-dead")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store.abandoned_blobs(Duration::ZERO).await.unwrap(),
+        [format!("originals/{id}.mp4")]
+    );
+    // Its commit comes too late: refused, and no record.
+    let late = store.commit_upload(new_video(id), "t".into()).await;
+    assert!(
+        matches!(late, Err(showcase::engine::StoreError::Unavailable(_))),
+        "{late:?}"
+    );
+    assert!(!store.video_exists(id).await.unwrap());
+    // The sweeping node deletes the file, then the note.
+    store
+        .settle_blob(&format!("originals/{id}.mp4"))
+        .await
+        .unwrap();
+    // One whose note is not claimed commits, and its note goes.
+    let id = store.allocate_video_id().await.unwrap();
+    store
+        .intend_blob(&format!("originals/{id}.mp4"), "a-live-node")
+        .await
+        .unwrap();
+    store
+        .commit_upload(new_video(id), "t".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.abandoned_blobs(Duration::ZERO).await.unwrap(),
+        Vec::<String>::new()
     );
 }
