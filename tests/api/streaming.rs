@@ -357,19 +357,18 @@ async fn the_stream_cap_refuses_at_once_and_a_reader_that_leaves_frees_its_permi
 async fn curl_ranges_are_byte_exact_and_ffprobe_reads_the_duration_through_http() {
     let (t, id, bytes, _) = published(&clip(Clip::Valid)).await;
     let url = t.url(&format!("/media/{id}.mp4"));
-    let out = Command::new("curl")
-        .args(["-s", "-f", "-r", "1000-2999"])
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(out.stdout, &bytes[1000..=2999]);
-    let out = Command::new("curl")
-        .args(["-s", "-f", "-r", "-4096"])
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert_eq!(out.stdout, &bytes[bytes.len() - 4096..]);
+    let curl = |range: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "-r", range])
+            .arg(&url)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "curl -r {range}: {said}");
+        out.stdout
+    };
+    assert_eq!(curl("1000-2999"), &bytes[1000..=2999]);
+    assert_eq!(curl("-4096"), &bytes[bytes.len() - 4096..]);
 
     let probe = Command::new("ffprobe")
         .args([

@@ -150,7 +150,7 @@ fn shared_port() -> u16 {
                     "-c",
                     &format!("unix_socket_directories={}", dir.path().display()),
                 ])
-                .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
+                .args(["-c", "max_connections=1000", "-c", "shared_buffers=64MB"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -210,7 +210,7 @@ pub fn point_at(config: &mut showcase::config::Config) -> String {
 pub fn use_database(config: &mut showcase::config::Config, url: &str) {
     config.store.backend = showcase::config::StoreBackend::Postgres;
     config.store.postgres.url = url.into();
-    config.store.postgres.max_connections = 8;
+    config.store.postgres.max_connections = 4;
     config.auth.jwt_secret = JWT_SECRET.into();
 }
 
@@ -232,7 +232,7 @@ pub fn env(url: &str) -> Vec<(String, String)> {
     [
         ("SHOWCASE_STORE__BACKEND", "postgres"),
         ("SHOWCASE_STORE__POSTGRES__URL", url),
-        ("SHOWCASE_STORE__POSTGRES__MAX_CONNECTIONS", "8"),
+        ("SHOWCASE_STORE__POSTGRES__MAX_CONNECTIONS", "4"),
         ("SHOWCASE_AUTH__JWT_SECRET", JWT_SECRET),
     ]
     .into_iter()
