@@ -98,6 +98,15 @@ pub struct Copied {
     pub already: u64,
 }
 
+impl Copied {
+    fn of(what: &'static str) -> Self {
+        Self {
+            what,
+            ..Self::default()
+        }
+    }
+}
+
 impl std::fmt::Display for Copied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -119,10 +128,7 @@ pub async fn copy_platform(from: &Config, to: &Config) -> Result<Vec<Copied>, St
     let mut report = Vec::new();
 
     // Users, with their ids and password hashes.
-    let mut users = Copied {
-        what: "users",
-        ..Copied::default()
-    };
+    let mut users = Copied::of("users");
     let mut after = 0;
     loop {
         let page = source
@@ -150,10 +156,7 @@ pub async fn copy_platform(from: &Config, to: &Config) -> Result<Vec<Copied>, St
     report.push(users);
 
     // Videos, then their votes (which make the counts and the rankings).
-    let mut videos = Copied {
-        what: "videos",
-        ..Copied::default()
-    };
+    let mut videos = Copied::of("videos");
     let mut ids: Vec<VideoId> = Vec::new();
     let mut after = 0;
     loop {
@@ -179,10 +182,7 @@ pub async fn copy_platform(from: &Config, to: &Config) -> Result<Vec<Copied>, St
         }
     }
     report.push(videos);
-    let mut votes = Copied {
-        what: "votes",
-        ..Copied::default()
-    };
+    let mut votes = Copied::of("votes");
     let mut after = (0, 0);
     loop {
         let page = source
@@ -218,10 +218,7 @@ async fn copy_jobs(
     ids: &[VideoId],
 ) -> Result<Vec<Copied>, StartupError> {
     let failed = |e: crate::engine::QueueError| StartupError::Config(format!("copying jobs: {e}"));
-    let mut dead = Copied {
-        what: "dead letters",
-        ..Copied::default()
-    };
+    let mut dead = Copied::of("dead letters");
     let letters = source.own_queue.dead_letters().await.map_err(failed)?;
     let dead_ids: HashSet<VideoId> = letters.iter().map(|l| l.job.video_id).collect();
     let already_dead: HashSet<VideoId> = match &destination.sqs {
@@ -244,10 +241,7 @@ async fn copy_jobs(
         .map_err(failed)?;
         dead.copied += 1;
     }
-    let mut live = Copied {
-        what: "queued jobs",
-        ..Copied::default()
-    };
+    let mut live = Copied::of("queued jobs");
     for id in ids.iter().filter(|id| !dead_ids.contains(id)) {
         let Some(job) = source.own_queue.job(*id).await.map_err(failed)? else {
             continue;
@@ -298,10 +292,7 @@ impl Drop for Scratch {
 /// Every media blob, unless the destination has one of the same length.
 async fn copy_media(source: &Platform, destination: &Platform) -> Result<Copied, StartupError> {
     let failed = |e: crate::engine::BlobError| StartupError::Config(format!("copying media: {e}"));
-    let mut media = Copied {
-        what: "media files",
-        ..Copied::default()
-    };
+    let mut media = Copied::of("media files");
     let scratch = Scratch::new(&destination.scratch_dir)?;
     for prefix in MEDIA_PREFIXES {
         for key in source.blobs.list(prefix).await.map_err(failed)? {

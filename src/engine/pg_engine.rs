@@ -143,6 +143,40 @@ fn prefixed_user_columns() -> String {
         .join(", ")
 }
 
+/// Enters `owner` into the rankings of `city` with no votes, unless there already.
+async fn enter_rankings(
+    tx: &mut Transaction<'static, Postgres>,
+    owner: UserId,
+    city: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO player_scores (user_id, city_folded, votes) VALUES ($1, $2, 0) \
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(owner as i64)
+    .bind(city)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// Moves `sequence` up to `id` at least, so that fresh ids stay above an imported one.
+async fn raise_sequence(
+    tx: &mut Transaction<'static, Postgres>,
+    sequence: &'static str,
+    id: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "SELECT setval('{sequence}', greatest((SELECT last_value FROM {sequence}), $1))"
+    ))
+    .bind(id as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
 fn job_of(row: &PgRow) -> Job {
     Job {
         video_id: row.get::<i64, _>("video_id") as u64,
@@ -437,15 +471,7 @@ impl Store for PgEngine {
         .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
-        sqlx::query(
-            "INSERT INTO player_scores (user_id, city_folded, votes) VALUES ($1, $2, 0) \
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(video.owner_id as i64)
-        .bind(&city)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        enter_rankings(&mut tx, video.owner_id, &city).await?;
         tx.commit().await.map_err(commit_error)?;
         Ok(video_of(&row))
     }
@@ -670,11 +696,7 @@ impl Store for PgEngine {
         if inserted.rows_affected() == 0 {
             return Err(StoreError::EmailTaken);
         }
-        sqlx::query("SELECT setval('user_ids', greatest((SELECT last_value FROM user_ids), $1))")
-            .bind(user.id as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        raise_sequence(&mut tx, "user_ids", user.id).await?;
         tx.commit().await.map_err(commit_error)?;
         Ok(true)
     }
@@ -728,21 +750,9 @@ impl Store for PgEngine {
             return Ok(false);
         }
         if let Some(city) = city {
-            sqlx::query(
-                "INSERT INTO player_scores (user_id, city_folded, votes) VALUES ($1, $2, 0) \
-                 ON CONFLICT (user_id) DO NOTHING",
-            )
-            .bind(video.owner_id as i64)
-            .bind(&city)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+            enter_rankings(&mut tx, video.owner_id, &city).await?;
         }
-        sqlx::query("SELECT setval('video_ids', greatest((SELECT last_value FROM video_ids), $1))")
-            .bind(video.id as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        raise_sequence(&mut tx, "video_ids", video.id).await?;
         tx.commit().await.map_err(commit_error)?;
         Ok(true)
     }

@@ -31,7 +31,36 @@ impl ServerProcess {
         env: &[(&str, &str)],
         adjust: impl FnOnce(&mut Command),
     ) -> Self {
-        let aws = super::aws::on_aws().then(|| {
+        Self::start_on(
+            data_dir,
+            env,
+            super::aws::on_aws(),
+            super::postgres::on_postgres(),
+            adjust,
+        )
+    }
+
+    /// Like [`ServerProcess::start`], on S3 and SQS whatever the tests run on.
+    pub fn start_on_aws(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, env, true, super::postgres::on_postgres(), |_| {})
+    }
+
+    /// Like [`ServerProcess::start`], as a node of a platform of several: records in
+    /// PostgreSQL, media in S3, jobs in SQS, whatever the tests run on.
+    pub fn start_on_platform(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, env, true, true, |_| {})
+    }
+
+    /// Starts the node on S3 and SQS when `aws`, on PostgreSQL when `postgres`: the ones of
+    /// `data_dir`, found again by a restart over it.
+    fn start_on(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        aws: bool,
+        postgres: bool,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
+        let aws = aws.then(|| {
             let max_receives = env
                 .iter()
                 .find(|(key, _)| *key == "SHOWCASE_QUEUE__MAX_RECEIVES")
@@ -41,27 +70,8 @@ impl ServerProcess {
                 );
             super::aws::ForProcess::for_data_dir(data_dir, max_receives)
         });
-        let postgres =
-            super::postgres::on_postgres().then(|| super::postgres::database_for(data_dir));
+        let postgres = postgres.then(|| super::postgres::database_for(data_dir));
         Self::spawn(data_dir, env, aws, postgres, adjust)
-    }
-
-    /// Like [`ServerProcess::start`], on S3 and SQS whatever the tests run on.
-    pub fn start_on_aws(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let max_receives = showcase::config::Config::default().queue.max_receives;
-        let aws = super::aws::ForProcess::for_data_dir(data_dir, max_receives);
-        let postgres =
-            super::postgres::on_postgres().then(|| super::postgres::database_for(data_dir));
-        Self::spawn(data_dir, env, Some(aws), postgres, |_| {})
-    }
-
-    /// Like [`ServerProcess::start`], as a node of a platform of several: records in
-    /// PostgreSQL, media in S3, jobs in SQS, whatever the tests run on.
-    pub fn start_on_platform(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let max_receives = showcase::config::Config::default().queue.max_receives;
-        let aws = super::aws::ForProcess::for_data_dir(data_dir, max_receives);
-        let postgres = super::postgres::database_for(data_dir);
-        Self::spawn(data_dir, env, Some(aws), Some(postgres), |_| {})
     }
 
     fn spawn(
