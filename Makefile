@@ -1,6 +1,7 @@
 # showcase: build, run and test on a fresh Debian/Ubuntu machine.
 #   make run    installs what is missing, builds, starts the server on its embedded defaults
 #   make test   installs what is missing, checks formatting and lints, runs every test
+#               (the cluster test included: `make cluster-test` runs it alone)
 #   make fuzz   100,000 mutated MP4 files through the upload probe (release build)
 #   make bench  prints the benchmarks (upload vs fdatasync, durable enqueue rate, transcode
 #               pipeline vs the ffmpeg CLI, processing throughput)
@@ -14,9 +15,10 @@ BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev l
 # Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs),
 # systemd-analyze and the kernel's system-call numbers (the unit's audit and filter), Chromium
 # (browser test, driven by playwright-core from the npm registry), and PostgreSQL (the tests
-# start throwaway clusters of their own: tests/common/postgres.rs).
+# start throwaway clusters of their own: tests/common/postgres.rs), and nginx as the cluster
+# test's load balancer.
 TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev python3-venv \
-                 postgresql
+                 postgresql nginx-light
 # S3 and SQS for the tests: moto in server mode, from PyPI, in a virtual environment of its own.
 # The tests start it themselves on 127.0.0.1 (tests/common/moto.rs finds it by MOTO_SERVER).
 VENV := $(HOME)/.cache/showcase/venv
@@ -31,7 +33,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/showcase/target
 BIN := $(CARGO_TARGET_DIR)/release/showcase
 
-.PHONY: run test bench bench-quick capacity build deps test-deps toolchain lint install chaos fuzz
+.PHONY: run test cluster-test bench bench-quick capacity build deps test-deps toolchain lint install chaos fuzz
 
 # The capacity benchmark (showcase-bench): the replaced system's capacity plan against a node
 # it starts in a 2 GiB memory cgroup. `capacity` is the full run (about an hour); `bench-quick`
@@ -87,6 +89,13 @@ test: test-deps lint
 	SHOWCASE_TEST_BACKENDS=aws cargo test --test api
 	SHOWCASE_TEST_BACKENDS=postgres cargo test --test api
 	SHOWCASE_TEST_BACKENDS=aws,postgres cargo test --test api
+	$(MAKE) --no-print-directory cluster-test
+
+# The cluster test: PostgreSQL, S3 and SQS, two api nodes of the release binary behind nginx
+# and two workers, players at work while nodes are killed and restarted (tests/cluster.rs).
+cluster-test: test-deps
+	cargo build --release --bin showcase
+	SHOWCASE_TEST_BIN=$(BIN) cargo test --test cluster -- --ignored --nocapture
 
 bench: test-deps
 	$(call install_missing,$(BENCH_PACKAGES))

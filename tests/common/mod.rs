@@ -10,6 +10,7 @@ pub mod aws;
 pub mod client;
 pub mod gate;
 pub mod moto;
+pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod raw;

@@ -51,6 +51,17 @@ impl ServerProcess {
         Self::start_on(data_dir, env, true, true, |_| {})
     }
 
+    /// Starts a node on the given S3 and SQS and the database at `postgres`: one node of a
+    /// platform whose backends the test made itself.
+    pub fn start_in(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        aws: Option<super::aws::ForProcess>,
+        postgres: Option<String>,
+    ) -> Self {
+        Self::spawn(data_dir, env, aws, postgres, |_| {})
+    }
+
     /// Starts the node on S3 and SQS when `aws`, on PostgreSQL when `postgres`: the ones of
     /// `data_dir`, found again by a restart over it.
     fn start_on(
@@ -81,7 +92,7 @@ impl ServerProcess {
         postgres: Option<String>,
         adjust: impl FnOnce(&mut Command),
     ) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_showcase"));
+        let mut command = Command::new(executable());
         command
             .arg("serve")
             // No config.toml there: embedded defaults plus the environment below.
@@ -230,6 +241,14 @@ impl ServerProcess {
     pub fn rss_bytes(&self) -> u64 {
         rss_of(self.pid())
     }
+}
+
+/// The `showcase` executable the tests run: `SHOWCASE_TEST_BIN` (the cluster test runs the
+/// release build), else the one cargo built with the tests.
+pub fn executable() -> PathBuf {
+    std::env::var_os("SHOWCASE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_showcase")))
 }
 
 /// The resident set size of process `pid`, in bytes.
