@@ -369,3 +369,93 @@ async fn a_commit_whose_original_was_claimed_as_abandoned_fails() {
         Vec::<String>::new()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_sent_at_once_through_two_api_nodes_count_once_each() {
+    let platform = Platform::start();
+    let nodes = [
+        platform.node(Role::Api, |_| {}),
+        platform.node(Role::Api, |_| {}),
+    ];
+    let mut videos = Vec::new();
+    for (first, last) in [("Ana", "Ruiz"), ("Sara", "Mejía")] {
+        let (_, owner) = nodes[0].quick_player(first, last, "Cali").await;
+        let id = nodes[0].uploaded_video(&owner, "Triple").await;
+        nodes[0].publish(id).await;
+        videos.push(id);
+    }
+    // Every fan votes for each video through both nodes at the same moment: the database, not
+    // a node, lets one vote in. Fans vote for the first video, and every other one for the
+    // second too.
+    const FANS: usize = 40;
+    let mut fans = Vec::new();
+    for n in 0..FANS {
+        fans.push(
+            nodes[n % 2]
+                .quick_player("Hincha", &format!("Nº {n}"), "Medellín")
+                .await
+                .1,
+        );
+    }
+    let ballots = fans.iter().enumerate().flat_map(|(n, fan)| {
+        let chosen = if n % 2 == 0 {
+            &videos[..]
+        } else {
+            &videos[..1]
+        };
+        chosen.iter().map(move |video| (fan.clone(), *video))
+    });
+    let answers = futures_util::future::join_all(ballots.map(|(fan, video)| {
+        let nodes = &nodes;
+        async move {
+            let (first, second) =
+                tokio::join!(nodes[0].vote(&fan, video), nodes[1].vote(&fan, video));
+            (first, second)
+        }
+    }))
+    .await;
+    assert_eq!(answers.len(), FANS + FANS / 2);
+    for (first, second) in &answers {
+        let mut statuses = [first.0, second.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::BAD_REQUEST],
+            "{first:?} {second:?}"
+        );
+        let refused = if first.0 == StatusCode::OK {
+            second
+        } else {
+            first
+        };
+        assert_eq!(
+            common::detail_of(&refused.1),
+            "Ya has votado por este video."
+        );
+    }
+    // Both nodes count the same: the videos' votes and the ranking.
+    for node in &nodes {
+        let (_, listed) = node.get("/api/public/videos", None).await;
+        let votes: Vec<(u64, u64)> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["video_id"].as_u64().unwrap(),
+                    v["votes"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(votes.contains(&(videos[0], FANS as u64)), "{listed}");
+        assert!(votes.contains(&(videos[1], FANS as u64 / 2)), "{listed}");
+        let (_, ranking) = node.get("/api/public/rankings?city=cali", None).await;
+        assert_eq!(
+            ranking,
+            serde_json::json!([
+                {"position": 1, "username": "Ana Ruiz", "city": "Cali", "votes": FANS},
+                {"position": 2, "username": "Sara Mejía", "city": "Cali", "votes": FANS / 2},
+            ])
+        );
+    }
+}
