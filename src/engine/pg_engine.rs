@@ -74,8 +74,8 @@ fn queue_error(e: sqlx::Error) -> QueueError {
     }
 }
 
-/// The database's clock, in milliseconds: nodes' liveness is judged on one clock, not each
-/// node's own.
+/// The database's clock, in milliseconds: nodes' liveness and the queue's leases are judged on
+/// one clock, not each node's own.
 const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// A commit whose answer was lost may still have happened: it must not be undone.
@@ -352,10 +352,10 @@ impl Store for PgEngine {
             receive_count: 0,
             last_error: None,
         };
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO jobs (video_id, task_id, original_key, enqueued_at_ms, visible_at_ms) \
-             VALUES ($1, $2, $3, $4, $4)",
-        )
+             VALUES ($1, $2, $3, $4, {DB_NOW_MS})"
+        ))
         .bind(job.video_id as i64)
         .bind(&job.task_id)
         .bind(&job.original_key)
@@ -848,18 +848,17 @@ impl Store for PgEngine {
 impl JobQueue for PgEngine {
     async fn enqueue(&self, job: Job) -> Result<(), QueueError> {
         // One job per video: a video that has one (live or dead) keeps it.
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO jobs (video_id, task_id, original_key, enqueued_at_ms, receive_count, \
-             last_error, visible_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (video_id) DO NOTHING",
-        )
+             last_error, visible_at_ms) VALUES ($1, $2, $3, $4, $5, $6, {DB_NOW_MS}) \
+             ON CONFLICT (video_id) DO NOTHING"
+        ))
         .bind(job.video_id as i64)
         .bind(&job.task_id)
         .bind(&job.original_key)
         .bind(job.enqueued_at_ms as i64)
         .bind(job.receive_count as i32)
         .bind(&job.last_error)
-        .bind(now_ms() as i64)
         .execute(&self.pool)
         .await
         .map_err(queue_error)?;
@@ -868,13 +867,12 @@ impl JobQueue for PgEngine {
 
     async fn receive(&self, visibility: Duration) -> Result<Option<Lease>, QueueError> {
         loop {
-            let now = now_ms();
             let mut tx = self.pool.begin().await.map_err(queue_error)?;
             let Some(row) = sqlx::query(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE dead_at_ms IS NULL AND visible_at_ms <= $1 \
-                 ORDER BY visible_at_ms LIMIT 1 FOR UPDATE SKIP LOCKED"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE dead_at_ms IS NULL \
+                 AND visible_at_ms <= {DB_NOW_MS} \
+                 ORDER BY visible_at_ms, video_id LIMIT 1 FOR UPDATE SKIP LOCKED"
             ))
-            .bind(now as i64)
             .fetch_optional(&mut *tx)
             .await
             .map_err(queue_error)?
@@ -888,13 +886,12 @@ impl JobQueue for PgEngine {
                     job.receive_count,
                     job.last_error.as_deref().unwrap_or("none recorded")
                 );
-                sqlx::query(
-                    "UPDATE jobs SET dead_reason = $2, dead_at_ms = $3, last_error = $2, \
-                     lease = NULL WHERE video_id = $1",
-                )
+                sqlx::query(&format!(
+                    "UPDATE jobs SET dead_reason = $2, dead_at_ms = {DB_NOW_MS}, last_error = $2, \
+                     lease = NULL WHERE video_id = $1"
+                ))
                 .bind(job.video_id as i64)
                 .bind(&reason)
-                .bind(now as i64)
                 .execute(&mut *tx)
                 .await
                 .map_err(queue_error)?;
@@ -902,19 +899,19 @@ impl JobQueue for PgEngine {
                 continue;
             }
             job.receive_count += 1;
-            let visible_again_at_ms = now + visibility.as_millis() as u64;
             let token = uuid::Uuid::new_v4().simple().to_string();
-            sqlx::query(
-                "UPDATE jobs SET receive_count = $2, visible_at_ms = $3, lease = $4 \
-                 WHERE video_id = $1",
-            )
+            let visible_again_at_ms: i64 = sqlx::query_scalar(&format!(
+                "UPDATE jobs SET receive_count = $2, visible_at_ms = {DB_NOW_MS} + $3, lease = $4 \
+                 WHERE video_id = $1 RETURNING visible_at_ms"
+            ))
             .bind(job.video_id as i64)
             .bind(job.receive_count as i32)
-            .bind(visible_again_at_ms as i64)
+            .bind(visibility.as_millis() as i64)
             .bind(&token)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .map_err(queue_error)?;
+            let visible_again_at_ms = visible_again_at_ms as u64;
             Self::commit_queue(tx).await?;
             return Ok(Some(Lease {
                 job,
@@ -932,15 +929,17 @@ impl JobQueue for PgEngine {
     ) -> Result<u64, QueueError> {
         let mut tx = self.pool.begin().await.map_err(queue_error)?;
         self.leased(&mut tx, video_id, token).await?;
-        let until = now_ms() + visibility.as_millis() as u64;
-        sqlx::query("UPDATE jobs SET visible_at_ms = $2 WHERE video_id = $1")
-            .bind(video_id as i64)
-            .bind(until as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(queue_error)?;
+        let until: i64 = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET visible_at_ms = {DB_NOW_MS} + $2 WHERE video_id = $1 \
+             RETURNING visible_at_ms"
+        ))
+        .bind(video_id as i64)
+        .bind(visibility.as_millis() as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(queue_error)?;
         Self::commit_queue(tx).await?;
-        Ok(until)
+        Ok(until as u64)
     }
 
     async fn ack(&self, video_id: VideoId, token: &str) -> Result<(), QueueError> {
@@ -963,11 +962,12 @@ impl JobQueue for PgEngine {
     ) -> Result<(), QueueError> {
         let mut tx = self.pool.begin().await.map_err(queue_error)?;
         self.leased(&mut tx, video_id, token).await?;
-        sqlx::query(
-            "UPDATE jobs SET visible_at_ms = $2, lease = NULL, last_error = $3 WHERE video_id = $1",
-        )
+        sqlx::query(&format!(
+            "UPDATE jobs SET visible_at_ms = {DB_NOW_MS} + $2, lease = NULL, last_error = $3 \
+             WHERE video_id = $1"
+        ))
         .bind(video_id as i64)
-        .bind((now_ms() + delay.as_millis() as u64) as i64)
+        .bind(delay.as_millis() as i64)
         .bind(reason)
         .execute(&mut *tx)
         .await
@@ -983,13 +983,12 @@ impl JobQueue for PgEngine {
     ) -> Result<(), QueueError> {
         let mut tx = self.pool.begin().await.map_err(queue_error)?;
         self.leased(&mut tx, video_id, token).await?;
-        sqlx::query(
-            "UPDATE jobs SET dead_reason = $2, dead_at_ms = $3, last_error = $2, lease = NULL \
-             WHERE video_id = $1",
-        )
+        sqlx::query(&format!(
+            "UPDATE jobs SET dead_reason = $2, dead_at_ms = {DB_NOW_MS}, last_error = $2, \
+             lease = NULL WHERE video_id = $1"
+        ))
         .bind(video_id as i64)
         .bind(reason)
-        .bind(now_ms() as i64)
         .execute(&mut *tx)
         .await
         .map_err(queue_error)?;
@@ -1025,12 +1024,12 @@ impl JobQueue for PgEngine {
     }
 
     async fn redrive(&self, video_id: VideoId) -> Result<(), QueueError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE jobs SET dead_reason = NULL, dead_at_ms = NULL, receive_count = 0, \
-             lease = NULL, visible_at_ms = $2 WHERE video_id = $1 AND dead_at_ms IS NOT NULL",
-        )
+             lease = NULL, visible_at_ms = {DB_NOW_MS} \
+             WHERE video_id = $1 AND dead_at_ms IS NOT NULL"
+        ))
         .bind(video_id as i64)
-        .bind(now_ms() as i64)
         .execute(&self.pool)
         .await
         .map_err(queue_error)?;
@@ -1041,11 +1040,10 @@ impl JobQueue for PgEngine {
     }
 
     async fn redrive_all(&self) -> Result<u64, QueueError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE jobs SET dead_reason = NULL, dead_at_ms = NULL, receive_count = 0, \
-             lease = NULL, visible_at_ms = $1 WHERE dead_at_ms IS NOT NULL",
-        )
-        .bind(now_ms() as i64)
+             lease = NULL, visible_at_ms = {DB_NOW_MS} WHERE dead_at_ms IS NOT NULL"
+        ))
         .execute(&self.pool)
         .await
         .map_err(queue_error)?;
@@ -1053,14 +1051,15 @@ impl JobQueue for PgEngine {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT \
-               count(*) FILTER (WHERE dead_at_ms IS NULL AND (lease IS NULL OR visible_at_ms <= $1)) AS depth, \
-               count(*) FILTER (WHERE dead_at_ms IS NULL AND lease IS NOT NULL AND visible_at_ms > $1) AS in_flight, \
+               count(*) FILTER (WHERE dead_at_ms IS NULL \
+                 AND (lease IS NULL OR visible_at_ms <= now_ms)) AS depth, \
+               count(*) FILTER (WHERE dead_at_ms IS NULL \
+                 AND lease IS NOT NULL AND visible_at_ms > now_ms) AS in_flight, \
                count(*) FILTER (WHERE dead_at_ms IS NOT NULL) AS dead \
-             FROM jobs",
-        )
-        .bind(now_ms() as i64)
+             FROM jobs, (SELECT {DB_NOW_MS} AS now_ms) AS clock"
+        ))
         .fetch_one(&self.pool)
         .await
         .map_err(queue_error)?;
