@@ -732,7 +732,7 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
     let worker_victim = *workers.choose(&mut rng).unwrap();
     let api_chaos = {
         let (fleet, ledger) = (fleet.clone(), ledger.clone());
-        let (after, down) = (rng.gen_range(0..2000), rng.gen_range(1000..3000));
+        let (after, down) = (rng.gen_range(0..1000), rng.gen_range(1000..3000));
         tokio::spawn(async move {
             // Once uploads flow.
             while ledger.lock().unwrap().uploads.len() < 5 {
