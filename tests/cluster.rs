@@ -68,6 +68,8 @@ struct Fleet {
     backends: ForProcess,
     database: String,
     members: Vec<Mutex<Member>>,
+    /// The processes killed, kept for their logs.
+    killed: Mutex<Vec<ServerProcess>>,
 }
 
 impl Fleet {
@@ -80,7 +82,8 @@ impl Fleet {
             ("worker-2", Role::Worker),
         ] {
             let mut env: Vec<(String, String)> = [
-                ("RUST_LOG", "warn,showcase::app=info"),
+                // Workers log each job's end (`showcase::events`): publications are counted.
+                ("RUST_LOG", "warn,showcase::app=info,showcase::events=info"),
                 ("SHOWCASE_ADMIN__TOKEN", ADMIN_TOKEN),
                 ("SHOWCASE_UPLOAD__MIN_DURATION_S", "1"),
                 ("SHOWCASE_SERVER__SHUTDOWN_GRACE_S", "5"),
@@ -98,6 +101,10 @@ impl Fleet {
                     // Room for every player's upload on one node: with one node down, the
                     // other must not refuse what the fleet accepted.
                     env.push(("SHOWCASE_UPLOAD__MAX_CONCURRENT".into(), "32".into()));
+                    env.push((
+                        "SHOWCASE_STORE__POSTGRES__MAX_CONNECTIONS".into(),
+                        "16".into(),
+                    ));
                     // A fixed address: the balancer finds the node there again after a restart.
                     env.push((
                         "SHOWCASE_SERVER__ADDR".into(),
@@ -136,6 +143,7 @@ impl Fleet {
             backends,
             database,
             members,
+            killed: Mutex::new(Vec::new()),
         }
     }
 
@@ -163,11 +171,14 @@ impl Fleet {
     /// was gone.
     fn kill(&self, i: usize) -> (SocketAddr, Instant, Instant) {
         let mut member = self.members[i].lock().unwrap();
-        let process = member.process.take().expect("a running member");
+        let mut process = member.process.take().expect("a running member");
         let addr = process.addr;
         let at = Instant::now();
-        process.kill9();
-        (addr, at, Instant::now())
+        unsafe { libc::kill(process.pid(), libc::SIGKILL) };
+        let _ = process.child.wait();
+        let gone = Instant::now();
+        self.killed.lock().unwrap().push(process);
+        (addr, at, gone)
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
@@ -184,6 +195,35 @@ impl Fleet {
         self.members[i].lock().unwrap().name.clone()
     }
 
+    /// How many times each video was published, from the job ends the workers logged (the
+    /// killed ones included).
+    fn publications(&self) -> BTreeMap<u64, usize> {
+        let mut logs: Vec<String> = self
+            .killed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.log())
+            .collect();
+        for member in &self.members {
+            logs.extend(member.lock().unwrap().process.as_ref().map(|p| p.log()));
+        }
+        let mut published = BTreeMap::new();
+        for line in logs.iter().flat_map(|log| log.lines()) {
+            if !(line.contains("job finished") && line.contains("outcome=\"published\"")) {
+                continue;
+            }
+            let id = line
+                .split("video_id=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse().ok())
+                .unwrap_or_else(|| panic!("a job end without its video: {line}"));
+            *published.entry(id).or_default() += 1;
+        }
+        published
+    }
+
     fn of_role(&self, role: Role) -> Vec<usize> {
         (0..self.members.len())
             .filter(|i| self.members[*i].lock().unwrap().role == role)
@@ -191,12 +231,18 @@ impl Fleet {
     }
 }
 
+/// A free port below the kernel's range for outgoing connections, so that none of those takes
+/// it while its node is down.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let first_ephemeral: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(10_000..first_ephemeral.max(10_001));
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One request through the balancer, as its client saw it.
@@ -209,6 +255,8 @@ struct Exchange {
     status: Option<u16>,
     /// The nodes nginx sent it to (`X-Upstream`), when an answer came.
     upstream: String,
+    /// A refusal: 503 with `Retry-After`, decided before any work.
+    refusal: bool,
     body: String,
 }
 
@@ -309,6 +357,7 @@ impl Lb {
                 answered,
                 status,
                 upstream: upstream.to_owned(),
+                refusal: false,
                 body: body.chars().take(300).collect(),
             };
             let Ok((status, upstream, retry_after, text)) = answer else {
@@ -317,7 +366,10 @@ impl Lb {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
             };
-            self.note(exchange(Some(status.as_u16()), &upstream, &text));
+            self.note(Exchange {
+                refusal: status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some(),
+                ..exchange(Some(status.as_u16()), &upstream, &text)
+            });
             if status.is_server_error() {
                 // A refusal with `Retry-After` is decided before any work; anything else may
                 // have been done, or not.
@@ -693,7 +745,7 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
 
     // The platform's shared parts, then its four nodes and the balancer.
     common::moto::test_credentials();
-    let moto = Moto::start();
+    let moto = Moto::start_tied_to_this_thread();
     let made = aws::provision(&moto.endpoint, MAX_RECEIVES).await;
     let backends = ForProcess {
         endpoint: moto.endpoint.clone(),
@@ -780,8 +832,12 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
     let vote_chaos = {
         let (fleet, ledger) = (fleet.clone(), ledger.clone());
         let victim = *apis.choose(&mut rng).unwrap();
-        let (after, down) = (rng.gen_range(200..1500), rng.gen_range(1000..3000));
+        let (after, down) = (rng.gen_range(0..300), rng.gen_range(1000..3000));
         tokio::spawn(async move {
+            // Once votes flow.
+            while ledger.lock().unwrap().votes.len() < 60 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             tokio::time::sleep(Duration::from_millis(after)).await;
             kill_and_restart(&fleet, &ledger, victim, Duration::from_millis(down)).await;
         })
@@ -964,16 +1020,29 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
         assert!(Instant::now() < deadline, "orphan objects: {orphans:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Multipart uploads that a killed node had begun are not objects; nothing of the node can
+    // abort them once it is dead (the bucket's lifecycle rule does, on AWS). Counted.
+    let unfinished = aws::s3_client(&backends.endpoint)
+        .await
+        .list_multipart_uploads()
+        .bucket(aws::BUCKET)
+        .prefix(&backends.prefix)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .len();
 
-    // Every 5xx, or answer lost, was a request in flight on a node as it was killed (with room
-    // for every upload on either node, not even a refusal is expected); and each restarted api
-    // node served again.
+    // Every 5xx, or answer lost, was a request in flight on a node as it was killed, or a
+    // refusal (503 with `Retry-After`, before any work) of the node left alone; in all, no more
+    // than the requests the kills cut. And each restarted api node served again.
     let (exchanges, kills) = {
         let ledger = ledger.lock().unwrap();
         (ledger.exchanges.clone(), ledger.kills.clone())
     };
     let api_kills: Vec<&Kill> = kills.iter().filter(|k| k.role == Role::Api).collect();
     let mut failed: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut refused = 0;
     for e in &exchanges {
         let in_flight_at = |k: &&&Kill| k.in_flight(e);
         let server_error = e.status.is_none_or(|s| s >= 500);
@@ -981,6 +1050,14 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
             continue;
         }
         *failed.entry(e.what).or_default() += 1;
+        if e.refusal {
+            assert!(
+                e.body.contains("\"detail\""),
+                "a refusal without detail: {e:?}"
+            );
+            refused += 1;
+            continue;
+        }
         let explained = api_kills
             .iter()
             .filter(in_flight_at)
@@ -1010,6 +1087,29 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
         cut[0] > 0,
         "the kill during the uploads cut no request: the run proves nothing"
     );
+    let failures: usize = failed.values().sum();
+    assert!(
+        failures <= cut.iter().sum(),
+        "{failures} 5xx or lost answers ({refused} refusals) for {cut:?} requests cut"
+    );
+
+    // Each video was published by one worker, once: a job delivered again (the killed worker's)
+    // finds its video published and skips it. A publication by the killed worker may have
+    // gone unlogged.
+    let publications = fleet.publications();
+    for (video, times) in &publications {
+        assert_eq!(*times, 1, "video {video} was published {times} times");
+        assert!(
+            ids.contains(video),
+            "a publication of an unknown video {video}"
+        );
+    }
+    assert!(
+        publications.len() + 1 >= ids.len(),
+        "{} publications logged for {} videos",
+        publications.len(),
+        ids.len()
+    );
     for k in &api_kills {
         let back = k.restarted.unwrap();
         let served = exchanges
@@ -1026,7 +1126,8 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
     eprintln!(
         "cluster run ({:?}): {} players, {} signups, {} acknowledged uploads (+{} whose answer \
          was lost), {} votes, {} requests through the balancer; kills: {}; requests in flight \
-         on a killed api node: {:?}, 5xx or lost answers: {:?}, orphan objects swept: \
+         on a killed api node: {:?}, 5xx or lost answers: {:?} ({} of them refusals), \
+         publications logged: {}, orphan objects swept: {}, multipart uploads left unfinished: \
          {}",
         started.elapsed(),
         players.len(),
@@ -1042,7 +1143,10 @@ async fn a_fleet_behind_a_balancer_survives_losing_nodes() {
             .join(", "),
         cut,
         failed,
+        refused,
+        publications.len(),
         orphans_seen.len(),
+        unfinished,
     );
 }
 

@@ -204,9 +204,10 @@ async fn keep_relaying(
     }
 }
 
-/// Drops the rate-limit buckets of idle clients, forever (aborted at shutdown).
+/// Drops the rate-limit buckets of idle clients every `every`, the first time `every` after the
+/// start (nothing is idle before), forever (aborted at shutdown).
 async fn evict_idle_clients(limits: Arc<RateLimits>, every: Duration) {
-    let mut ticks = tokio::time::interval(every);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

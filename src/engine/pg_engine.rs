@@ -75,7 +75,8 @@ fn queue_error(e: sqlx::Error) -> QueueError {
 }
 
 /// The database's clock, in milliseconds: nodes' liveness and the queue's leases are judged on
-/// one clock, not each node's own.
+/// one clock, not each node's own. (`clock_timestamp()` is volatile: compared with an indexed
+/// column, wrap it in a sub-select so that it is read once and the index can be used.)
 const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /// A commit whose answer was lost may still have happened: it must not be undone.
@@ -870,7 +871,7 @@ impl JobQueue for PgEngine {
             let mut tx = self.pool.begin().await.map_err(queue_error)?;
             let Some(row) = sqlx::query(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE dead_at_ms IS NULL \
-                 AND visible_at_ms <= {DB_NOW_MS} \
+                 AND visible_at_ms <= (SELECT {DB_NOW_MS}) \
                  ORDER BY visible_at_ms, video_id LIMIT 1 FOR UPDATE SKIP LOCKED"
             ))
             .fetch_optional(&mut *tx)

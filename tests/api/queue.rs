@@ -1,4 +1,5 @@
-//! The embedded durable queue: every SQS-like semantic, including recovery after reopening.
+//! The store's own durable queue (embedded, or on PostgreSQL with `SHOWCASE_TEST_BACKENDS=
+//! postgres`): every SQS-like semantic, including recovery after reopening.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,65 @@ use showcase::engine::{Job, JobQueue, QueueError};
 const MAX_RECEIVES: u32 = 3;
 const LONG: Duration = Duration::from_secs(60);
 
-fn open(dir: &std::path::Path) -> Arc<SledEngine> {
+/// The store's own queue over `dir`: on PostgreSQL when the tests keep records there (the
+/// database of `dir`, found again by a reopening), else the embedded one.
+async fn open(dir: &std::path::Path) -> Arc<dyn JobQueue> {
+    if crate::common::postgres::on_postgres() {
+        let url = crate::common::postgres::database_for(dir);
+        let engine = showcase::engine::pg_engine::PgEngine::connect(&url, None, 8, MAX_RECEIVES)
+            .await
+            .unwrap();
+        videos_for_jobs(&engine).await;
+        return Arc::new(engine);
+    }
+    open_sled(dir)
+}
+
+/// On PostgreSQL a job goes with its video: the videos of the tests' jobs (ids 1 to 16).
+async fn videos_for_jobs(store: &dyn showcase::engine::Store) {
+    use showcase::domain::{MediaInfo, NewUser, Video, VideoStatus};
+    let owner = store
+        .create_user(NewUser {
+            first_name: "Ana".into(),
+            last_name: "Ruiz".into(),
+            email: "ana@example.com".into(),
+            password_hash: "not-a-hash".into(),
+            city: "Cali".into(),
+            country: "Colombia".into(),
+        })
+        .await
+        .unwrap();
+    for id in 1..=16 {
+        let video = Video {
+            id,
+            owner_id: owner.id,
+            title: format!("Video {id}"),
+            status: VideoStatus::Uploaded,
+            progress: 0,
+            uploaded_at: showcase::domain::now_ts(),
+            processed_at: None,
+            task_id: format!("task-{id}"),
+            original_key: format!("originals/{id}.mp4"),
+            original: MediaInfo {
+                size_bytes: 1,
+                duration_s: 25.0,
+                width: 1920,
+                height: 1080,
+            },
+            processed_key: None,
+            poster_key: None,
+            content_hash: None,
+            poster_hash: None,
+            processed_duration_s: None,
+            votes: 0,
+            error: None,
+        };
+        assert!(store.import_video(&video).await.unwrap());
+    }
+}
+
+/// The embedded queue over `dir`: for what only it has (recovery counts, shared fsyncs).
+fn open_sled(dir: &std::path::Path) -> Arc<SledEngine> {
     SledEngine::open(dir, MAX_RECEIVES, Duration::from_secs(10)).unwrap()
 }
 
@@ -28,7 +87,7 @@ fn job(id: u64) -> Job {
 #[tokio::test]
 async fn enqueued_jobs_are_received_in_order_with_a_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     for id in 1..=3 {
         q.enqueue(job(id)).await.unwrap();
     }
@@ -53,7 +112,7 @@ async fn enqueued_jobs_are_received_in_order_with_a_lease() {
 #[tokio::test]
 async fn ack_needs_the_current_token() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     q.enqueue(job(7)).await.unwrap();
     let lease = q.receive(LONG).await.unwrap().unwrap();
     assert_eq!(
@@ -70,7 +129,7 @@ async fn ack_needs_the_current_token() {
 #[tokio::test]
 async fn an_expired_lease_makes_the_job_visible_again_and_voids_the_old_token() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     q.enqueue(job(1)).await.unwrap();
     let short = Duration::from_millis(150);
     let first = q.receive(short).await.unwrap().unwrap();
@@ -94,7 +153,7 @@ async fn an_expired_lease_makes_the_job_visible_again_and_voids_the_old_token() 
 #[tokio::test]
 async fn heartbeats_extend_the_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     q.enqueue(job(1)).await.unwrap();
     let lease = q
         .receive(Duration::from_millis(300))
@@ -118,7 +177,7 @@ async fn heartbeats_extend_the_lease() {
 #[tokio::test]
 async fn nack_returns_the_job_after_its_delay_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     q.enqueue(job(1)).await.unwrap();
     let lease = q.receive(LONG).await.unwrap().unwrap();
     q.nack(
@@ -144,7 +203,7 @@ async fn nack_returns_the_job_after_its_delay_with_the_reason() {
 #[tokio::test]
 async fn a_job_received_too_often_is_dead_lettered_with_reason_and_enqueue_time() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     let original = job(5);
     let enqueued_at = original.enqueued_at_ms;
     q.enqueue(original).await.unwrap();
@@ -185,7 +244,7 @@ async fn a_job_received_too_often_is_dead_lettered_with_reason_and_enqueue_time(
 #[tokio::test]
 async fn a_permanent_failure_is_dead_lettered_at_once_and_all_can_be_redriven() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     for id in [1, 2] {
         q.enqueue(job(id)).await.unwrap();
         let lease = q.receive(LONG).await.unwrap().unwrap();
@@ -213,7 +272,7 @@ async fn a_permanent_failure_is_dead_lettered_at_once_and_all_can_be_redriven() 
 #[tokio::test]
 async fn cancel_removes_a_job_wherever_it_is() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open(dir.path()).await;
     for id in [1, 2, 3] {
         q.enqueue(job(id)).await.unwrap();
     }
@@ -232,7 +291,7 @@ async fn cancel_removes_a_job_wherever_it_is() {
 async fn reopening_recovers_every_job_and_releases_held_leases() {
     let dir = tempfile::tempdir().unwrap();
     let (enqueued_at, old_token) = {
-        let q = open(dir.path());
+        let q = open_sled(dir.path());
         for id in 1..=4 {
             q.enqueue(job(id)).await.unwrap();
         }
@@ -246,7 +305,7 @@ async fn reopening_recovers_every_job_and_releases_held_leases() {
         (held.job.enqueued_at_ms, held.token)
         // Dropped without any shutdown step: only what was acknowledged as durable counts.
     };
-    let q = open(dir.path());
+    let q = open_sled(dir.path());
     let recovery = q.recovery().clone();
     assert_eq!(
         (recovery.jobs, recovery.dead, recovery.released_leases),
@@ -274,7 +333,7 @@ async fn reopening_recovers_every_job_and_releases_held_leases() {
 #[tokio::test]
 async fn durable_enqueues_share_fsyncs_under_concurrency() {
     let dir = tempfile::tempdir().unwrap();
-    let q = open(dir.path());
+    let q = open_sled(dir.path());
     let before = q.flush_count();
     let tasks: Vec<_> = (1..=500u64)
         .map(|id| {

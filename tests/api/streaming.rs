@@ -359,13 +359,21 @@ async fn curl_ranges_are_byte_exact_and_ffprobe_reads_the_duration_through_http(
     let url = t.url(&format!("/media/{id}.mp4"));
     let curl = |range: &str| {
         let out = Command::new("curl")
-            .args(["-sS", "-f", "-r", range])
+            .args(["-sS", "-r", range, "-w", "%{http_code}"])
             .arg(&url)
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "curl -r {range}: {said}");
-        out.stdout
+        // The body, then the status that -w writes after it.
+        let (body, status) = out.stdout.split_at(out.stdout.len() - 3);
+        assert_eq!(
+            status,
+            b"206",
+            "curl -r {range}: {}",
+            String::from_utf8_lossy(body)
+        );
+        body.to_vec()
     };
     assert_eq!(curl("1000-2999"), &bytes[1000..=2999]);
     assert_eq!(curl("-4096"), &bytes[bytes.len() - 4096..]);

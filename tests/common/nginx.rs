@@ -28,7 +28,7 @@ impl Nginx {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        for sub in ["body", "proxy"] {
+        for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             let path = dir.path().join(sub);
             std::fs::create_dir(&path).unwrap();
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
@@ -122,6 +122,9 @@ http {{
   access_log off;
   client_body_temp_path {dir}/body;
   proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
   client_max_body_size 128m;
   upstream api {{
 {servers}  }}

@@ -164,6 +164,25 @@ fn shared_port() -> u16 {
                 assert!(Instant::now() < deadline, "postgres did not listen");
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // Listening is not yet accepting: a loaded machine can still be starting it up.
+            loop {
+                let ready = Command::new(bin_dir().join("pg_isready"))
+                    .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                    .status()
+                    .expect("pg_isready runs");
+                if ready.success() {
+                    break;
+                }
+                assert!(
+                    server.try_wait().unwrap().is_none(),
+                    "postgres exited at start"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "postgres did not accept connections"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
             tx.send(port).unwrap();
             // The server and its directory live as long as this thread: the whole binary.
             let _keep = (dir, server);

@@ -147,9 +147,12 @@ impl ServerProcess {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server reports its address");
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            // Not left running behind a failed test.
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the server did not report its address ({status:?})");
+        };
         Self {
             child,
             addr,
