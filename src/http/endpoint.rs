@@ -14,6 +14,10 @@ use crate::media::{MediaKey, MediaKind};
 pub enum Endpoint {
     /// The web application's page.
     Page,
+    /// One of the page's scripts or styles, by its fingerprinted name.
+    Asset {
+        name: String,
+    },
     Signup,
     Login,
     Upload,
@@ -134,6 +138,16 @@ pub fn route(method: &Method, path: &str) -> Route {
         .as_slice()
     {
         [""] => ("/", "GET", only(get, E::Page)),
+        ["assets", name] => (
+            "/assets/:name",
+            "GET",
+            only(
+                get,
+                E::Asset {
+                    name: name.to_string(),
+                },
+            ),
+        ),
         ["metrics"] => ("/metrics", "GET", only(get, E::Metrics)),
         ["api", "auth", "signup"] => ("/api/auth/signup", "POST", only(post, E::Signup)),
         ["api", "auth", "login"] => ("/api/auth/login", "POST", only(post, E::Login)),

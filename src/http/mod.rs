@@ -78,6 +78,7 @@ async fn dispatch(node: &Node, endpoint: Endpoint, request: Request) -> Result<R
     use Endpoint as E;
     match endpoint {
         E::Page => Ok(web::index(&node.config().server.public_url)),
+        E::Asset { name } => web::asset(&name).ok_or_else(error::not_found),
         E::Signup => accounts::signup(node, request).await,
         E::Login => accounts::login(node, request).await,
         E::Upload => videos::upload(node, request).await,

@@ -1,11 +1,12 @@
-//! The web page, embedded in the binary, with a Content-Security-Policy that allows exactly its
-//! own inline script and style (by hash, computed from the embedded page so they never drift)
-//! and nothing from elsewhere but the media origin.
+//! The web application, embedded in the binary: the page, and its scripts and styles served
+//! under fingerprinted names (`/assets/app.<hash>.js`) that are cached for a year, since a
+//! change of content is a change of name. The page names them by their fingerprints, so it is
+//! never cached without revalidation. Its Content-Security-Policy allows scripts and styles
+//! from the node's own origin only (no inline code), and media from the origin media URLs name.
 
 use std::sync::OnceLock;
 
-use base64::Engine as _;
-use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG};
 use http::HeaderValue;
 use sha2::Digest;
 
@@ -13,24 +14,63 @@ use super::response::{full, Response};
 
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 
-/// `'sha256-…'` sources for the bodies of every `<tag>…</tag>` block of `html`.
-fn inline_hashes(html: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let mut hashes = Vec::new();
-    let mut rest = html;
-    while let Some(start) = rest.find(&open) {
-        let body = &rest[start + open.len()..];
-        let Some(end) = body.find(&close) else {
-            break;
-        };
-        let digest = sha2::Sha256::digest(&body.as_bytes()[..end]);
-        hashes.push(format!(
-            "'sha256-{}'",
-            base64::engine::general_purpose::STANDARD.encode(digest)
-        ));
-        rest = &body[end + close.len()..];
-    }
-    hashes
+/// The embedded files the page refers to: (name, content type, content).
+const FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/app.css"),
+    ),
+];
+
+/// An embedded file under its fingerprinted name.
+struct Asset {
+    /// `app.3f2a9c1b7d0e.js`: the name's stem, 12 hex digits of the content's SHA-256, the
+    /// extension.
+    served_as: String,
+    /// The name the page uses in its `{{…}}` placeholders.
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+    etag: String,
+}
+
+fn assets() -> &'static [Asset] {
+    static ASSETS: OnceLock<Vec<Asset>> = OnceLock::new();
+    ASSETS.get_or_init(|| {
+        FILES
+            .iter()
+            .map(|(name, content_type, body)| {
+                let digest = hex::encode(sha2::Sha256::digest(body));
+                let (stem, extension) = name.rsplit_once('.').unwrap_or((name, ""));
+                Asset {
+                    served_as: format!("{stem}.{}.{extension}", &digest[..12]),
+                    name,
+                    content_type,
+                    body,
+                    etag: format!("\"{digest}\""),
+                }
+            })
+            .collect()
+    })
+}
+
+/// The page, its placeholders replaced by the assets' fingerprinted paths.
+fn page() -> &'static str {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    PAGE.get_or_init(|| {
+        assets().iter().fold(INDEX_HTML.to_string(), |page, asset| {
+            page.replace(
+                &format!("{{{{{}}}}}", asset.name),
+                &format!("/assets/{}", asset.served_as),
+            )
+        })
+    })
 }
 
 /// The origin (`scheme://host[:port]`) of `server.public_url`, when it names one.
@@ -41,29 +81,22 @@ fn origin(public_url: &str) -> Option<String> {
     (!host.is_empty()).then(|| format!("{scheme}://{host}"))
 }
 
-/// The page's policy: its own script and style, the API on its own origin, media from its own
-/// origin and the one media URLs name.
+/// The page's policy: scripts and styles of its own origin, the API on its own origin, media
+/// from its own origin and the one media URLs name.
 pub fn content_security_policy(public_url: &str) -> String {
-    static HASHES: OnceLock<(String, String)> = OnceLock::new();
-    let (scripts, styles) = HASHES.get_or_init(|| {
-        (
-            inline_hashes(INDEX_HTML, "script").join(" "),
-            inline_hashes(INDEX_HTML, "style").join(" "),
-        )
-    });
     let media = match origin(public_url) {
         Some(origin) => format!("'self' {origin}"),
         None => "'self'".to_string(),
     };
     format!(
-        "default-src 'none'; script-src {scripts}; style-src {styles}; connect-src 'self'; \
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
          img-src {media}; media-src {media}; base-uri 'none'; form-action 'self'; \
          frame-ancestors 'none'"
     )
 }
 
 pub fn index(public_url: &str) -> Response {
-    let mut response = full(http::StatusCode::OK, INDEX_HTML);
+    let mut response = full(http::StatusCode::OK, page());
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
@@ -76,24 +109,53 @@ pub fn index(public_url: &str) -> Response {
     response
 }
 
+/// The asset served as `name`, if there is one: cached for a year, never changing.
+pub fn asset(name: &str) -> Option<Response> {
+    let asset = assets().iter().find(|a| a.served_as == name)?;
+    let mut response = full(http::StatusCode::OK, asset.body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if let Ok(etag) = HeaderValue::from_str(&asset.etag) {
+        headers.insert(ETAG, etag);
+    }
+    Some(response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_policy_names_the_pages_own_blocks_and_the_media_origin() {
+    fn the_page_names_every_asset_by_its_fingerprint_and_has_no_inline_code() {
+        let page = page();
+        assert!(!page.contains("{{"), "a placeholder left: {page}");
+        for asset in assets() {
+            assert!(page.contains(&format!("/assets/{}", asset.served_as)));
+            assert!(
+                asset.served_as.len() == asset.name.len() + 13,
+                "{}",
+                asset.served_as
+            );
+            assert!(super::asset(&asset.served_as).is_some());
+        }
+        assert!(!page.contains("<script>") && !page.contains("<style>"));
+        assert!(super::asset("app.js").is_none(), "only fingerprinted names");
+    }
+
+    #[test]
+    fn the_policy_allows_only_the_nodes_own_code_and_the_media_origin() {
         let policy = content_security_policy("https://media.example.com/");
-        assert_eq!(inline_hashes(INDEX_HTML, "script").len(), 1);
-        assert_eq!(inline_hashes(INDEX_HTML, "style").len(), 1);
-        assert!(policy.contains("script-src 'sha256-"), "{policy}");
+        assert!(policy.contains("script-src 'self';"), "{policy}");
+        assert!(policy.contains("style-src 'self';"), "{policy}");
         assert!(
             policy.contains("media-src 'self' https://media.example.com;"),
             "{policy}"
         );
+        assert!(!policy.contains("unsafe"), "{policy}");
         assert!(!content_security_policy("").contains("example"));
-        assert_eq!(
-            inline_hashes("<script>a</script><p><script>b</script>", "script").len(),
-            2
-        );
     }
 }

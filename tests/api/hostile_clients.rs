@@ -425,7 +425,7 @@ async fn every_answer_forbids_sniffing_and_referrers_and_the_page_has_a_policy()
         .to_string();
     for directive in [
         "default-src 'none'",
-        "script-src 'sha256-",
+        "script-src 'self';",
         "frame-ancestors 'none'",
         "base-uri 'none'",
     ] {
@@ -462,4 +462,47 @@ async fn names_and_titles_cannot_carry_controls_or_direction_overrides() {
         assert!(detail_of(&body).contains("title"), "{body}");
     }
     assert!(t.files_under("tmp").is_empty());
+}
+
+#[tokio::test]
+async fn the_pages_scripts_and_styles_are_its_own_fingerprinted_files_cached_for_a_year() {
+    let t = TestApp::start();
+    let page = t.http.get(t.url("/")).send().await.unwrap();
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("<script>") && !html.contains("<style"),
+        "{html}"
+    );
+    let paths: Vec<&str> = html
+        .split('"')
+        .filter(|s| s.starts_with("/assets/"))
+        .collect();
+    assert_eq!(paths.len(), 2, "{html}");
+    for path in paths {
+        let response = t.http.get(t.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        assert_eq!(
+            headers["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        let kind = if path.ends_with(".js") {
+            "text/javascript; charset=utf-8"
+        } else {
+            "text/css; charset=utf-8"
+        };
+        assert_eq!(headers["content-type"], kind, "{path}");
+        // The name carries the first 12 hex digits of the content's SHA-256, the ETag all.
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(response.bytes().await.unwrap()));
+        assert!(path.contains(&format!(".{}.", &digest[..12])), "{path}");
+        assert_eq!(headers["etag"], format!("\"{digest}\""));
+    }
+    // Only the fingerprinted names are served.
+    for path in ["/assets/app.js", "/assets/../Cargo.toml", "/assets/"] {
+        let (status, body) = t.get(path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        detail_of(&body);
+    }
 }
