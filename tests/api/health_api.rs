@@ -125,5 +125,13 @@ async fn the_web_page_is_served_at_the_root() {
         .unwrap()
         .starts_with("text/html"));
     let html = response.text().await.unwrap();
-    assert!(html.contains("/api/public/rankings") && html.contains("/api/public/videos"));
+    // Its script, which it names, reads the public routes.
+    let script = html
+        .split('"')
+        .find(|s| s.starts_with("/assets/app.") && s.ends_with(".js"))
+        .unwrap_or_else(|| panic!("no script in {html}"));
+    let (status, code) = t.get(script, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let code = code.as_str().unwrap();
+    assert!(code.contains("/api/public/rankings") && code.contains("/api/public/videos"));
 }
