@@ -34,20 +34,16 @@ const VOTERS: usize = 3;
 
 /// A short rendition keeps the drill about recovery, not about transcoding speed.
 fn server_env() -> Vec<(&'static str, &'static str)> {
-    vec![
+    let mut env = vec![
         ("RUST_LOG", "warn,showcase::app=info"),
         ("SHOWCASE_ADMIN__TOKEN", ADMIN_TOKEN),
         ("SHOWCASE_TRANSCODE__WORKERS", "1"),
-        ("SHOWCASE_TRANSCODE__MAIN_MAX_S", "1"),
-        ("SHOWCASE_TRANSCODE__BUMPER_S", "0.5"),
-        ("SHOWCASE_TRANSCODE__PRESET", "ultrafast"),
-        ("SHOWCASE_TRANSCODE__POLL_INTERVAL_MS", "100"),
-        ("SHOWCASE_TRANSCODE__RETRY_BASE_S", "1"),
-        ("SHOWCASE_TRANSCODE__RETRY_MAX_S", "2"),
         // Jobs in flight at the kill come back soon.
         ("SHOWCASE_QUEUE__VISIBILITY_TIMEOUT_S", "3"),
         ("SHOWCASE_SERVER__SHUTDOWN_GRACE_S", "5"),
-    ]
+    ];
+    env.extend(common::process::QUICK_TRANSCODE);
+    env
 }
 
 /// What the clients sent and what the server acknowledged.

@@ -246,6 +246,17 @@ impl ServerProcess {
     }
 }
 
+/// A short rendition (one second between half-second bumpers, the fastest preset) with quick
+/// polls and retries: for the tests about recovery and fleets, not about transcoding.
+pub const QUICK_TRANSCODE: [(&str, &str); 6] = [
+    ("SHOWCASE_TRANSCODE__MAIN_MAX_S", "1"),
+    ("SHOWCASE_TRANSCODE__BUMPER_S", "0.5"),
+    ("SHOWCASE_TRANSCODE__PRESET", "ultrafast"),
+    ("SHOWCASE_TRANSCODE__POLL_INTERVAL_MS", "100"),
+    ("SHOWCASE_TRANSCODE__RETRY_BASE_S", "1"),
+    ("SHOWCASE_TRANSCODE__RETRY_MAX_S", "2"),
+];
+
 /// The `showcase` executable the tests run: `SHOWCASE_TEST_BIN` (the cluster test runs the
 /// release build), else the one cargo built with the tests.
 pub fn executable() -> PathBuf {
