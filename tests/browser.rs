@@ -1,71 +1,273 @@
-//! A real browser: headless Chromium loads the page under its Content-Security-Policy, plays a
-//! served video in a `<video>` element, seeks to 10 s (which it does with Range requests) and
-//! gets there.
+//! The web application in a real browser: headless Chromium (Debian's) driven by
+//! `playwright-core`, axe-core and Lighthouse, all from the npm registry at the versions of
+//! `tests/browser/package-lock.json`.
+//!
+//! - `tests/browser/app.mjs` uses the application as players, fans and an operator do, checks
+//!   every view with axe-core and photographs it at 1280 and 375 px;
+//! - `tests/browser/lighthouse.mjs` scores the home page holding 24 published videos.
+//!
+//! The screenshots, the axe findings and the Lighthouse reports are written under
+//! `target/tmp/web-app/` (the path is printed).
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{clip, poster_jpeg, Clip, TestApp};
+use common::{clip, generate_mp4, poster_jpeg, Clip, TestApp};
+use serde_json::{json, Value};
 
-/// The browser driver, installed once per build directory from the npm registry.
+const ADMIN_TOKEN: &str = "token-de-operaciones-de-prueba";
+
+/// The browser tests share two cores: one at a time, so that Lighthouse measures the page and
+/// not the other test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The scripts' directory in the build tree, its packages installed from the lockfile (again
+/// whenever the lockfile changes).
 fn driver() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
     std::fs::create_dir_all(&dir).unwrap();
     let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    for file in ["package.json", "play.mjs"] {
+    for file in [
+        "package.json",
+        "package-lock.json",
+        "app.mjs",
+        "lighthouse.mjs",
+    ] {
         std::fs::copy(source.join(file), dir.join(file)).unwrap();
     }
-    if !dir.join("node_modules/playwright-core").exists() {
+    let lock = std::fs::read(dir.join("package-lock.json")).unwrap();
+    let stamp = dir.join("node_modules/.installed-from-lock");
+    if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
         let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(&dir)
             .status()
             .expect("npm must be installed (make test installs it)");
-        assert!(status.success(), "npm install failed");
+        assert!(status.success(), "npm ci failed");
+        std::fs::write(&stamp, &lock).unwrap();
     }
-    dir.join("play.mjs")
+    dir
 }
 
-#[tokio::test]
-async fn chromium_plays_a_served_video_and_seeks_to_ten_seconds() {
-    let script = driver();
-    let t = TestApp::start();
-    let (_, token) = t.quick_player("Luis", "Díaz", "Cali").await;
-    let id = t.uploaded_video(&token, "En el navegador").await;
-    t.publish_with_files(id, &clip(Clip::Valid), &poster_jpeg())
-        .await;
+/// Where a test writes what it saw.
+fn output(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("web-app")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
-    let base = t.url("");
-    let media = format!("/media/{id}.mp4");
+/// Runs `node <script> <args>` in the driver's directory; its last stdout line is JSON.
+async fn node(dir: &Path, script: &str, args: Vec<String>) -> Value {
+    let dir = dir.to_path_buf();
+    let program = script.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .arg(&script)
-            .arg(&base)
-            .arg(&media)
+            .arg(&program)
+            .args(&args)
+            .current_dir(&dir)
             .output()
     })
     .await
     .unwrap()
     .expect("node must be installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    let last = stdout.trim().lines().last().unwrap_or("");
+    let report: Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{script}: {e}\n{stdout}\n{stderr}"));
     assert!(
         out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{script} failed: {}\n{stderr}",
+        report["error"].as_str().unwrap_or(&stdout)
     );
-    let seen: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    let duration = seen["duration"].as_f64().unwrap();
-    assert!((duration - 25.0).abs() < 0.5, "{seen}");
-    assert!(seen["currentTime"].as_f64().unwrap() >= 10.0, "{seen}");
-    assert!(seen["readyState"].as_u64().unwrap() >= 2, "{seen}");
-    // The page ran under its Content-Security-Policy: its script listed the video, and the
-    // browser refused nothing.
+    report
+}
+
+#[tokio::test]
+async fn players_fans_and_an_operator_use_the_web_application() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = driver();
+    let out = output("views");
+    let t = TestApp::start_with(|c| {
+        c.transcode.workers = 1;
+        c.transcode.encoding.main_max_s = 12.0;
+        c.transcode.encoding.bumper_s = 0.5;
+        c.transcode.encoding.preset = "ultrafast".into();
+        c.transcode.retry_base_s = 1;
+        c.faults.enabled = true;
+        c.admin.token = ADMIN_TOKEN.into();
+        // A crashed transcode is dead-lettered at once, for the operator to re-drive.
+        c.queue.max_receives = 1;
+    });
+
+    // The server's own words for the two refusals the page must show.
+    let valid = clip(Clip::Valid);
+    let short = generate_mp4("short-1920x1080-10s.mp4", 1920, 1080, 10);
+    let text = clip(Clip::Text);
+    let (_, token) = t.quick_player("Referencia", "Apellido", "Lima").await;
+    let refusal = |(status, body): (reqwest::StatusCode, Value)| {
+        assert_eq!(status, 400, "{body}");
+        body["detail"].as_str().unwrap().to_string()
+    };
+    let short_refusal = refusal(t.upload(&token, &short, "corto").await);
+    let text_refusal = refusal(t.upload(&token, &text, "texto").await);
+
+    let scenario = json!({
+        "admin_token": ADMIN_TOKEN,
+        "players": [
+            {"first": "Camila", "last": "Ríos", "email": "camila@example.com",
+             "password": common::PASSWORD, "city": "Bogotá"},
+            {"first": "Andrés", "last": "Peña", "email": "andres@example.com",
+             "password": common::PASSWORD, "city": "Medellín"},
+        ],
+        "title": "Triple desde la esquina",
+        "failing_title": "Crossover en la zona",
+        "deleted_title": "Video para borrar",
+        // Neither accents nor case: the rankings must still find Bogotá.
+        "city_query": "BOGOTA",
+        "clips": {"valid": valid, "short": short, "text": text},
+        "refusals": {"short": short_refusal, "text": text_refusal},
+    });
+    let scenario_path = out.join("scenario.json");
+    std::fs::write(&scenario_path, scenario.to_string()).unwrap();
+
+    let report = node(
+        &dir,
+        "app.mjs",
+        vec![
+            t.url(""),
+            out.display().to_string(),
+            scenario_path.display().to_string(),
+        ],
+    )
+    .await;
+    eprintln!("screenshots and findings: {}", out.display());
+
+    // axe-core: no serious or critical violation on any view, at either width.
+    let views = report["views"].as_object().unwrap();
+    for view in [
+        "registro",
+        "entrar",
+        "mis-videos",
+        "inicio",
+        "clasificacion",
+        "operaciones-acceso",
+        "operaciones",
+        "inicio-sin-sesion",
+    ] {
+        let found = views[view].as_array().expect(view);
+        let grave: Vec<&Value> = found
+            .iter()
+            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+            .collect();
+        assert!(grave.is_empty(), "{view}: {grave:#?}");
+        for width in [1280, 375] {
+            let shot = out.join(format!("{view}-{width}.png"));
+            assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "{shot:?}");
+        }
+    }
+    // The page ran under its Content-Security-Policy without a refusal or a script error
+    // (the 4xx answers the scenario provokes are logged by the browser, and are all).
+    for line in report["console"].as_array().unwrap() {
+        let line = line.as_str().unwrap();
+        assert!(
+            line.starts_with("Failed to load resource: the server responded with a status of 4"),
+            "{line}"
+        );
+    }
+    // What the browser showed is what the node holds.
+    let (_, published) = t.get("/api/public/videos", None).await;
+    let published = published.as_array().unwrap();
+    let titles: Vec<&str> = published
+        .iter()
+        .map(|v| v["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.len(), 2, "{titles:?}");
     assert!(
-        seen["shown"].as_str().unwrap().contains("En el navegador"),
-        "{seen}"
+        titles.contains(&"Triple desde la esquina") && titles.contains(&"Crossover en la zona")
     );
-    assert_eq!(seen["refused"], serde_json::json!([]), "{seen}");
+    let voted = published
+        .iter()
+        .find(|v| v["title"] == "Triple desde la esquina")
+        .unwrap();
+    assert_eq!(voted["votes"], 1, "one vote, counted once");
+    assert!(report["played"]["currentTime"].as_f64().unwrap() >= 10.0);
+}
+
+#[tokio::test]
+async fn lighthouse_scores_the_home_page_with_24_published_videos() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = driver();
+    let out = output("lighthouse");
+    let t = TestApp::start();
+    let (video, poster) = (clip(Clip::Valid), poster_jpeg());
+    let cities = ["Bogotá", "Medellín", "Cali", "Barranquilla"];
+    for (n, city) in cities.iter().enumerate() {
+        let (_, token) = t
+            .quick_player("Jugador", &format!("Número {n}"), city)
+            .await;
+        for k in 0..6 {
+            let id = t
+                .uploaded_video(&token, &format!("Jugada {k} desde {city}"))
+                .await;
+            t.publish_with_files(id, &video, &poster).await;
+        }
+    }
+    let (_, listed) = t.get("/api/public/videos?limit=24", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 24);
+
+    let runs = node(
+        &dir,
+        "lighthouse.mjs",
+        vec![t.url("/"), "3".into(), out.display().to_string()],
+    )
+    .await;
+    let runs = runs.as_array().unwrap();
+    let median = |category: &str| {
+        let mut scores: Vec<u64> = runs
+            .iter()
+            .map(|r| r["scores"][category].as_u64().unwrap())
+            .collect();
+        scores.sort();
+        scores[scores.len() / 2]
+    };
+    for run in runs {
+        eprintln!(
+            "lighthouse run {}: {} {} first load {} bytes ({} without media)",
+            run["run"],
+            run["scores"],
+            run["metrics"],
+            run["bytes"]["total"],
+            run["bytes"]["without_media"]
+        );
+        assert!(run["runtime_error"].is_null(), "{run}");
+    }
+    eprintln!("reports: {}", out.display());
+    let (performance, accessibility, practices) = (
+        median("performance"),
+        median("accessibility"),
+        median("best-practices"),
+    );
+    eprintln!(
+        "median of {} runs: performance {performance}, accessibility {accessibility}, \
+         best practices {practices}",
+        runs.len()
+    );
+    assert!(accessibility >= 95, "accessibility {accessibility}");
+    assert!(practices >= 95, "best practices {practices}");
+    assert!(performance >= 90, "performance {performance}");
+    // The first load stays small before media (posters and videos).
+    for run in runs {
+        let bytes = run["bytes"]["without_media"].as_u64().unwrap();
+        assert!(
+            bytes > 0 && bytes < 150 * 1024,
+            "{bytes} bytes before media"
+        );
+    }
 }

@@ -77,7 +77,7 @@ pub fn handler(node: Arc<Node>, served: Served) -> server::Handler {
 async fn dispatch(node: &Node, endpoint: Endpoint, request: Request) -> Result<Response, ApiError> {
     use Endpoint as E;
     match endpoint {
-        E::Page => Ok(web::index(&node.config().server.public_url)),
+        E::Page => Ok(web::index(node.config())),
         E::Asset { name } => web::asset(&name).ok_or_else(error::not_found),
         E::Signup => accounts::signup(node, request).await,
         E::Login => accounts::login(node, request).await,

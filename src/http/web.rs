@@ -3,6 +3,8 @@
 //! change of content is a change of name. The page names them by their fingerprints, so it is
 //! never cached without revalidation. Its Content-Security-Policy allows scripts and styles
 //! from the node's own origin only (no inline code), and media from the origin media URLs name.
+//! The page also carries the node's upload policy (`data-*` attributes of its body), so that
+//! the browser can tell a player what the node would refuse before sending a byte.
 
 use std::sync::OnceLock;
 
@@ -11,6 +13,7 @@ use http::HeaderValue;
 use sha2::Digest;
 
 use super::response::{full, Response};
+use crate::config::Config;
 
 const INDEX_HTML: &str = include_str!("../../static/index.html");
 
@@ -25,6 +28,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "app.css",
         "text/css; charset=utf-8",
         include_bytes!("../../static/app.css"),
+    ),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_bytes!("../../static/icon.svg"),
     ),
 ];
 
@@ -60,7 +68,7 @@ fn assets() -> &'static [Asset] {
     })
 }
 
-/// The page, its placeholders replaced by the assets' fingerprinted paths.
+/// The page, its asset placeholders replaced by the assets' fingerprinted paths.
 fn page() -> &'static str {
     static PAGE: OnceLock<String> = OnceLock::new();
     PAGE.get_or_init(|| {
@@ -82,7 +90,8 @@ fn origin(public_url: &str) -> Option<String> {
 }
 
 /// The page's policy: scripts and styles of its own origin, the API on its own origin, media
-/// from its own origin and the one media URLs name.
+/// from its own origin and the one media URLs name (and `blob:` media: the upload form reads a
+/// chosen file's duration and size from a local object URL).
 pub fn content_security_policy(public_url: &str) -> String {
     let media = match origin(public_url) {
         Some(origin) => format!("'self' {origin}"),
@@ -90,20 +99,35 @@ pub fn content_security_policy(public_url: &str) -> String {
     };
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-         img-src {media}; media-src {media}; base-uri 'none'; form-action 'self'; \
+         img-src {media}; media-src {media} blob:; base-uri 'none'; form-action 'self'; \
          frame-ancestors 'none'"
     )
 }
 
-pub fn index(public_url: &str) -> Response {
-    let mut response = full(http::StatusCode::OK, page());
+/// The page of a node: the upload policy of its configuration filled in.
+fn page_of(config: &Config) -> String {
+    let upload = &config.upload;
+    [
+        ("upload.max_bytes", upload.max_bytes.to_string()),
+        ("upload.min_duration_s", upload.min_duration_s.to_string()),
+        ("upload.max_duration_s", upload.max_duration_s.to_string()),
+        ("upload.min_short_side", upload.min_short_side.to_string()),
+    ]
+    .iter()
+    .fold(page().to_string(), |page, (key, value)| {
+        page.replace(&format!("{{{{{key}}}}}"), value)
+    })
+}
+
+pub fn index(config: &Config) -> Response {
+    let mut response = full(http::StatusCode::OK, page_of(config));
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(policy) = HeaderValue::from_str(&content_security_policy(public_url)) {
+    if let Ok(policy) = HeaderValue::from_str(&content_security_policy(&config.server.public_url)) {
         headers.insert(CONTENT_SECURITY_POLICY, policy);
     }
     response
@@ -131,8 +155,12 @@ mod tests {
 
     #[test]
     fn the_page_names_every_asset_by_its_fingerprint_and_has_no_inline_code() {
-        let page = page();
+        let mut config = Config::default();
+        config.upload.min_duration_s = 12.5;
+        let page = page_of(&config);
         assert!(!page.contains("{{"), "a placeholder left: {page}");
+        assert!(page.contains(r#"data-min-duration-s="12.5""#), "{page}");
+        assert!(page.contains(r#"data-max-bytes="104857600""#), "{page}");
         for asset in assets() {
             assert!(page.contains(&format!("/assets/{}", asset.served_as)));
             assert!(
@@ -143,6 +171,7 @@ mod tests {
             assert!(super::asset(&asset.served_as).is_some());
         }
         assert!(!page.contains("<script>") && !page.contains("<style>"));
+        assert!(!page.contains(" style="), "no inline style attributes");
         assert!(super::asset("app.js").is_none(), "only fingerprinted names");
     }
 
@@ -152,7 +181,7 @@ mod tests {
         assert!(policy.contains("script-src 'self';"), "{policy}");
         assert!(policy.contains("style-src 'self';"), "{policy}");
         assert!(
-            policy.contains("media-src 'self' https://media.example.com;"),
+            policy.contains("media-src 'self' https://media.example.com blob:;"),
             "{policy}"
         );
         assert!(!policy.contains("unsafe"), "{policy}");
