@@ -153,7 +153,10 @@ try {
   await card.waitFor();
   expect(await player.locator('video').count() === 0, 'no video element before one is played');
   await check(player, 'inicio');
-  await card.getByRole('button', { name: `Reproducir «${scenario.title}»` }).click();
+  await card.getByRole('button', { name: `Reproducir «${scenario.title}»` }).focus();
+  await player.keyboard.press('Enter');
+  await card.locator('video').waitFor();
+  expect(await player.evaluate(() => document.activeElement.tagName) === 'VIDEO', 'the player takes the focus');
   const played = await card.locator('video').evaluate(async (video) => {
     const once = (name) => new Promise((resolve, reject) => {
       video.addEventListener(name, resolve, { once: true });
@@ -196,8 +199,18 @@ try {
   await check(voter, 'clasificacion');
   step(`a fan voted; the ranking filtered by "${scenario.city_query}" shows ${cells.join(' | ')}`);
 
+  // Keyboard only: the log-in form takes the focus, Tab moves through it in order, Enter sends.
   const again = await tab();
-  await logIn(again, fan);
+  await again.goto(`${base}/#/entrar`);
+  await again.getByRole('heading', { name: 'Iniciar sesión' }).waitFor();
+  expect(await again.evaluate(() => document.activeElement.id) === 'email', 'the focus starts in the e-mail field');
+  await again.keyboard.type(fan.email);
+  await again.keyboard.press('Tab');
+  expect(await again.evaluate(() => document.activeElement.id) === 'password', 'Tab leads to the password');
+  await again.keyboard.type(fan.password);
+  await again.keyboard.press('Enter');
+  await again.getByRole('heading', { name: 'Mis videos' }).waitFor();
+  expect(await again.evaluate(() => document.activeElement.tagName) === 'H1', 'the new view\'s heading has the focus');
   await again.goto(`${base}/#/`);
   const acard = again.getByRole('listitem').filter({ has: again.getByRole('heading', { name: scenario.title }) });
   await acard.getByRole('button', { name: 'Votar' }).click();
