@@ -81,12 +81,19 @@ async fn commit(
         mut file,
         media,
         slot,
+        identity,
     } = upload;
-    let id = engine
-        .store
-        .allocate_video_id()
-        .await
-        .map_err(CommitError::Store)?;
+    let (id, task_id) = match identity {
+        Some(chosen) => chosen,
+        None => (
+            engine
+                .store
+                .allocate_video_id()
+                .await
+                .map_err(CommitError::Store)?,
+            uuid::Uuid::new_v4().to_string(),
+        ),
+    };
     let key = original_key(id);
     // On a shared store, noted first: should this node die before the commit, another deletes
     // the file no record will refer to.
@@ -100,7 +107,6 @@ async fn commit(
         return Err(CommitError::Blob(e));
     }
     file.disarm();
-    let task_id = uuid::Uuid::new_v4().to_string();
     let new = NewVideo {
         id,
         owner_id,

@@ -125,6 +125,9 @@ pub struct RateLimitConfig {
     pub login_burst: u32,
     pub vote_per_minute: u32,
     pub vote_burst: u32,
+    /// Creations of resumable uploads.
+    pub upload_creation_per_minute: u32,
+    pub upload_creation_burst: u32,
     /// How often buckets of idle clients are dropped.
     pub evict_every_s: u64,
 }
@@ -138,6 +141,8 @@ impl Default for RateLimitConfig {
             login_burst: 10,
             vote_per_minute: 120,
             vote_burst: 30,
+            upload_creation_per_minute: 30,
+            upload_creation_burst: 10,
             evict_every_s: 60,
         }
     }
@@ -330,6 +335,10 @@ pub struct UploadConfig {
     pub min_bytes_per_s: u64,
     /// Seconds an upload may take before its average rate is judged.
     pub rate_grace_s: u64,
+    /// Seconds an incomplete resumable upload is kept (`Upload-Expires`).
+    pub resumable_ttl_s: u64,
+    /// Incomplete resumable uploads one player may have at a time.
+    pub max_resumable_per_player: usize,
 }
 
 impl Default for UploadConfig {
@@ -344,6 +353,8 @@ impl Default for UploadConfig {
             max_queue_depth: 10_000,
             min_bytes_per_s: 32 * 1024,
             rate_grace_s: 15,
+            resumable_ttl_s: 86_400,
+            max_resumable_per_player: 5,
         }
     }
 }

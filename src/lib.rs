@@ -20,6 +20,7 @@ pub mod node;
 pub mod notify;
 pub mod panics;
 pub mod rate_limit;
+pub mod resumable;
 pub mod sandbox;
 pub mod signed_url;
 pub mod system;

@@ -27,6 +27,8 @@ pub enum Limited {
     Signup,
     Login,
     Vote,
+    /// Creating a resumable upload.
+    UploadCreation,
 }
 
 /// A client spent its budget; its next token comes after `wait`.
@@ -43,6 +45,7 @@ pub struct RateLimits {
     signup: Buckets,
     login: Buckets,
     vote: Buckets,
+    upload_creation: Buckets,
     clock: DefaultClock,
 }
 
@@ -60,6 +63,10 @@ impl RateLimits {
             signup: buckets(config.signup_per_minute, config.signup_burst),
             login: buckets(config.login_per_minute, config.login_burst),
             vote: buckets(config.vote_per_minute, config.vote_burst),
+            upload_creation: buckets(
+                config.upload_creation_per_minute,
+                config.upload_creation_burst,
+            ),
             clock: DefaultClock::default(),
         }
     }
@@ -69,6 +76,7 @@ impl RateLimits {
             Limited::Signup => &self.signup,
             Limited::Login => &self.login,
             Limited::Vote => &self.vote,
+            Limited::UploadCreation => &self.upload_creation,
         }
     }
 
@@ -89,7 +97,7 @@ impl RateLimits {
     /// Drops the buckets that are full again (their clients have been idle long enough), and
     /// gives the memory back.
     pub fn evict_idle(&self) {
-        for buckets in [&self.signup, &self.login, &self.vote]
+        for buckets in [&self.signup, &self.login, &self.vote, &self.upload_creation]
             .into_iter()
             .flatten()
         {
@@ -100,7 +108,7 @@ impl RateLimits {
 
     /// How many client buckets exist now, over all routes.
     pub fn tracked_clients(&self) -> usize {
-        [&self.signup, &self.login, &self.vote]
+        [&self.signup, &self.login, &self.vote, &self.upload_creation]
             .into_iter()
             .flatten()
             .map(|b| b.len())
@@ -205,6 +213,8 @@ mod tests {
             login_burst: 0,
             vote_per_minute: per_minute,
             vote_burst: burst,
+            upload_creation_per_minute: 0,
+            upload_creation_burst: 0,
             evict_every_s: 60,
         }
     }

@@ -85,6 +85,9 @@ pub struct PreparedUpload {
     pub file: TempUpload,
     pub media: MediaInfo,
     pub slot: UploadSlot,
+    /// The video id and task id to commit under, when chosen beforehand (a resumable upload
+    /// records them before its commit); fresh ones otherwise.
+    pub identity: Option<(crate::domain::VideoId, String)>,
 }
 
 /// Why a prepared upload was not committed.
@@ -120,14 +123,49 @@ const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 /// While the upload streams in, writeback of what was written is started in the background
 /// (`sync_file_range`), overlapping disk writes with the network instead of leaving them all to
 /// the final fsync.
-pub struct FileSink {
+pub struct FileSink<T = TempUpload> {
     chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<TempUpload>>>,
+    writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<T>>>,
     aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl FileSink {
+impl FileSink<TempUpload> {
+    /// A sink into a new temp file: it is kept only if [`FileSink::finish`] is reached.
     pub fn create(file: TempUpload) -> Self {
+        Self::spawn(move |chunks, aborted| {
+            // On failure or abandonment the guard is dropped here, removing the file.
+            write_chunks(file.path(), chunks, aborted).map(|()| file)
+        })
+    }
+}
+
+impl FileSink<u64> {
+    /// A sink that continues the file at `path` from `offset` (anything past it is cut off
+    /// first). Unlike a new upload, whatever arrives is kept and synced even when the request
+    /// is abandoned: `ended` learns the file's durable length on the writer thread, after the
+    /// sync, whether or not anyone waits for [`FileSink::finish`].
+    pub fn resume(
+        path: PathBuf,
+        offset: u64,
+        ended: impl FnOnce(&std::io::Result<u64>) + Send + 'static,
+    ) -> Self {
+        Self::spawn(move |chunks, _| {
+            let durable = append_chunks(&path, offset, chunks);
+            ended(&durable);
+            durable
+        })
+    }
+}
+
+impl<T: Send + 'static> FileSink<T> {
+    fn spawn(
+        work: impl FnOnce(
+                tokio::sync::mpsc::Receiver<bytes::Bytes>,
+                &std::sync::atomic::AtomicBool,
+            ) -> std::io::Result<T>
+            + Send
+            + 'static,
+    ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(SINK_QUEUE_CHUNKS);
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -140,7 +178,7 @@ impl FileSink {
                     tracing::debug!(%error, "could not lower the upload writer's priority");
                 }
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_chunks(file.path(), rx, &abort_seen)
+                    work(rx, &abort_seen)
                 }))
                 .unwrap_or_else(|panic| {
                     Err(std::io::Error::other(format!(
@@ -148,8 +186,7 @@ impl FileSink {
                         crate::panics::payload_message(panic.as_ref())
                     )))
                 });
-                // On failure or abandonment the guard is dropped here, removing the file.
-                let _ = done_tx.send(written.map(|()| file));
+                let _ = done_tx.send(written);
             });
         // A writer that could not start reports why as its result.
         let done = match started {
@@ -183,13 +220,14 @@ impl FileSink {
         }
     }
 
-    /// Waits until everything written is on disk; hands the file's guard back.
-    pub async fn finish(mut self) -> std::io::Result<TempUpload> {
+    /// Waits until everything written is on disk; hands the writer's result back (a new
+    /// file's guard, or a continued file's durable length).
+    pub async fn finish(mut self) -> std::io::Result<T> {
         self.chunks = None;
         self.join().await
     }
 
-    async fn join(&mut self) -> std::io::Result<TempUpload> {
+    async fn join(&mut self) -> std::io::Result<T> {
         match self.writer.take() {
             Some(writer) => writer.await.unwrap_or_else(|_| {
                 Err(std::io::Error::other(
@@ -201,17 +239,47 @@ impl FileSink {
     }
 }
 
-/// The writer thread's work: every chunk into the file, then fsync unless the upload was
-/// abandoned (which is then an error, so that the file goes with its guard).
+/// The writer thread's work for a new file: every chunk into it, then fsync unless the upload
+/// was abandoned (which is then an error, so that the file goes with its guard).
 fn write_chunks(
     path: &Path,
-    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     aborted: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    copy_chunks(&mut file, 0, chunks)?;
+    if aborted.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(std::io::Error::other("the upload was abandoned"));
+    }
+    file.sync_all()
+}
+
+/// The writer thread's work for a continued file: cut it at `offset`, append every chunk,
+/// and sync what was written even when a write failed. Returns the durable length.
+fn append_chunks(
+    path: &Path,
+    offset: u64,
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(offset)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let copied = copy_chunks(&mut file, offset, chunks);
+    file.sync_data()?;
+    copied?;
+    file.metadata().map(|m| m.len())
+}
+
+/// Writes chunks as they come, starting writeback of every few MiB in the background.
+fn copy_chunks(
+    file: &mut std::fs::File,
+    start: u64,
+    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
 ) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
-    let mut file = std::fs::File::create(path)?;
-    let (mut written, mut synced) = (0u64, 0u64);
+    let (mut written, mut synced) = (start, start);
     while let Some(chunk) = chunks.blocking_recv() {
         file.write_all(&chunk)?;
         written += chunk.len() as u64;
@@ -228,13 +296,10 @@ fn write_chunks(
             synced = written;
         }
     }
-    if aborted.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(std::io::Error::other("the upload was abandoned"));
-    }
-    file.sync_all()
+    Ok(())
 }
 
-impl Drop for FileSink {
+impl<T> Drop for FileSink<T> {
     fn drop(&mut self) {
         // Dropped before `finish`: the upload was abandoned, skip the fsync.
         if self.writer.is_some() {

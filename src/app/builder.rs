@@ -183,6 +183,10 @@ fn assemble_node(
         registry: shared.registry,
         faults: shared.faults,
         addressing,
+        resumable: Arc::new(
+            crate::resumable::Resumable::open(&config.storage.data_dir)
+                .map_err(io_error("opening the resumable uploads"))?,
+        ),
         config,
     }))
 }

@@ -107,6 +107,7 @@ impl Application {
             node.rate_limits().clone(),
             Duration::from_secs(node.config().rate_limit.evict_every_s.max(1)),
         ));
+        let sweeper = tokio::spawn(sweep_expired_uploads(node.resumable().clone()));
         let prober = tokio::spawn(probe_backends(node.clone()));
         let platform = tokio::spawn(take_part(node.clone()));
         let relay = node.engine().outbox.clone().map(|outbox| {
@@ -130,6 +131,7 @@ impl Application {
         serving.stop().await;
         watchdog.abort();
         eviction.abort();
+        sweeper.abort();
         prober.abort();
         platform.abort();
         if let Some(relay) = relay {
@@ -212,6 +214,20 @@ async fn evict_idle_clients(limits: Arc<RateLimits>, every: Duration) {
     loop {
         ticks.tick().await;
         limits.evict_idle();
+    }
+}
+
+/// Removes resumable uploads past their expiry, every minute.
+async fn sweep_expired_uploads(uploads: Arc<crate::resumable::Resumable>) {
+    let every = Duration::from_secs(60);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let removed = uploads.sweep_expired();
+        if removed > 0 {
+            tracing::info!(removed, "expired resumable uploads removed");
+        }
     }
 }
 

@@ -48,6 +48,20 @@ pub enum Endpoint {
         actor: String,
         kind: String,
     },
+    /// tus discovery: the protocol's version, extensions and limits.
+    UploadsOptions,
+    /// tus creation (with an optional first chunk).
+    CreateUpload,
+    /// A resumable upload: `id` is `None` when it cannot name one (not 32 hex digits).
+    UploadStatus {
+        id: Option<String>,
+    },
+    UploadPatch {
+        id: Option<String>,
+    },
+    UploadDelete {
+        id: Option<String>,
+    },
     /// A media file, GET or HEAD.
     Media {
         key: Option<MediaKey>,
@@ -170,6 +184,25 @@ pub fn route(method: &Method, path: &str) -> Route {
                 _ => None,
             };
             ("/api/videos/:id", "GET, DELETE", endpoint)
+        }
+        ["api", "uploads"] => {
+            let endpoint = match *method {
+                Method::POST => Some(E::CreateUpload),
+                Method::OPTIONS => Some(E::UploadsOptions),
+                _ => None,
+            };
+            ("/api/uploads", "POST, OPTIONS", endpoint)
+        }
+        ["api", "uploads", id] => {
+            let id = crate::resumable::valid_id(id).then(|| id.to_string());
+            let endpoint = match *method {
+                Method::HEAD => Some(E::UploadStatus { id }),
+                Method::PATCH => Some(E::UploadPatch { id }),
+                Method::DELETE => Some(E::UploadDelete { id }),
+                Method::OPTIONS => Some(E::UploadsOptions),
+                _ => None,
+            };
+            ("/api/uploads/:id", "HEAD, PATCH, DELETE, OPTIONS", endpoint)
         }
         ["api", "public", "videos"] => ("/api/public/videos", "GET", only(get, E::PublicVideos)),
         ["api", "public", "videos", id, "vote"] => (

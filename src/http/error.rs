@@ -32,6 +32,17 @@ pub enum ApiError {
     #[error("{0}")]
     RequestTimeout(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// tus's 460: the data of a request does not have the checksum the client gave.
+    #[error("{0}")]
+    ChecksumMismatch(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("El rango solicitado no es satisfacible.")]
     RangeNotSatisfiable { len: u64 },
@@ -86,6 +97,11 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::RequestTimeout(_) => "timeout",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Gone(_) => "gone",
+            ApiError::PreconditionFailed(_) => "precondition_failed",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::ChecksumMismatch(_) => "checksum_mismatch",
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::RangeNotSatisfiable { .. } => "unsatisfiable",
             ApiError::TooManyRequests { .. } => "rate_limited",
@@ -102,6 +118,13 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::ChecksumMismatch(_) => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -343,6 +366,37 @@ impl From<NodeError> for ApiError {
             } => ApiError::unavailable(
                 format!("Servicio temporalmente no disponible: {reason}."),
                 retry_after_s,
+            ),
+            NodeError::UploadNotFound => ApiError::NotFound("Subida no encontrada.".into()),
+            NodeError::UploadExpired => {
+                ApiError::Gone("La subida expiró y sus datos fueron eliminados.".into())
+            }
+            NodeError::UploadBusy => ApiError::Conflict(
+                "Otra solicitud está escribiendo esta subida; consulte su desplazamiento con \
+                 HEAD y reanude desde allí."
+                    .into(),
+            ),
+            NodeError::OffsetMismatch { offset } => ApiError::Conflict(format!(
+                "Upload-Offset no coincide con el de la subida, que tiene {offset} bytes."
+            )),
+            NodeError::PastUploadLength { remaining } => ApiError::bad_request(format!(
+                "La solicitud trae más bytes de los {remaining} que le faltan a la subida."
+            )),
+            NodeError::UploadTooLarge { max_bytes } => ApiError::PayloadTooLarge(format!(
+                "Upload-Length supera el tamaño máximo permitido de {} MiB.",
+                max_bytes / (1024 * 1024)
+            )),
+            NodeError::TooManyResumable { max } => ApiError::TooManyRequests {
+                detail: format!(
+                    "Ya tiene {max} subidas sin terminar; termine o elimine alguna antes de \
+                     crear otra."
+                ),
+                retry_after_s: 60,
+            },
+            NodeError::ChecksumMismatch => ApiError::ChecksumMismatch(
+                "La suma de verificación no coincide; los datos de esta solicitud se \
+                 descartaron."
+                    .into(),
             ),
             NodeError::Internal(cause) => ApiError::Internal(cause),
         }

@@ -162,7 +162,7 @@ impl FormReader {
 }
 
 /// The refusal for an upload that fell below the minimum average rate, if it did.
-fn too_slow(received: u64, elapsed: Duration, limits: &FormLimits) -> Option<FormError> {
+pub(super) fn too_slow(received: u64, elapsed: Duration, limits: &FormLimits) -> Option<FormError> {
     if elapsed <= limits.rate_grace {
         return None;
     }

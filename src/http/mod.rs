@@ -23,6 +23,7 @@ mod multipart;
 mod ops;
 mod public;
 mod request;
+mod tus;
 mod videos;
 mod web;
 
@@ -98,6 +99,11 @@ async fn dispatch(node: &Node, endpoint: Endpoint, request: Request) -> Result<R
         E::Faults => admin::faults(node, request).await,
         E::SetFaults => admin::set_faults(node, request).await,
         E::ActorFault { actor, kind } => admin::actor_fault(node, request, &actor, &kind).await,
+        E::UploadsOptions => tus::answer(async { tus::options(node) }).await,
+        E::CreateUpload => tus::answer(tus::create(node, request)).await,
+        E::UploadStatus { id } => tus::answer(tus::status(node, request, id)).await,
+        E::UploadPatch { id } => tus::answer(tus::patch(node, request, id)).await,
+        E::UploadDelete { id } => tus::answer(tus::terminate(node, request, id)).await,
         E::Media { key, head } => media::serve(node, request, key, head).await,
     }
 }

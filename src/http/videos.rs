@@ -36,7 +36,7 @@ fn too_big(max_bytes: u64) -> ApiError {
     ))
 }
 
-fn validate_title(raw: &str) -> Result<String, ApiError> {
+pub(super) fn validate_title(raw: &str) -> Result<String, ApiError> {
     let title = raw.trim();
     let chars = title.chars().count();
     if chars == 0 || chars > MAX_TITLE_CHARS {

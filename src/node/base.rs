@@ -18,6 +18,7 @@ use crate::faults::Faults;
 use crate::health::HealthRegistry;
 use crate::media::{MediaGrant, MediaKey, MediaKind, StreamPermits};
 use crate::rate_limit::{ClientAddressing, Limited, RateLimits};
+use crate::resumable::Resumable;
 use crate::signed_url::{SignatureError, UrlSigner};
 
 use super::admission::UploadAdmission;
@@ -50,6 +51,7 @@ pub struct NodeParts {
     pub faults: Arc<Faults>,
     pub rate_limits: Arc<RateLimits>,
     pub addressing: ClientAddressing,
+    pub resumable: Arc<Resumable>,
 }
 
 pub struct Node {
@@ -64,6 +66,7 @@ pub struct Node {
     pub(super) faults: Arc<Faults>,
     pub(super) rate_limits: Arc<RateLimits>,
     pub(super) addressing: ClientAddressing,
+    pub(super) resumable: Arc<Resumable>,
     pub(super) shutting_down: AtomicBool,
     /// This node among the platform's.
     pub(super) platform: super::backends::Platform,
@@ -99,6 +102,7 @@ impl Node {
             faults,
             rate_limits,
             addressing,
+            resumable,
         } = parts;
         let platform = super::backends::Platform::new(node_id, config.node.role);
         Self {
@@ -113,6 +117,7 @@ impl Node {
             faults,
             rate_limits,
             addressing,
+            resumable,
             shutting_down: AtomicBool::new(false),
             platform,
         }
@@ -141,6 +146,10 @@ impl Node {
 
     pub fn rate_limits(&self) -> &Arc<RateLimits> {
         &self.rate_limits
+    }
+
+    pub fn resumable(&self) -> &Arc<Resumable> {
+        &self.resumable
     }
 
     pub fn registry(&self) -> &Arc<HealthRegistry> {

@@ -54,6 +54,29 @@ pub enum Error {
     /// An actor could not take the request (mailbox full, restarting, too slow).
     #[error("{reason}")]
     Unavailable { reason: String, retry_after_s: u64 },
+    /// No resumable upload by that id for this player.
+    #[error("no such upload")]
+    UploadNotFound,
+    #[error("the upload has expired")]
+    UploadExpired,
+    /// Another request is writing the upload.
+    #[error("the upload is being written by another request")]
+    UploadBusy,
+    /// A PATCH that does not start where the upload stands.
+    #[error("the upload is at offset {offset}")]
+    OffsetMismatch { offset: u64 },
+    /// More bytes than the upload has left.
+    #[error("the upload has {remaining} bytes left")]
+    PastUploadLength { remaining: u64 },
+    /// A declared length over `upload.max_bytes`.
+    #[error("the upload is larger than {max_bytes} bytes")]
+    UploadTooLarge { max_bytes: u64 },
+    /// The player has as many incomplete uploads as allowed.
+    #[error("too many incomplete uploads (at most {max})")]
+    TooManyResumable { max: usize },
+    /// The bytes of a PATCH do not have the checksum the client gave.
+    #[error("the checksum does not match")]
+    ChecksumMismatch,
     #[error("{0}")]
     Internal(String),
 }

@@ -14,6 +14,7 @@ mod backends;
 mod base;
 mod error;
 mod operations;
+mod resumable;
 mod uploads;
 
 pub use admission::{Refusal, UploadAdmission};
@@ -23,4 +24,5 @@ pub use backends::{
 pub use base::{Node, NodeActors, NodeParts, SignUp, HEARTBEAT_STALE_MS};
 pub use error::Error;
 pub use operations::{ActorsReport, DiskReport, StreamsReport};
+pub use resumable::{AdmittedPatch, NewResumable, ResumableState, WritingPatch};
 pub use uploads::{AcceptedUpload, AdmittedUpload};

@@ -102,6 +102,27 @@ impl AdmittedUpload<'_> {
     /// Probes the fsynced `file`, checks the policy and commits the upload. Returns once the
     /// record and its job are durable; on any error the file is removed.
     pub async fn commit(self, title: String, file: TempUpload) -> Result<AcceptedUpload, Error> {
+        self.commit_with(title, file, None).await
+    }
+
+    /// Like [`AdmittedUpload::commit`], under a video id and task id chosen beforehand.
+    pub async fn commit_as(
+        self,
+        title: String,
+        file: TempUpload,
+        video_id: crate::domain::VideoId,
+        task_id: String,
+    ) -> Result<AcceptedUpload, Error> {
+        self.commit_with(title, file, Some((video_id, task_id)))
+            .await
+    }
+
+    async fn commit_with(
+        self,
+        title: String,
+        file: TempUpload,
+        identity: Option<(crate::domain::VideoId, String)>,
+    ) -> Result<AcceptedUpload, Error> {
         let node = self.node;
         let media = node.probe(file.path()).await?;
         check_policy(&media, &node.config.upload)?;
@@ -116,6 +137,7 @@ impl AdmittedUpload<'_> {
             file,
             media,
             slot: self.slot,
+            identity,
         };
         // Admitted work: it waits for mailbox room, and for as long as a commit may take, so
         // that a commit is never reported failed while it is still going on.

@@ -123,10 +123,8 @@ async fn a_panic_in_each_actor_is_restarted_within_a_second_without_hurting_the_
     assert_eq!(consumer["restarts"], 2);
     assert_eq!(consumer["state"], "running");
     // Every actor works again.
-    assert_eq!(
-        t.upload(&token, &clip(Clip::Valid), "Después").await.0,
-        StatusCode::CREATED
-    );
+    let (status, body) = t.upload(&token, &clip(Clip::Valid), "Después").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(
         t.http
             .get(t.url(&format!("/media/{id}.jpg")))
