@@ -149,7 +149,8 @@ async fn players_fans_and_an_operator_use_the_web_application() {
     .await;
     eprintln!("screenshots and findings: {}", out.display());
 
-    // axe-core: no serious or critical violation on any view, at either width.
+    // axe-core: no violation on any view, at either width (the goal is none serious or
+    // critical; none at all is what the views have).
     let views = report["views"].as_object().unwrap();
     for view in [
         "registro",
@@ -162,11 +163,7 @@ async fn players_fans_and_an_operator_use_the_web_application() {
         "inicio-sin-sesion",
     ] {
         let found = views[view].as_array().expect(view);
-        let grave: Vec<&Value> = found
-            .iter()
-            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
-            .collect();
-        assert!(grave.is_empty(), "{view}: {grave:#?}");
+        assert!(found.is_empty(), "{view}: {found:#?}");
         for width in [1280, 375] {
             let shot = out.join(format!("{view}-{width}.png"));
             assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "{shot:?}");

@@ -325,6 +325,15 @@ async fn patch_body(
 ) -> Result<ResumableState, ApiError> {
     let expected = checksum(&request.headers)?;
     let declared = content_length(&request.headers);
+    // A committed upload takes no more bytes: a client repeating its last request at the end
+    // learns the video it became.
+    let now = node.resumable_state(owner, id).await?;
+    if now.accepted.is_some() {
+        if offset != now.offset {
+            return Err(crate::node::Error::OffsetMismatch { offset: now.offset }.into());
+        }
+        return Ok(now);
+    }
     let admitted = node.admit_patch(owner, id, offset, declared).await?;
     let remaining = admitted.remaining();
     let (mut sink, writing) = admitted.start(node);

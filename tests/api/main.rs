@@ -30,5 +30,6 @@ mod streaming;
 mod supervision;
 mod systemd_unit;
 mod transcode;
+mod tus;
 mod upload_limits;
 mod videos_api;
