@@ -22,9 +22,13 @@ TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-l
                  postgresql nginx-light
 # S3 and SQS for the tests: moto in server mode, from PyPI, in a virtual environment of its own.
 # The tests start it themselves on 127.0.0.1 (tests/common/moto.rs finds it by MOTO_SERVER).
+# tuspy, a tus client from PyPI, is the second independent client of the resumable uploads
+# (tests/tus_clients.rs runs it with SHOWCASE_TEST_PYTHON).
 VENV := $(HOME)/.cache/showcase/venv
 MOTO_VERSION := 5.2.5
+TUSPY_VERSION := 1.1.0
 export MOTO_SERVER := $(VENV)/bin/moto_server
+export SHOWCASE_TEST_PYTHON := $(VENV)/bin/python
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
 BENCH_PACKAGES := wrk nginx
 
@@ -70,6 +74,9 @@ test-deps: deps
 	@$(VENV)/bin/pip show moto 2>/dev/null | grep -qx "Version: $(MOTO_VERSION)" || { \
 	  echo "installing moto $(MOTO_VERSION) into $(VENV)"; \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q "moto[server]==$(MOTO_VERSION)"; }
+	@$(VENV)/bin/pip show tuspy 2>/dev/null | grep -qx "Version: $(TUSPY_VERSION)" || { \
+	  echo "installing tuspy $(TUSPY_VERSION) into $(VENV)"; \
+	  $(VENV)/bin/pip install -q "tuspy==$(TUSPY_VERSION)"; }
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
 

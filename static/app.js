@@ -595,28 +595,94 @@ async function policyProblem(file) {
   return null;
 }
 
-/** One multipart upload with progress; resolves with the status, body and Retry-After. */
-function send(title, file, onProgress, signal) {
+const UPLOADED = 'Video subido exitosamente. Procesamiento en curso.';
+let uploader = null;
+
+/** tus-js-client (vendored), loaded on first use: watching videos does not need it. */
+function loadUploader() {
+  uploader ??= new Promise((resolve, reject) => {
+    const script = h('script', { src: document.body.dataset.uploader });
+    script.addEventListener('load', () => resolve(window.tus));
+    script.addEventListener('error', () => {
+      uploader = null;
+      reject(new ApiError(0, 'No se pudo cargar el cargador de videos. Revisa tu conexión.'));
+    });
+    document.head.append(script);
+  });
+  return uploader;
+}
+
+/** Uploads this browser began and did not finish (tus keeps them in local storage). */
+function unfinishedUploads() {
+  const found = [];
+  for (let i = 0; i < localStorage.length; i += 1) {
+    const key = localStorage.key(i);
+    if (!key || !key.startsWith('tus::')) continue;
+    try {
+      const { metadata } = JSON.parse(localStorage.getItem(key));
+      if (metadata && metadata.title) found.push(metadata);
+    } catch { /* not ours */ }
+  }
+  return found;
+}
+
+/** One resumable upload (tus 1.0): dropped connections are retried with backoff and resumed
+ * from what the node holds, also after a reload (the upload's fingerprint is in local
+ * storage). Resolves as the node answered: status, body and Retry-After; -1 when cancelled. */
+async function send(title, file, onProgress, signal) {
+  let tus;
+  try {
+    tus = await loadUploader();
+  } catch (error) {
+    return { status: 0, data: { detail: error.detail }, retryAfter: null };
+  }
   return new Promise((resolve) => {
-    const xhr = new XMLHttpRequest();
-    const form = new FormData();
-    form.append('title', title);
-    form.append('video_file', file, file.name);
-    xhr.open('POST', '/api/videos/upload');
-    xhr.setRequestHeader('Authorization', `Bearer ${session.get()?.token ?? ''}`);
-    xhr.setRequestHeader('Accept', 'application/json');
-    xhr.upload.addEventListener('progress', (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); });
-    const finish = () => {
-      let data = null;
-      try { data = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-      const retry = Number(xhr.getResponseHeader('Retry-After'));
-      resolve({ status: xhr.status, data, retryAfter: Number.isFinite(retry) && retry > 0 ? Math.min(retry, 120) : null });
-    };
-    xhr.addEventListener('load', finish);
-    xhr.addEventListener('error', () => resolve({ status: 0, data: null, retryAfter: null }));
-    xhr.addEventListener('abort', () => resolve({ status: -1, data: null, retryAfter: null }));
-    signal.addEventListener('abort', () => xhr.abort(), { once: true });
-    xhr.send(form);
+    let videoId = null;
+    const upload = new tus.Upload(file, {
+      endpoint: '/api/uploads',
+      chunkSize: 8 * 1024 * 1024,
+      retryDelays: [0, 1000, 3000, 5000, 10000, 20000],
+      metadata: { title, filename: file.name },
+      headers: { Authorization: `Bearer ${session.get()?.token ?? ''}` },
+      removeFingerprintOnSuccess: true,
+      onProgress: (sent, total) => onProgress(total ? sent / total : 0),
+      onAfterResponse: (_, response) => {
+        const id = response.getHeader('Showcase-Video-Id');
+        if (id) videoId = Number(id);
+      },
+      // A busy node says when to come back: that wait is the form's to count down.
+      onShouldRetry: (error) => {
+        const status = error.originalResponse ? error.originalResponse.getStatus() : 0;
+        if (status === 503 || status === 429) return false;
+        return status === 0 || status === 409 || status === 423 || status >= 500;
+      },
+      onSuccess: () => resolve({ status: 201, data: { message: UPLOADED, video_id: videoId }, retryAfter: null }),
+      onError: (error) => {
+        const response = error.originalResponse;
+        if (!response) {
+          resolve({ status: signal.aborted ? -1 : 0, data: null, retryAfter: null });
+          return;
+        }
+        let data = null;
+        try { data = JSON.parse(response.getBody()); } catch { /* not JSON */ }
+        const retry = Number(response.getHeader('Retry-After'));
+        resolve({
+          status: response.getStatus(),
+          data,
+          retryAfter: Number.isFinite(retry) && retry > 0 ? Math.min(retry, 120) : null,
+        });
+      },
+    });
+    signal.addEventListener('abort', () => {
+      // Cancelled by the player: the node forgets it. Left for another view: it can resume.
+      upload.abort(signal.reason === 'cancel').catch(() => {});
+      resolve({ status: -1, data: null, retryAfter: null });
+    }, { once: true });
+    upload.findPreviousUploads().then((previous) => {
+      if (signal.aborted) return;
+      if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+      upload.start();
+    });
   });
 }
 
@@ -760,7 +826,13 @@ function uploadForm(signal) {
     h('div', { class: 'toolbar' }, button, cancel));
   const state = submitting(form, button, 'Subiendo…');
   let attempt = null;
-  cancel.addEventListener('click', () => attempt?.abort());
+  const unfinished = unfinishedUploads();
+  if (unfinished.length) {
+    const titles = unfinished.map((m) => `«${m.title}»`).join(', ');
+    box.show('info', `Tienes ${unfinished.length === 1 ? 'una subida' : `${unfinished.length} subidas`} sin terminar: ${titles}. Elige el mismo archivo y pulsa «Subir video» para continuar donde quedó.`);
+  }
+  loadUploader().catch(() => { /* reported when an upload needs it */ });
+  cancel.addEventListener('click', () => attempt?.abort('cancel'));
   signal.addEventListener('abort', () => attempt?.abort());
 
   const setProgress = (fraction) => {
@@ -829,7 +901,6 @@ function uploadForm(signal) {
             await sleep(1000, attempt.signal);
           }
           if (attempt.signal.aborted) { box.show('info', 'Subida cancelada.'); return; }
-          setProgress(0);
           continue;
         }
         progressRow.hidden = true;

@@ -11,10 +11,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use common::{clip, generate_mp4, poster_jpeg, Clip, TestApp};
+use common::gate::Gate;
+use common::npm::{driver, node, output};
+use common::{clip, generate_mp4, padded_mp4, poster_jpeg, Clip, TestApp};
 use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "token-de-operaciones-de-prueba";
@@ -22,72 +23,6 @@ const ADMIN_TOKEN: &str = "token-de-operaciones-de-prueba";
 /// The browser tests share two cores: one at a time, so that Lighthouse measures the page and
 /// not the other test.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The scripts' directory in the build tree, its packages installed from the lockfile (again
-/// whenever the lockfile changes).
-fn driver() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
-    std::fs::create_dir_all(&dir).unwrap();
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    for file in [
-        "package.json",
-        "package-lock.json",
-        "app.mjs",
-        "lighthouse.mjs",
-    ] {
-        std::fs::copy(source.join(file), dir.join(file)).unwrap();
-    }
-    let lock = std::fs::read(dir.join("package-lock.json")).unwrap();
-    let stamp = dir.join("node_modules/.installed-from-lock");
-    if std::fs::read(&stamp).ok().as_deref() != Some(&lock[..]) {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm must be installed (make test installs it)");
-        assert!(status.success(), "npm ci failed");
-        std::fs::write(&stamp, &lock).unwrap();
-    }
-    dir
-}
-
-/// Where a test writes what it saw.
-fn output(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("web-app")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs `node <script> <args>` in the driver's directory; its last stdout line is JSON.
-async fn node(dir: &Path, script: &str, args: Vec<String>) -> Value {
-    let dir = dir.to_path_buf();
-    let program = script.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(&program)
-            .args(&args)
-            .current_dir(&dir)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node must be installed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    let last = stdout.trim().lines().last().unwrap_or("");
-    let report: Value =
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("{script}: {e}\n{stdout}\n{stderr}"));
-    assert!(
-        out.status.success(),
-        "{script} failed: {}\n{stderr}",
-        report["error"].as_str().unwrap_or(&stdout)
-    );
-    report
-}
 
 #[tokio::test]
 async fn players_fans_and_an_operator_use_the_web_application() {
@@ -118,6 +53,9 @@ async fn players_fans_and_an_operator_use_the_web_application() {
     let short_refusal = refusal(t.upload(&token, &short, "corto").await);
     let text_refusal = refusal(t.upload(&token, &text, "texto").await);
 
+    // A slow uplink to the same node, for a reload that lands in the middle of an upload.
+    let slow = Gate::to(t.app.addr).await;
+    slow.pace(2 * 1024 * 1024);
     let scenario = json!({
         "admin_token": ADMIN_TOKEN,
         "players": [
@@ -129,9 +67,11 @@ async fn players_fans_and_an_operator_use_the_web_application() {
         "title": "Triple desde la esquina",
         "failing_title": "Crossover en la zona",
         "deleted_title": "Video para borrar",
+        "resumed_title": "Tras recargar la página",
+        "slow_base": slow.url(),
         // Neither accents nor case: the rankings must still find Bogotá.
         "city_query": "BOGOTA",
-        "clips": {"valid": valid, "short": short, "text": text},
+        "clips": {"valid": valid, "short": short, "text": text, "large": padded_mp4(24 << 20)},
         "refusals": {"short": short_refusal, "text": text_refusal},
     });
     let scenario_path = out.join("scenario.json");
@@ -178,23 +118,56 @@ async fn players_fans_and_an_operator_use_the_web_application() {
             "{line}"
         );
     }
-    // What the browser showed is what the node holds.
-    let (_, published) = t.get("/api/public/videos", None).await;
-    let published = published.as_array().unwrap();
-    let titles: Vec<&str> = published
+    // What the browser showed is what the node holds: the player's videos, each once (the
+    // deleted one gone, the refused ones never made, the resumed one made once).
+    let (_, login) = t.login("camila@example.com", common::PASSWORD).await;
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let (_, mine) = t.get("/api/videos", Some(&token)).await;
+    let mut titles: Vec<&str> = mine
+        .as_array()
+        .unwrap()
         .iter()
         .map(|v| v["title"].as_str().unwrap())
         .collect();
-    assert_eq!(titles.len(), 2, "{titles:?}");
-    assert!(
-        titles.contains(&"Triple desde la esquina") && titles.contains(&"Crossover en la zona")
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "Crossover en la zona",
+            "Tras recargar la página",
+            "Triple desde la esquina"
+        ]
     );
+    let (_, published) = t.get("/api/public/videos", None).await;
     let voted = published
+        .as_array()
+        .unwrap()
         .iter()
         .find(|v| v["title"] == "Triple desde la esquina")
         .unwrap();
     assert_eq!(voted["votes"], 1, "one vote, counted once");
     assert!(report["played"]["currentTime"].as_f64().unwrap() >= 10.0);
+    // The application uploads with tus, never with the form.
+    assert!(
+        !report["requests"]["tus"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    assert_eq!(report["requests"]["form"], 0, "{report}");
+}
+
+#[test]
+fn the_vendored_uploader_is_the_registrys_file_byte_for_byte() {
+    let dir = driver();
+    let registry = std::fs::read(dir.join("node_modules/tus-js-client/dist/tus.min.js")).unwrap();
+    let vendored = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static/vendor/tus-js-client/tus.min.js"),
+    )
+    .unwrap();
+    assert!(
+        registry == vendored,
+        "static/vendor/tus-js-client/tus.min.js is not the version pinned in \
+         tests/browser/package.json"
+    );
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ async fn dispatch(node: &Node, endpoint: Endpoint, request: Request) -> Result<R
     use Endpoint as E;
     match endpoint {
         E::Page => Ok(web::index(node.config())),
-        E::Asset { name } => web::asset(&name).ok_or_else(error::not_found),
+        E::Asset { name } => web::asset(&name, &request.headers).ok_or_else(error::not_found),
         E::Signup => accounts::signup(node, request).await,
         E::Login => accounts::login(node, request).await,
         E::Upload => videos::upload(node, request).await,

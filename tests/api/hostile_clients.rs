@@ -478,8 +478,8 @@ async fn the_pages_scripts_and_styles_are_its_own_fingerprinted_files_cached_for
         .split('"')
         .filter(|s| s.starts_with("/assets/"))
         .collect();
-    // The script, the style and the icon.
-    assert_eq!(paths.len(), 3, "{html}");
+    // The script, the style, the icon and the uploader.
+    assert_eq!(paths.len(), 4, "{html}");
     for path in paths {
         let response = t.http.get(t.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");

@@ -13,7 +13,7 @@ const scenario = JSON.parse(readFileSync(scenarioPath, 'utf8'));
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 mkdirSync(out, { recursive: true });
 
-const report = { views: {}, steps: [], console: [] };
+const report = { views: {}, steps: [], console: [], requests: { tus: [], form: 0 } };
 const step = (text) => { report.steps.push(text); console.error(`· ${text}`); };
 function expect(condition, what) {
   if (!condition) throw new Error(`expected: ${what}`);
@@ -37,6 +37,13 @@ async function tab() {
     }
   });
   page.on('pageerror', (error) => report.console.push(String(error)));
+  page.on('request', (request) => {
+    const path = new URL(request.url()).pathname;
+    if (path.startsWith('/api/uploads')) {
+      report.requests.tus.push({ method: request.method(), offset: request.headers()['upload-offset'] ?? null });
+    }
+    if (path.startsWith('/api/videos/upload')) report.requests.form += 1;
+  });
   page.on('dialog', (dialog) => dialog.accept());
   return page;
 }
@@ -74,8 +81,8 @@ async function signUp(page, player) {
   await page.getByText('Cuenta creada').waitFor();
 }
 
-async function logIn(page, player) {
-  await page.goto(`${base}/#/entrar`);
+async function logIn(page, player, origin = base) {
+  await page.goto(`${origin}/#/entrar`);
   await page.getByRole('heading', { name: 'Iniciar sesión' }).waitFor();
   await page.getByLabel('Correo electrónico').fill(player.email);
   await page.getByLabel('Contraseña').fill(player.password);
@@ -146,6 +153,35 @@ try {
   const text = await alerted(player, scenario.refusals.text);
   expect(text === scenario.refusals.text, `"${text}" is the server's "${scenario.refusals.text}"`);
   step('refused uploads show the server\'s reasons');
+
+  // A reload in the middle of an upload: the same file chosen again continues where the node
+  // stopped receiving it (the upload's fingerprint is in local storage). This tab reaches the
+  // node through a slow uplink (2 MiB/s) and sends 24 MiB, so that the reload lands mid-way.
+  // What the browser had already handed to its network stack still arrives after the reload:
+  // the node answers 409 to the resumed upload until that request is over, then the upload
+  // continues from where the node stands.
+  const slow = await tab();
+  await logIn(slow, star, scenario.slow_base);
+  const before = report.requests.tus.length;
+  await upload(slow, scenario.resumed_title, scenario.clips.large);
+  await slow.waitForTimeout(2500);
+  await slow.reload();
+  await slow.getByRole('heading', { name: 'Mis videos' }).waitFor();
+  await slow.getByText('sin terminar').waitFor();
+  const reloaded = report.requests.tus.length;
+  await upload(slow, scenario.resumed_title, scenario.clips.large);
+  await slow.getByRole('status').filter({ hasText: 'Video subido exitosamente' }).waitFor({ timeout: 90000 });
+  // One upload was created, before the reload; after it, the first PATCH starts where the
+  // node stood.
+  const creations = report.requests.tus.slice(before).filter((r) => r.method === 'POST');
+  const after = report.requests.tus.slice(reloaded);
+  expect(creations.length === 1 && !after.some((r) => r.method === 'POST'), `one upload: ${JSON.stringify(report.requests.tus.slice(before))}`);
+  const patchFrom = Number(after.find((r) => r.method === 'PATCH' && Number(r.offset) > 0)?.offset);
+  const size = readFileSync(scenario.clips.large).length;
+  const from = Math.round((100 * patchFrom) / size);
+  expect(from >= 10 && from < 100, `resumed from the node's offset, not from the start: ${JSON.stringify(after)}`);
+  report.resumed = { from, offset: patchFrom, size };
+  step(`a reload mid-upload resumed it at ${from} % (byte ${patchFrom} of ${size})`);
 
   // --- Everyone: the video plays and seeks. ---
   await player.goto(`${base}/#/`);

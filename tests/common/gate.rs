@@ -1,10 +1,10 @@
 //! A TCP gate in front of a server, for outages on demand: open, it forwards every connection
 //! to the target; closed, it cuts the connections it carries and refuses new ones. It can also
 //! close by itself once a number of bytes have gone through to the target, to cut a transfer
-//! in its middle.
+//! in its middle, pace what clients send (a slow uplink), and count what they sent.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +16,10 @@ pub struct Gate {
     open: Arc<watch::Sender<bool>>,
     /// Bytes still allowed through to the target before the gate closes; negative: no limit.
     budget: Arc<AtomicI64>,
+    /// Bytes clients sent into the gate, forwarded or not.
+    received: Arc<AtomicU64>,
+    /// Bytes per second forwarded to the target from each client; 0: as fast as they come.
+    pace: Arc<AtomicU64>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,8 +30,11 @@ impl Gate {
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(watch::Sender::new(true));
         let budget = Arc::new(AtomicI64::new(-1));
+        let received = Arc::new(AtomicU64::new(0));
+        let pace = Arc::new(AtomicU64::new(0));
         let task = {
             let (open, budget) = (open.clone(), budget.clone());
+            let (received, pace) = (received.clone(), pace.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -39,6 +46,7 @@ impl Gate {
                         continue;
                     }
                     let (open, budget) = (open.clone(), budget.clone());
+                    let (received, pace) = (received.clone(), pace.clone());
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(target).await else {
                             return;
@@ -55,6 +63,14 @@ impl Gate {
                                     }
                                     Ok(n) => n,
                                 };
+                                received.fetch_add(n as u64, Ordering::SeqCst);
+                                let rate = pace.load(Ordering::SeqCst);
+                                if rate > 0 {
+                                    tokio::time::sleep(std::time::Duration::from_secs_f64(
+                                        n as f64 / rate as f64,
+                                    ))
+                                    .await;
+                                }
                                 if spend(&budget, n) {
                                     open.send_replace(false);
                                     return;
@@ -81,6 +97,8 @@ impl Gate {
             addr,
             open,
             budget,
+            received,
+            pace,
             _task: task,
         }
     }
@@ -97,6 +115,21 @@ impl Gate {
     /// Lets `bytes` more through to the target, then closes.
     pub fn close_after(&self, bytes: i64) {
         self.budget.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Whether the gate lets connections through.
+    pub fn is_open(&self) -> bool {
+        *self.open.borrow()
+    }
+
+    /// Bytes clients have sent into the gate so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Forwards what each client sends at most at `bytes_per_s` (0: no limit).
+    pub fn pace(&self, bytes_per_s: u64) {
+        self.pace.store(bytes_per_s, Ordering::SeqCst);
     }
 
     /// Opens, with no limit on what goes through.

@@ -11,6 +11,7 @@ pub mod client;
 pub mod gate;
 pub mod moto;
 pub mod nginx;
+pub mod npm;
 pub mod postgres;
 pub mod process;
 pub mod raw;
