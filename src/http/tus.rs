@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::form::{too_slow, FormError, FormLimits};
 use super::request::{public_url, signed_in, Request};
 use super::response::{empty, Response};
+use crate::events::{self, Event};
 use crate::node::{NewResumable, Node, ResumableState};
 
 pub const TUS_VERSION: &str = "1.0.0";
@@ -206,16 +207,18 @@ pub async fn create(node: &Node, request: Request) -> Result<Response, ApiError>
     let (title, filename) = metadata(&request.headers)?;
     let with_data = content_type(&request.headers) == Some(OFFSET_CONTENT_TYPE)
         && content_length(&request.headers) != Some(0);
-    let created = node.create_resumable(
-        owner,
-        NewResumable {
-            length,
-            title,
-            filename,
-        },
-        request.peer,
-        &request.headers,
-    )?;
+    let created = node
+        .create_resumable(
+            owner,
+            NewResumable {
+                length,
+                title,
+                filename,
+            },
+            request.peer,
+            &request.headers,
+        )
+        .map_err(|e| refused(e.into()))?;
     let location = public_url(node, &format!("/api/uploads/{}", created.id));
     let mut state = created.clone();
     if with_data {
@@ -283,7 +286,9 @@ pub async fn patch(
     }
     let offset = number(&request.headers, &UPLOAD_OFFSET)?
         .ok_or_else(|| ApiError::bad_request("Falta el encabezado Upload-Offset."))?;
-    let state = patch_body(node, owner, &id, offset, request).await?;
+    let state = patch_body(node, owner, &id, offset, request)
+        .await
+        .map_err(refused)?;
     let mut response = empty(StatusCode::NO_CONTENT);
     describe(&mut response, &state);
     Ok(response)
@@ -300,6 +305,12 @@ pub async fn terminate(
     let id = id.ok_or_else(not_found)?;
     node.terminate_resumable(owner, &id)?;
     Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Counts a refused creation or chunk among the uploads refused, by cause, as the form's are.
+fn refused(e: ApiError) -> ApiError {
+    events::emit(Event::UploadRefused { reason: e.cause() });
+    e
 }
 
 fn not_found() -> ApiError {
@@ -394,5 +405,13 @@ async fn patch_body(
             return Err(crate::node::Error::ChecksumMismatch.into());
         }
     }
-    Ok(writing.finish().await?)
+    let (state, committed) = writing.finish().await?;
+    if let (true, Some(accepted)) = (committed, &state.accepted) {
+        events::emit(Event::UploadAccepted {
+            video_id: accepted.video_id,
+            owner_id: owner,
+            bytes: state.length,
+        });
+    }
+    Ok(state)
 }

@@ -271,17 +271,18 @@ impl WritingPatch<'_> {
         Ok(state_of(&self.upload))
     }
 
-    /// After the sink finished: commits the upload if it is complete.
-    pub async fn finish(self) -> Result<ResumableState, Error> {
+    /// After the sink finished: commits the upload if it is complete. The flag says whether
+    /// this PATCH committed it.
+    pub async fn finish(self) -> Result<(ResumableState, bool), Error> {
         if self.upload.complete() && !self.upload.info().committed {
             let claim = self.claim_when_written().await?;
             let upload = self.upload.clone();
             self.node
                 .commit_resumable(&upload, self.admitted, claim)
                 .await?;
-            return Ok(state_of(&upload));
+            return Ok((state_of(&upload), true));
         }
-        Ok(state_of(&self.upload))
+        Ok((state_of(&self.upload), false))
     }
 
     /// The claim again, once the writer thread has let it go (it does right after its sync).

@@ -638,6 +638,21 @@ async fn after_a_sigkill_at_half_the_upload_resumes_from_the_durable_offset() {
     let video_id = done.number("showcase-video-id");
     let (_, videos) = client.get("/api/videos", Some(&token)).await;
     assert_eq!(videos.as_array().unwrap().len(), 1, "{videos}");
+    // Counted among the accepted uploads, as a form upload is.
+    let metrics = client
+        .http
+        .get(client.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("showcase_upload_bytes_total {}", file.len())),
+        "{metrics}"
+    );
+    assert!(metrics.contains("showcase_uploads_accepted_total 1"));
     assert_eq!(
         server
             .stored()
