@@ -23,12 +23,12 @@ TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-l
 # S3 and SQS for the tests: moto in server mode, from PyPI, in a virtual environment of its own.
 # The tests start it themselves on 127.0.0.1 (tests/common/moto.rs finds it by MOTO_SERVER).
 # tuspy, a tus client from PyPI, is the second independent client of the resumable uploads
-# (tests/tus_clients.rs runs it with SHOWCASE_TEST_PYTHON).
+# (tests/tus_clients.rs runs it with TEST_VENV_PYTHON).
 VENV := $(HOME)/.cache/showcase/venv
 MOTO_VERSION := 5.2.5
 TUSPY_VERSION := 1.1.0
 export MOTO_SERVER := $(VENV)/bin/moto_server
-export SHOWCASE_TEST_PYTHON := $(VENV)/bin/python
+export TEST_VENV_PYTHON := $(VENV)/bin/python
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
 BENCH_PACKAGES := wrk nginx
 

@@ -97,7 +97,7 @@ async fn tus_js_client_resumes_after_a_cut_connection() {
 
 /// The Python of the test virtualenv (`make test` installs tuspy there).
 fn python() -> PathBuf {
-    std::env::var_os("SHOWCASE_TEST_PYTHON")
+    std::env::var_os("TEST_VENV_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/showcase/venv/bin/python")
