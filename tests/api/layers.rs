@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["actors"],
     &[
         "upload",
+        "resumable",
         "media",
         "auth",
         "signed_url",

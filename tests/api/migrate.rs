@@ -169,8 +169,11 @@ async fn a_node_on_sled_moves_to_postgresql_s3_and_sqs_and_runs_on_the_copy() {
 
     // A node on the copy: the same players (their passwords too), videos, votes, media, jobs.
     // The file alone: the tests' environment has a SHOWCASE_ switch of its own.
-    let copied = showcase::config::Config::from_toml_str(&std::fs::read_to_string(to).unwrap());
-    let copy = showcase::app::spawn(copied.unwrap()).expect("a node on the copy starts");
+    // On a free port: the file's address is the default one, which may be taken.
+    let mut copied =
+        showcase::config::Config::from_toml_str(&std::fs::read_to_string(to).unwrap()).unwrap();
+    copied.server.addr = "127.0.0.1:0".parse().unwrap();
+    let copy = showcase::app::spawn(copied).expect("a node on the copy starts");
     let client = Client::new(copy.url(""));
     let (status, login) = client.login("luis@example.com", PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{login}");
