@@ -258,9 +258,7 @@ pub async fn status(
     request: Request,
     id: Option<String>,
 ) -> Result<Response, ApiError> {
-    check_version(&request.headers)?;
-    let owner = signed_in(node, &request.headers).await?;
-    let id = id.ok_or_else(not_found)?;
+    let (owner, id) = addressed(node, &request.headers, id).await?;
     let state = node.resumable_state(owner, &id).await?;
     let mut response = empty(StatusCode::OK);
     describe(&mut response, &state);
@@ -276,9 +274,7 @@ pub async fn patch(
     request: Request,
     id: Option<String>,
 ) -> Result<Response, ApiError> {
-    check_version(&request.headers)?;
-    let owner = signed_in(node, &request.headers).await?;
-    let id = id.ok_or_else(not_found)?;
+    let (owner, id) = addressed(node, &request.headers, id).await?;
     if content_type(&request.headers) != Some(OFFSET_CONTENT_TYPE) {
         return Err(ApiError::UnsupportedMediaType(format!(
             "El cuerpo de un PATCH debe ser {OFFSET_CONTENT_TYPE}."
@@ -300,9 +296,7 @@ pub async fn terminate(
     request: Request,
     id: Option<String>,
 ) -> Result<Response, ApiError> {
-    check_version(&request.headers)?;
-    let owner = signed_in(node, &request.headers).await?;
-    let id = id.ok_or_else(not_found)?;
+    let (owner, id) = addressed(node, &request.headers, id).await?;
     node.terminate_resumable(owner, &id)?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -311,6 +305,18 @@ pub async fn terminate(
 fn refused(e: ApiError) -> ApiError {
     events::emit(Event::UploadRefused { reason: e.cause() });
     e
+}
+
+/// The player asking and the upload that `/api/uploads/{id}` names (a malformed id names
+/// none: 404 once the player is known).
+async fn addressed(
+    node: &Node,
+    headers: &HeaderMap,
+    id: Option<String>,
+) -> Result<(u64, String), ApiError> {
+    check_version(headers)?;
+    let owner = signed_in(node, headers).await?;
+    Ok((owner, id.ok_or_else(not_found)?))
 }
 
 fn not_found() -> ApiError {

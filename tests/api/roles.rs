@@ -83,24 +83,6 @@ async fn nodes_become(t: &TestApp, expected: (u64, u64)) {
     }
 }
 
-/// The value of the unlabelled sample `name` in `/metrics`.
-async fn metric(t: &TestApp, name: &str) -> f64 {
-    let text = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        .parse()
-        .unwrap()
-}
-
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
@@ -210,11 +192,11 @@ async fn the_backlog_per_worker_divides_the_waiting_jobs_by_the_worker_nodes() {
     }
     for node in workers.iter().chain([&api]) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(node, "showcase_queue_backlog_per_worker").await != 2.0 {
+        while node.metric("showcase_queue_backlog_per_worker").await != 2.0 {
             assert!(
                 Instant::now() < deadline,
                 "backlog per worker {}",
-                metric(node, "showcase_queue_backlog_per_worker").await
+                node.metric("showcase_queue_backlog_per_worker").await
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -224,7 +206,7 @@ async fn the_backlog_per_worker_divides_the_waiting_jobs_by_the_worker_nodes() {
     drop(first);
     nodes_become(&second, (1, 1)).await;
     assert_eq!(
-        metric(&second, "showcase_queue_backlog_per_worker").await,
+        second.metric("showcase_queue_backlog_per_worker").await,
         4.0
     );
 }

@@ -116,6 +116,20 @@ async fn head(client: &Client, token: &str, at: &str) -> Answer {
     .await
 }
 
+async fn terminate(client: &Client, token: &str, at: &str) -> Answer {
+    Answer::of(
+        client
+            .http
+            .delete(client.url(at))
+            .bearer_auth(token)
+            .header(TUS.0, TUS.1)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 /// Sends the head of a PATCH of `total` bytes at `offset` and the first `bytes` of its body on
 /// a raw socket, then leaves it open.
 async fn partial_patch(
@@ -399,17 +413,9 @@ async fn protocol_errors_answer_with_their_status_and_a_detail() {
         patch(&t, who, path, 0, b"abc")
             .await
             .refused(StatusCode::NOT_FOUND);
-        let delete = Answer::of(
-            t.http
-                .delete(t.url(path))
-                .bearer_auth(who)
-                .header(TUS.0, TUS.1)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        delete.refused(StatusCode::NOT_FOUND);
+        terminate(&t, who, path)
+            .await
+            .refused(StatusCode::NOT_FOUND);
         assert_eq!(head(&t, who, path).await.status, StatusCode::NOT_FOUND);
     }
 
@@ -419,17 +425,10 @@ async fn protocol_errors_answer_with_their_status_and_a_detail() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(t.files_under("resumable").len(), 2);
-    let terminated = Answer::of(
-        t.http
-            .delete(t.url(&at))
-            .bearer_auth(&token)
-            .header(TUS.0, TUS.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(terminated.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        terminate(&t, &token, &at).await.status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(head(&t, &token, &at).await.status, StatusCode::NOT_FOUND);
     assert!(t.files_under("resumable").is_empty());
     let (_, videos) = t.get("/api/videos", Some(&token)).await;
@@ -639,20 +638,11 @@ async fn after_a_sigkill_at_half_the_upload_resumes_from_the_durable_offset() {
     let (_, videos) = client.get("/api/videos", Some(&token)).await;
     assert_eq!(videos.as_array().unwrap().len(), 1, "{videos}");
     // Counted among the accepted uploads, as a form upload is.
-    let metrics = client
-        .http
-        .get(client.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(&format!("showcase_upload_bytes_total {}", file.len())),
-        "{metrics}"
+    assert_eq!(
+        client.metric("showcase_upload_bytes_total").await,
+        file.len() as f64
     );
-    assert!(metrics.contains("showcase_uploads_accepted_total 1"));
+    assert_eq!(client.metric("showcase_uploads_accepted_total").await, 1.0);
     assert_eq!(
         server
             .stored()

@@ -220,6 +220,24 @@ impl Client {
         self.try_vote(token, video).await.expect("the node answers")
     }
 
+    /// The value of the unlabelled sample `name` in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .parse()
+            .unwrap()
+    }
+
     /// Makes `actor` suffer `fault` (`panic`, or `stall?seconds=N`) through the admin routes.
     pub async fn inject(&self, admin: &str, actor: &str, fault: &str) -> StatusCode {
         let path = format!("/api/admin/faults/actors/{actor}/{fault}");
