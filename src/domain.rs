@@ -72,7 +72,8 @@ pub struct NewUser {
     pub country: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `uploaded` (stored, queued), `processing`, `processed` (published for voting) or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoStatus {
     /// Stored and its job queued.

@@ -12,7 +12,7 @@ use crate::engine::outbox::RelayStep;
 use crate::engine::transcode::ChildFault;
 
 /// The switches as the admin route shows and sets them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSwitches {
     /// Makes every transcode child crash or hang part-way through.

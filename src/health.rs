@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::domain::{format_ts, now_ms, now_ts, Timestamp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorState {
     Starting,
@@ -23,7 +23,7 @@ pub enum ActorState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     pub at: String,
     pub reason: String,
@@ -151,7 +151,7 @@ impl ActorHealth {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActorReport {
     pub name: &'static str,
     pub state: ActorState,

@@ -53,6 +53,8 @@ enum Command {
         #[arg(long, requires = "from")]
         to: Option<PathBuf>,
     },
+    /// Prints the OpenAPI 3.1 document of the HTTP API (the one `/api/openapi.json` serves).
+    Openapi,
     /// Transcodes one video (run by the server in a child process; progress as JSON lines on
     /// stdout; exit 0 done, 65 the input cannot be decoded, 1 any other failure).
     Transcode {
@@ -82,6 +84,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Migrate { config, from, to } => migrate(config, from.zip(to)),
+        Command::Openapi => {
+            let doc = showcase::http::openapi::document();
+            match serde_json::to_string_pretty(doc) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Transcode {
             input,
             output,

@@ -21,7 +21,9 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// A step of the relay where a fault drill may hold it, to crash the node in that window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RelayStep {
     /// The job is committed in the outbox and not yet sent.

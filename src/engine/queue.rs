@@ -46,7 +46,7 @@ pub struct DeadLetter {
     pub dead_at_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Jobs waiting to be received (including those delayed by a nack).
     pub depth: u64,

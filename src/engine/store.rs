@@ -14,7 +14,7 @@ use crate::domain::{
 use crate::engine::queue::Job;
 
 /// How many nodes of each kind the platform has now (a node of role `all` counts as both).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Membership {
     pub api: u64,
     pub worker: u64,

@@ -679,7 +679,9 @@ pub const EXIT_PERMANENT: i32 = 65;
 pub const EXIT_FAILED: i32 = 1;
 
 /// Failures a child can be told to simulate (fault injection, for tests and drills).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ChildFault {
     /// Die of SIGSEGV part-way through.

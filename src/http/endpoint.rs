@@ -18,6 +18,10 @@ pub enum Endpoint {
     Asset {
         name: String,
     },
+    /// The OpenAPI document of every route.
+    OpenApi,
+    /// The interactive reference of the document.
+    Docs,
     Signup,
     Login,
     Upload,
@@ -163,6 +167,8 @@ pub fn route(method: &Method, path: &str) -> Route {
             ),
         ),
         ["metrics"] => ("/metrics", "GET", only(get, E::Metrics)),
+        ["docs"] => ("/docs", "GET", only(get, E::Docs)),
+        ["api", "openapi.json"] => ("/api/openapi.json", "GET", only(get, E::OpenApi)),
         ["api", "auth", "signup"] => ("/api/auth/signup", "POST", only(post, E::Signup)),
         ["api", "auth", "login"] => ("/api/auth/login", "POST", only(post, E::Login)),
         ["api", "videos"] => ("/api/videos", "GET", only(get, E::MyVideos)),
@@ -199,10 +205,9 @@ pub fn route(method: &Method, path: &str) -> Route {
                 Method::HEAD => Some(E::UploadStatus { id }),
                 Method::PATCH => Some(E::UploadPatch { id }),
                 Method::DELETE => Some(E::UploadDelete { id }),
-                Method::OPTIONS => Some(E::UploadsOptions),
                 _ => None,
             };
-            ("/api/uploads/:id", "HEAD, PATCH, DELETE, OPTIONS", endpoint)
+            ("/api/uploads/:id", "HEAD, PATCH, DELETE", endpoint)
         }
         ["api", "public", "videos"] => ("/api/public/videos", "GET", only(get, E::PublicVideos)),
         ["api", "public", "videos", id, "vote"] => (

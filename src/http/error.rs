@@ -62,9 +62,12 @@ pub enum ApiError {
 pub const VIDEO_NOT_FOUND: &str = "Video no encontrado.";
 pub const NOT_OWNER: &str = "No tiene permiso sobre este video.";
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    detail: &'a str,
+/// Every error: a human-readable `detail` (in Spanish, the platform's language), which names
+/// the field at fault when one is.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"detail": "Video no encontrado."}))]
+pub struct ErrorBody {
+    pub detail: String,
 }
 
 impl ApiError {
@@ -142,7 +145,7 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = json(status, &ErrorBody { detail: &detail });
+        let mut response = json(status, &ErrorBody { detail });
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after_s, .. }
             | ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::endpoint::media_path;
 use super::error::{no_video, ApiError};
+use super::openapi::{ErrorBody, Unavailable, VideoNotFound};
 use super::range::{
     evaluate, http_date, parse_range, ByteRange, Conditions, Decision, RangeRequest, Validators,
 };
@@ -42,7 +43,106 @@ fn header(headers: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-pub async fn serve(
+/// One media route: its operation in the OpenAPI document, and the handler, which serves any
+/// kind of media key (the router chose the kind from the path).
+macro_rules! media_route {
+    ($name:ident, $id:literal, $path:literal, $content_type:literal, $what:literal,
+     $tag:literal, $forbidden:literal $(, $param:tt)*) => {
+        #[doc = $what]
+        #[utoipa::path(
+            method(get, head),
+            path = $path,
+            operation_id = $id,
+            tag = $tag,
+            params(
+                ("video_id" = u64, Path, description = "The video's id."),
+                ("Range" = Option<String>, Header,
+                    description = "`bytes=a-b`, `bytes=a-`, `bytes=-n`, or several ranges."),
+                ("If-Range" = Option<String>, Header,
+                    description = "An entity tag or date: the range applies only if it matches."),
+                ("If-None-Match" = Option<String>, Header,
+                    description = "Entity tags: `304` if the file has one of them."),
+                ("If-Modified-Since" = Option<String>, Header,
+                    description = "`304` if the file has not changed since."),
+                $($param,)*
+            ),
+            responses(
+                (status = 200, description = "The whole file.", content_type = $content_type,
+                    body = inline(super::openapi::FileBytes), headers(
+                        ("Accept-Ranges" = String, description = "`bytes`"),
+                        ("Content-Length" = u64),
+                        ("ETag" = String, description = "Strong, the same whichever storage holds the file."),
+                        ("Last-Modified" = String),
+                        ("Cache-Control" = String),
+                    )),
+                (status = 206, description = "The requested range, or `multipart/byteranges` for several.",
+                    content((inline(super::openapi::FileBytes) = $content_type), (inline(super::openapi::FileBytes) = "multipart/byteranges")),
+                    headers(
+                        ("Content-Range" = String, description = "`bytes a-b/len` (one range)."),
+                        ("ETag" = String),
+                    )),
+                (status = 304, description = "Not modified: the client's copy is current.",
+                    headers(("ETag" = String))),
+                (status = 403, description = $forbidden, body = ErrorBody),
+                (status = 404, response = VideoNotFound),
+                (status = 416, description = "No requested range is within the file.",
+                    body = ErrorBody, headers(
+                        ("Content-Range" = String, description = "`bytes */len`"),
+                    )),
+                (status = 503, response = Unavailable),
+            )
+        )]
+        pub async fn $name(
+            node: &Node,
+            request: Request,
+            key: Option<MediaKey>,
+            head: bool,
+        ) -> Result<Response, ApiError> {
+            serve(node, request, key, head).await
+        }
+    };
+}
+
+media_route!(
+    processed,
+    "getVideo",
+    "/media/{video_id}.mp4",
+    "video/mp4",
+    "A published video (1280x720 H.264, fast start).",
+    "media",
+    "Never: published videos are public."
+);
+media_route!(
+    poster,
+    "getPoster",
+    "/media/{video_id}.jpg",
+    "image/jpeg",
+    "A published video's poster.",
+    "media",
+    "Never: posters are public."
+);
+media_route!(
+    original,
+    "getOriginal",
+    "/media/originals/{video_id}.mp4",
+    "video/mp4",
+    "An uploaded original, for its owner: the signed, expiring `original_url` of the video's \
+     detail.",
+    "media",
+    "The link's signature is invalid or it has expired.",
+    (
+        "expires" = u64,
+        Query,
+        description = "Unix time the link expires at."
+    ),
+    (
+        "signature" = String,
+        Query,
+        description = "HMAC-SHA256 of the path and the expiry, hex."
+    )
+);
+
+async fn serve(
     node: &Node,
     request: Request,
     key: Option<MediaKey>,

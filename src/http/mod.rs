@@ -20,6 +20,7 @@ mod admin;
 mod form;
 mod media;
 mod multipart;
+pub mod openapi;
 mod ops;
 mod public;
 mod request;
@@ -29,6 +30,7 @@ mod web;
 
 use std::sync::Arc;
 
+use crate::media::MediaKind;
 use crate::node::Node;
 use endpoint::{Endpoint, Route};
 use error::ApiError;
@@ -80,6 +82,8 @@ async fn dispatch(node: &Node, endpoint: Endpoint, request: Request) -> Result<R
     match endpoint {
         E::Page => Ok(web::index(node.config())),
         E::Asset { name } => web::asset(&name, &request.headers).ok_or_else(error::not_found),
+        E::OpenApi => Ok(openapi::openapi_json()),
+        E::Docs => Ok(web::docs()),
         E::Signup => accounts::signup(node, request).await,
         E::Login => accounts::login(node, request).await,
         E::Upload => videos::upload(node, request).await,
@@ -104,6 +108,10 @@ async fn dispatch(node: &Node, endpoint: Endpoint, request: Request) -> Result<R
         E::UploadStatus { id } => tus::answer(tus::status(node, request, id)).await,
         E::UploadPatch { id } => tus::answer(tus::patch(node, request, id)).await,
         E::UploadDelete { id } => tus::answer(tus::terminate(node, request, id)).await,
-        E::Media { key, head } => media::serve(node, request, key, head).await,
+        E::Media { key, head } => match key.map(|k| k.kind) {
+            Some(MediaKind::Poster) => media::poster(node, request, key, head).await,
+            Some(MediaKind::Original) => media::original(node, request, key, head).await,
+            _ => media::processed(node, request, key, head).await,
+        },
     }
 }

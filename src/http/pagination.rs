@@ -13,6 +13,25 @@ pub struct ListQuery {
     pub city: Option<String>,
 }
 
+/// The query of the listing routes, as the OpenAPI document describes it; read by
+/// [`parse_list_query`], which names the parameter of any refusal.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListParams {
+    /// The page, from 1 (with `limit`); not with `offset`.
+    #[param(minimum = 1)]
+    page: Option<u64>,
+    /// How many items, 1..100.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u64>,
+    /// How many items to skip (with `limit`); not with `page`.
+    offset: Option<u64>,
+    /// Only this city, matched without case or accents.
+    #[param(max_length = 100)]
+    city: Option<String>,
+}
+
 fn invalid(which: &str) -> ApiError {
     ApiError::bad_request(format!("Parámetro inválido en la consulta: {which}"))
 }

@@ -15,6 +15,7 @@ use sha2::Digest;
 use super::body::content_length;
 use super::error::ApiError;
 use super::form::{too_slow, FormError, FormLimits};
+use super::openapi::{ErrorBody, Invalid, TimedOut, Unauthorized};
 use super::request::{public_url, signed_in, Request};
 use super::response::{empty, Response};
 use crate::events::{self, Event};
@@ -52,7 +53,23 @@ pub async fn answer(
     Ok(response)
 }
 
-/// `OPTIONS`: what this server speaks.
+/// tus discovery: the protocol's version, extensions and limits. No token needed.
+#[utoipa::path(
+    options,
+    path = "/api/uploads",
+    operation_id = "uploadOptions",
+    tag = "uploads",
+    responses(
+        (status = 204, description = "What this server speaks.", headers(
+            ("Tus-Resumable" = String, description = "`1.0.0`"),
+            ("Tus-Version" = String, description = "`1.0.0`"),
+            ("Tus-Extension" = String,
+                description = "`creation,creation-with-upload,termination,expiration,checksum`"),
+            ("Tus-Checksum-Algorithm" = String, description = "`sha256`"),
+            ("Tus-Max-Size" = u64, description = "The node's `upload.max_bytes`."),
+        )),
+    )
+)]
 pub fn options(node: &Node) -> Result<Response, ApiError> {
     let mut response = empty(StatusCode::NO_CONTENT);
     let headers = response.headers_mut();
@@ -189,8 +206,48 @@ fn describe(response: &mut Response, state: &ResumableState) {
     }
 }
 
-/// `POST /api/uploads`: creates an upload; with a body of `application/offset+octet-stream`,
-/// that body is its first chunk.
+/// Creates a resumable upload.
+///
+/// With a body of `application/offset+octet-stream`, that body is its first chunk. The
+/// finished upload becomes a video exactly like a form upload.
+#[utoipa::path(
+    post,
+    path = "/api/uploads",
+    operation_id = "createUpload",
+    tag = "uploads",
+    security(("player" = [])),
+    params(
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+        ("Upload-Length" = u64, Header, description = "The file's size in bytes."),
+        ("Upload-Metadata" = String, Header, description = "`title <base64>` (required, \
+            1..255 characters) and optionally `filename <base64>`, comma separated."),
+        ("Upload-Checksum" = Option<String>, Header,
+            description = "`sha256 <base64>` of this request's body, if it has one."),
+    ),
+    request_body(content = inline(super::openapi::FileBytes), content_type = "application/offset+octet-stream",
+        description = "Optional: the first chunk."),
+    responses(
+        (status = 201, description = "The upload exists; `Location` is its URL.", headers(
+            ("Location" = String),
+            ("Upload-Offset" = u64, description = "Bytes stored so far."),
+            ("Upload-Expires" = String, description = "When an unfinished upload is removed."),
+            ("Showcase-Video-Id" = u64, description = "When the first chunk finished it."),
+            ("Showcase-Task-Id" = String, description = "When the first chunk finished it."),
+        )),
+        (status = 400, response = Invalid),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = TimedOut),
+        (status = 412, description = "`Tus-Resumable` is missing or names another version.",
+            body = ErrorBody, headers(("Tus-Version" = String))),
+        (status = 413, description = "`Upload-Length` is over the node's limit.", body = ErrorBody,
+            example = json!({"detail": "Upload-Length supera el tamaño máximo permitido de 100 MiB."})),
+        (status = 429, description = "Too many uploads created from this client, or too many \
+            unfinished ones for this player.", body = ErrorBody,
+            headers(("Retry-After" = u64))),
+        (status = 460, description = "The first chunk does not match `Upload-Checksum`; it was \
+            discarded.", body = ErrorBody),
+    )
+)]
 pub async fn create(node: &Node, request: Request) -> Result<Response, ApiError> {
     check_version(&request.headers)?;
     let owner = signed_in(node, &request.headers).await?;
@@ -252,7 +309,31 @@ fn created_is_gone(node: &Node, owner: u64, id: &str) -> bool {
     node.resumable().get(id, owner).is_err()
 }
 
-/// `HEAD /api/uploads/{id}`.
+/// Where an upload stands: resume from `Upload-Offset`.
+#[utoipa::path(
+    head,
+    path = "/api/uploads/{upload_id}",
+    operation_id = "uploadStatus",
+    tag = "uploads",
+    security(("player" = [])),
+    params(
+        ("upload_id" = String, Path, description = "32 hex digits, from `Location`."),
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+    ),
+    responses(
+        (status = 200, description = "The upload's state.", headers(
+            ("Upload-Offset" = u64, description = "Bytes durably stored."),
+            ("Upload-Length" = u64),
+            ("Upload-Expires" = String),
+            ("Showcase-Video-Id" = u64, description = "Once the upload became a video."),
+            ("Showcase-Task-Id" = String, description = "Once the upload became a video."),
+        )),
+        (status = 401, description = "No valid token."),
+        (status = 404, description = "No such upload of this player."),
+        (status = 410, description = "The upload expired; its bytes are gone."),
+        (status = 412, description = "`Tus-Resumable` is missing or names another version."),
+    )
+)]
 pub async fn status(
     node: &Node,
     request: Request,
@@ -268,7 +349,48 @@ pub async fn status(
     Ok(response)
 }
 
-/// `PATCH /api/uploads/{id}`.
+/// Appends a chunk to a resumable upload.
+///
+/// The chunk goes at `Upload-Offset`; the answer comes once it is on disk. The chunk that
+/// completes the upload also commits it as a video (probe, policy, record, job).
+#[utoipa::path(
+    patch,
+    path = "/api/uploads/{upload_id}",
+    operation_id = "appendToUpload",
+    tag = "uploads",
+    security(("player" = [])),
+    params(
+        ("upload_id" = String, Path, description = "32 hex digits, from `Location`."),
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+        ("Upload-Offset" = u64, Header, description = "The upload's offset, as HEAD gives it."),
+        ("Upload-Checksum" = Option<String>, Header,
+            description = "`sha256 <base64>` of this chunk."),
+    ),
+    request_body(content = inline(super::openapi::FileBytes), content_type = "application/offset+octet-stream"),
+    responses(
+        (status = 204, description = "The chunk is stored.", headers(
+            ("Upload-Offset" = u64, description = "The new offset."),
+            ("Upload-Expires" = String),
+            ("Showcase-Video-Id" = u64, description = "When this chunk finished the upload."),
+            ("Showcase-Task-Id" = String, description = "When this chunk finished the upload."),
+        )),
+        (status = 400, description = "A header is invalid, the chunk goes past `Upload-Length`, \
+            or the finished file is refused by the upload policy (the upload is removed).",
+            body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such upload of this player.", body = ErrorBody),
+        (status = 408, response = TimedOut),
+        (status = 409, description = "`Upload-Offset` is not the upload's, or another request \
+            is writing it.", body = ErrorBody),
+        (status = 410, description = "The upload expired; its bytes are gone.", body = ErrorBody),
+        (status = 412, description = "`Tus-Resumable` is missing or names another version.",
+            body = ErrorBody, headers(("Tus-Version" = String))),
+        (status = 415, description = "The body is not `application/offset+octet-stream`.",
+            body = ErrorBody),
+        (status = 460, description = "The chunk does not match `Upload-Checksum`; it was \
+            discarded.", body = ErrorBody),
+    )
+)]
 pub async fn patch(
     node: &Node,
     request: Request,
@@ -290,7 +412,26 @@ pub async fn patch(
     Ok(response)
 }
 
-/// `DELETE /api/uploads/{id}`: the upload and its bytes are removed.
+/// Abandons an upload: it and its bytes are removed.
+#[utoipa::path(
+    delete,
+    path = "/api/uploads/{upload_id}",
+    operation_id = "terminateUpload",
+    tag = "uploads",
+    security(("player" = [])),
+    params(
+        ("upload_id" = String, Path, description = "32 hex digits, from `Location`."),
+        ("Tus-Resumable" = String, Header, description = "`1.0.0`"),
+    ),
+    responses(
+        (status = 204, description = "The upload is gone."),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such upload of this player.", body = ErrorBody),
+        (status = 410, description = "The upload expired.", body = ErrorBody),
+        (status = 412, description = "`Tus-Resumable` is missing or names another version.",
+            body = ErrorBody, headers(("Tus-Version" = String))),
+    )
+)]
 pub async fn terminate(
     node: &Node,
     request: Request,

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::body::content_length;
 use super::endpoint::media_path;
 use super::error::ApiError;
 use super::form::{FormLimits, FormReader, FILE_FIELD, FILE_FIELD_ALIAS, TITLE_FIELD};
 use super::multipart::form_data_boundary;
+use super::openapi::{ErrorBody, Forbidden, TimedOut, Unauthorized, Unavailable, VideoNotFound};
 use super::request::{known, public_url, signed_in, Request};
 use super::response::{json, Response};
 use crate::domain::{format_ts, Video, VideoId, VideoStatus};
@@ -50,13 +52,55 @@ pub(super) fn validate_title(raw: &str) -> Result<String, ApiError> {
     Ok(title.to_string())
 }
 
-#[derive(Serialize)]
+/// The upload form. It is read as a stream, field by field (`FormReader`), never as a whole:
+/// this type only describes it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// 1..255 characters.
+    #[schema(min_length = 1, max_length = 255)]
+    title: String,
+    /// An MP4 (judged by its content) within the node's policy: by default at most 100 MiB,
+    /// 20..60 s, shorter side at least 1080 px. `file` is accepted as the field's name too.
+    #[schema(value_type = String, format = Binary, content_media_type = "video/mp4")]
+    video_file: Vec<u8>,
+}
+
+/// The upload is stored and its job queued.
+#[derive(Serialize, ToSchema)]
 struct UploadAccepted {
+    #[schema(example = "Video subido exitosamente. Procesamiento en curso.")]
     message: &'static str,
+    /// The processing job's id.
     task_id: String,
     video_id: u64,
 }
 
+/// Uploads a video.
+///
+/// Admission (token, content type, declared length, capacity) is decided before the body is
+/// read; the answer comes once the file is durably stored and its processing durably queued.
+#[utoipa::path(
+    post,
+    path = "/api/videos/upload",
+    operation_id = "uploadVideo",
+    tag = "videos",
+    security(("player" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored and queued for processing.", body = UploadAccepted),
+        (status = 400, description = "A field is missing or empty, the file is not an MP4, is \
+            larger than the limit (answered before the rest is read), or its duration or \
+            resolution is outside the policy.", body = ErrorBody, examples(
+            ("missing" = (value = json!({"detail": "El campo 'video_file' es obligatorio."}))),
+            ("not mp4" = (value = json!({"detail": "El campo 'video_file' no es un video MP4 válido: no es un archivo MP4."}))),
+            ("too big" = (value = json!({"detail": "El campo 'video_file' supera el tamaño máximo permitido de 100 MiB."}))),
+        )),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = TimedOut),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn upload(node: &Node, request: Request) -> Result<Response, ApiError> {
     let result = receive_upload(node, request).await;
     match &result {
@@ -192,13 +236,18 @@ async fn read_text_field(form: &mut FormReader) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("El campo '{TITLE_FIELD}' no es texto UTF-8.")))
 }
 
-#[derive(Serialize)]
+/// One of the player's videos.
+#[derive(Serialize, ToSchema)]
 struct VideoSummary {
     video_id: u64,
     title: String,
+    #[schema(value_type = VideoStatus)]
     status: &'static str,
+    #[schema(format = DateTime)]
     uploaded_at: String,
+    #[schema(required = true, format = DateTime)]
     processed_at: Option<String>,
+    #[schema(required = true)]
     processed_url: Option<String>,
 }
 
@@ -215,6 +264,18 @@ fn published_url(node: &Node, video: &Video, kind: MediaKind) -> Option<String> 
     })
 }
 
+/// The signed-in player's videos, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/videos",
+    operation_id = "listMyVideos",
+    tag = "videos",
+    security(("player" = [])),
+    responses(
+        (status = 200, description = "The player's videos.", body = Vec<VideoSummary>),
+        (status = 401, response = Unauthorized),
+    )
+)]
 pub async fn list(node: &Node, request: Request) -> Result<Response, ApiError> {
     let owner = signed_in(node, &request.headers).await?;
     let videos = node.videos_of(owner).await?;
@@ -232,22 +293,48 @@ pub async fn list(node: &Node, request: Request) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &items))
 }
 
-#[derive(Serialize)]
+/// One video of the player, in full.
+#[derive(Serialize, ToSchema)]
 struct VideoDetail {
     video_id: u64,
     title: String,
+    #[schema(value_type = VideoStatus)]
     status: &'static str,
+    /// Processing progress, 0..100.
+    #[schema(maximum = 100)]
     progress: u8,
+    #[schema(format = DateTime)]
     uploaded_at: String,
+    #[schema(required = true, format = DateTime)]
     processed_at: Option<String>,
+    /// A signed, expiring link to the uploaded file.
     original_url: String,
+    #[schema(required = true)]
     processed_url: Option<String>,
+    #[schema(required = true)]
     poster_url: Option<String>,
     votes: u64,
+    /// Why processing failed (only when `status` is `failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     error: Option<String>,
 }
 
+/// One of the signed-in player's videos.
+#[utoipa::path(
+    get,
+    path = "/api/videos/{video_id}",
+    operation_id = "getMyVideo",
+    tag = "videos",
+    security(("player" = [])),
+    params(("video_id" = u64, Path, description = "The video's id.")),
+    responses(
+        (status = 200, description = "The video.", body = VideoDetail),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = VideoNotFound),
+    )
+)]
 pub async fn detail(
     node: &Node,
     request: Request,
@@ -278,12 +365,34 @@ pub async fn detail(
     Ok(json(StatusCode::OK, &body))
 }
 
-#[derive(Serialize)]
+/// The video is gone.
+#[derive(Serialize, ToSchema)]
 struct Deleted {
+    #[schema(example = "El video ha sido eliminado exitosamente.")]
     message: &'static str,
     video_id: u64,
 }
 
+/// Deletes one of the signed-in player's unpublished videos.
+///
+/// The original, the processed file and the poster are removed, and a queued or running job
+/// is cancelled.
+#[utoipa::path(
+    delete,
+    path = "/api/videos/{video_id}",
+    operation_id = "deleteMyVideo",
+    tag = "videos",
+    security(("player" = [])),
+    params(("video_id" = u64, Path, description = "The video's id.")),
+    responses(
+        (status = 200, description = "The video was deleted.", body = Deleted),
+        (status = 400, description = "The video is published for voting.", body = ErrorBody,
+            example = json!({"detail": "El video ya fue publicado para votación y no puede eliminarse."})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = VideoNotFound),
+    )
+)]
 pub async fn delete(
     node: &Node,
     request: Request,

@@ -19,6 +19,8 @@ use super::response::{full, Response};
 use crate::config::Config;
 
 const INDEX_HTML: &str = include_str!("../../static/index.html");
+/// The API reference: Swagger UI over `/api/openapi.json`.
+const DOCS_HTML: &str = include_str!("../../static/docs.html");
 
 /// The embedded files the page refers to: (name, content type, content).
 const FILES: &[(&str, &str, &[u8])] = &[
@@ -42,6 +44,22 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "tus.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/vendor/tus-js-client/tus.min.js"),
+    ),
+    (
+        "docs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/docs.js"),
+    ),
+    // Swagger UI, vendored from the npm registry (static/vendor/README.md).
+    (
+        "swagger-ui-bundle.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/swagger-ui/swagger-ui-bundle.js"),
+    ),
+    (
+        "swagger-ui.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../static/vendor/swagger-ui/swagger-ui.css"),
     ),
 ];
 
@@ -110,17 +128,20 @@ fn assets() -> &'static [Asset] {
     })
 }
 
-/// The page, its asset placeholders replaced by the assets' fingerprinted paths.
+/// `html` with its asset placeholders replaced by the assets' fingerprinted paths.
+fn with_assets(html: &str) -> String {
+    assets().iter().fold(html.to_string(), |page, asset| {
+        page.replace(
+            &format!("{{{{{}}}}}", asset.name),
+            &format!("/assets/{}", asset.served_as),
+        )
+    })
+}
+
+/// The application's page, its assets named.
 fn page() -> &'static str {
     static PAGE: OnceLock<String> = OnceLock::new();
-    PAGE.get_or_init(|| {
-        assets().iter().fold(INDEX_HTML.to_string(), |page, asset| {
-            page.replace(
-                &format!("{{{{{}}}}}", asset.name),
-                &format!("/assets/{}", asset.served_as),
-            )
-        })
-    })
+    PAGE.get_or_init(|| with_assets(INDEX_HTML))
 }
 
 /// The origin (`scheme://host[:port]`) of `server.public_url`, when it names one.
@@ -161,6 +182,16 @@ fn page_of(config: &Config) -> String {
     })
 }
 
+/// The web application: one page for every view (the views are the fragment's).
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "page",
+    tag = "web",
+    responses((status = 200, description = "The application's page.",
+        content_type = "text/html; charset=utf-8", body = String,
+        headers(("Content-Security-Policy" = String))))
+)]
 pub fn index(config: &Config) -> Response {
     let mut response = full(http::StatusCode::OK, page_of(config));
     let headers = response.headers_mut();
@@ -175,8 +206,61 @@ pub fn index(config: &Config) -> Response {
     response
 }
 
-/// The asset served as `name`, if there is one: cached for a year, never changing; gzipped
-/// when the client takes it.
+/// The reference's policy: the application's, except that Swagger UI shows its icons as
+/// `data:` images.
+fn docs_security_policy() -> &'static str {
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+     img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+}
+
+/// The interactive reference of this API (Swagger UI over `/api/openapi.json`).
+#[utoipa::path(
+    get,
+    path = "/docs",
+    operation_id = "docs",
+    tag = "web",
+    responses((status = 200, description = "The reference's page.",
+        content_type = "text/html; charset=utf-8", body = String,
+        headers(("Content-Security-Policy" = String))))
+)]
+pub fn docs() -> Response {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    let page = PAGE.get_or_init(|| with_assets(DOCS_HTML));
+    let mut response = full(http::StatusCode::OK, page.as_str());
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(docs_security_policy()),
+    );
+    response
+}
+
+/// A script, style or icon of the pages.
+///
+/// Named by its fingerprint: cached for a year, never changing; gzipped when the client
+/// takes it.
+#[utoipa::path(
+    get,
+    path = "/assets/{name}",
+    operation_id = "asset",
+    tag = "web",
+    params(("name" = String, Path, description = "`<stem>.<12 hex digits of its SHA-256>.<ext>`, \
+        as the pages name it.")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (inline(super::openapi::FileBytes) = "text/javascript; charset=utf-8"),
+            (inline(super::openapi::FileBytes) = "text/css; charset=utf-8"),
+            (inline(super::openapi::FileBytes) = "image/svg+xml"),
+        ), headers(("ETag" = String), ("Cache-Control" = String), ("Vary" = String),
+            ("Content-Encoding" = String, description = "`gzip`, when the client takes it."))),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 pub fn asset(name: &str, request: &http::HeaderMap) -> Option<Response> {
     let asset = assets().iter().find(|a| a.served_as == name)?;
     let gzipped = asset.gzipped.as_ref().filter(|_| accepts_gzip(request));
@@ -225,8 +309,11 @@ mod tests {
         assert!(!page.contains("{{"), "a placeholder left: {page}");
         assert!(page.contains(r#"data-min-duration-s="12.5""#), "{page}");
         assert!(page.contains(r#"data-max-bytes="104857600""#), "{page}");
+        let docs = with_assets(DOCS_HTML);
+        assert!(!docs.contains("{{"), "a placeholder left: {docs}");
         for asset in assets() {
-            assert!(page.contains(&format!("/assets/{}", asset.served_as)));
+            let named = format!("/assets/{}", asset.served_as);
+            assert!(page.contains(&named) || docs.contains(&named), "{named}");
             assert!(
                 asset.served_as.len() == asset.name.len() + 13,
                 "{}",
@@ -234,8 +321,10 @@ mod tests {
             );
             assert!(super::asset(&asset.served_as, &http::HeaderMap::new()).is_some());
         }
-        assert!(!page.contains("<script>") && !page.contains("<style>"));
-        assert!(!page.contains(" style="), "no inline style attributes");
+        for page in [&page, &docs] {
+            assert!(!page.contains("<script>") && !page.contains("<style>"));
+            assert!(!page.contains(" style="), "no inline style attributes");
+        }
         assert!(
             super::asset("app.js", &http::HeaderMap::new()).is_none(),
             "only fingerprinted names"

@@ -68,7 +68,7 @@ pub struct BackendHealth {
 }
 
 /// One backend, as `/api/health/actors` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BackendReport {
     pub role: &'static str,
     pub backend: &'static str,

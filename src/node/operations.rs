@@ -14,13 +14,13 @@ use crate::health::ActorReport;
 
 use super::backends::{BackendReport, Service, ABANDONED_AFTER, NODE_FRESH};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DiskReport {
     pub free_bytes: Option<u64>,
     pub min_free_bytes: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StreamsReport {
     pub active: usize,
     pub max_concurrent: usize,
@@ -29,7 +29,7 @@ pub struct StreamsReport {
 }
 
 /// What `/api/health/actors` shows.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ActorsReport {
     pub version: &'static str,
     /// `all`, `api` or `worker` (`node.role`).

@@ -1,0 +1,492 @@
+//! The OpenAPI 3.1 document of every route, generated from the code: each handler carries its
+//! operation (`#[utoipa::path]`: path, parameters, request body, one response per status), the
+//! types it answers with derive their schemas (`ToSchema`), and the answers every handler
+//! shares (the `{"detail"}` errors, `Retry-After`) are the components below. Served at
+//! `/api/openapi.json`; `/docs` shows it (`web::docs`).
+//!
+//! The tests hold it to the code from both sides: every endpoint of `endpoint.rs` is in it and
+//! every path in it is routed (`tests` below), and every answer the integration tests receive
+//! validates against it (`tests/common/openapi.rs`).
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub use super::error::ErrorBody;
+use super::response::{full, Response};
+
+/// The bytes of a file (a video, a poster, a chunk of an upload), as they are.
+pub struct FileBytes;
+
+impl utoipa::PartialSchema for FileBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FileBytes {}
+
+/// Security scheme of the routes of a signed-in player: the `access_token` of the login.
+pub const PLAYER: &str = "player";
+/// Security scheme of `/api/admin`: the node's `admin.token`.
+pub const ADMIN: &str = "admin";
+
+pub use responses::{
+    Forbidden, Invalid, NotAdmin, NotFound, RateLimited, TimedOut, TooLarge, Unauthorized,
+    Unavailable, VideoNotFound,
+};
+
+/// The answers many operations share, as components of the document. They describe what
+/// `ApiError::into_response` writes; nothing builds them.
+#[allow(dead_code)]
+mod responses {
+    use super::ErrorBody;
+    use utoipa::ToResponse;
+
+    /// The request is invalid: `detail` names the field or parameter at fault.
+    #[derive(ToResponse)]
+    #[response(example = json!({"detail": "El campo 'title' es obligatorio."}))]
+    pub struct Invalid(ErrorBody);
+
+    /// No token, or a malformed, expired or tampered one, or its player no longer exists.
+    #[derive(ToResponse)]
+    #[response(
+        headers(("WWW-Authenticate" = String, description = "`Bearer`")),
+        example = json!({"detail": "No autenticado: falta el token de acceso."})
+    )]
+    pub struct Unauthorized(ErrorBody);
+
+    /// The admin token is missing or wrong.
+    #[derive(ToResponse)]
+    #[response(
+        headers(("WWW-Authenticate" = String, description = "`Bearer`")),
+        example = json!({"detail": "Token de administración inválido."})
+    )]
+    pub struct NotAdmin(ErrorBody);
+
+    /// The video belongs to another player.
+    #[derive(ToResponse)]
+    #[response(example = json!({"detail": "No tiene permiso sobre este video."}))]
+    pub struct Forbidden(ErrorBody);
+
+    /// No video has this id (or the id is not a number).
+    #[derive(ToResponse)]
+    #[response(example = json!({"detail": "Video no encontrado."}))]
+    pub struct VideoNotFound(ErrorBody);
+
+    /// Nothing is there.
+    #[derive(ToResponse)]
+    #[response(example = json!({"detail": "Recurso no encontrado."}))]
+    pub struct NotFound(ErrorBody);
+
+    /// The body did not arrive in time (it stalled, or trickled slower than the node's minimum).
+    #[derive(ToResponse)]
+    #[response(example = json!({"detail": "El cuerpo de la solicitud dejó de llegar."}))]
+    pub struct TimedOut(ErrorBody);
+
+    /// The JSON body is larger than the node accepts (`server.max_json_bytes`).
+    #[derive(ToResponse)]
+    #[response(example = json!({"detail": "El cuerpo de la solicitud supera el tamaño máximo."}))]
+    pub struct TooLarge(ErrorBody);
+
+    /// Too many requests from this client: wait `Retry-After` seconds.
+    #[derive(ToResponse)]
+    #[response(
+        headers(("Retry-After" = u64, description = "Seconds to wait before trying again.")),
+        example = json!({"detail": "Demasiadas solicitudes desde esta dirección; intente de nuevo en 3 s."})
+    )]
+    pub struct RateLimited(ErrorBody);
+
+    /// The node cannot take this now (a capacity is exhausted or a backend does not answer): try
+    /// again after `Retry-After` seconds. Decided before any work is done.
+    #[derive(ToResponse)]
+    #[response(
+        headers(("Retry-After" = u64, description = "Seconds to wait before trying again.")),
+        example = json!({"detail": "Capacidad de subida agotada; intente de nuevo en unos segundos."})
+    )]
+    pub struct Unavailable(ErrorBody);
+}
+
+/// Adds what the derive cannot say: the security schemes, and the refusal every operation
+/// can get (the node is at its connection cap, or a backend does not answer).
+struct Shared;
+
+impl Modify for Shared {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            PLAYER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "The `access_token` that `POST /api/auth/login` returns.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            ADMIN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The node's `admin.token`; the administration routes do not exist \
+                         while it is empty.",
+                    ))
+                    .build(),
+            ),
+        );
+        let unavailable = utoipa::openapi::Ref::from_response_name("Unavailable");
+        for item in doc.paths.paths.values_mut() {
+            // One handler answers GET and HEAD (media): each operation gets an id of its own.
+            if let (Some(get), Some(head)) = (&item.get, &mut item.head) {
+                if head.operation_id == get.operation_id {
+                    head.operation_id = get.operation_id.as_ref().map(|id| format!("{id}Head"));
+                }
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .entry("503".to_string())
+                    .or_insert_with(|| unavailable.clone().into());
+                // An operation that names no scheme is open to anyone.
+                operation
+                    .security
+                    .get_or_insert_with(|| vec![SecurityRequirement::default()]);
+            }
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "showcase",
+        description = "The ANB Rising Stars Showcase: players upload skill videos, the \
+            platform normalises them, the public watches, votes and follows per-city rankings. \
+            Errors are always `{\"detail\": \"...\"}`; overload is `503` with `Retry-After`, \
+            decided before the request's body is read.",
+        license(name = "MIT", identifier = "MIT")
+    ),
+    paths(
+        super::accounts::signup,
+        super::accounts::login,
+        super::videos::upload,
+        super::videos::list,
+        super::videos::detail,
+        super::videos::delete,
+        super::public::videos,
+        super::public::vote,
+        super::public::rankings,
+        super::media::processed,
+        super::media::poster,
+        super::media::original,
+        super::tus::options,
+        super::tus::create,
+        super::tus::status,
+        super::tus::patch,
+        super::tus::terminate,
+        super::ops::health,
+        super::ops::ready,
+        super::ops::actors,
+        super::ops::metrics,
+        super::admin::dead_letters,
+        super::admin::redrive_all,
+        super::admin::redrive_one,
+        super::admin::faults,
+        super::admin::set_faults,
+        super::admin::actor_fault,
+        super::web::index,
+        super::web::asset,
+        super::web::docs,
+        openapi_json,
+    ),
+    components(responses(
+        Invalid,
+        Unauthorized,
+        NotAdmin,
+        Forbidden,
+        VideoNotFound,
+        NotFound,
+        TimedOut,
+        TooLarge,
+        RateLimited,
+        Unavailable
+    )),
+    servers((url = "/", description = "The node that serves this document.")),
+    modifiers(&Shared),
+    tags(
+        (name = "accounts", description = "Sign-up and log-in."),
+        (name = "videos", description = "The signed-in player's videos."),
+        (name = "uploads", description = "Resumable uploads: tus 1.0.0 with the `creation`, \
+            `creation-with-upload`, `termination`, `expiration` and `checksum` (sha256) \
+            extensions."),
+        (name = "public", description = "Published videos, votes and rankings."),
+        (name = "media", description = "Videos and posters, with HTTP Range requests."),
+        (name = "operations", description = "Health, readiness and metrics."),
+        (name = "admin", description = "Dead letters and fault injection, behind the admin token."),
+        (name = "web", description = "The web application and this reference."),
+    )
+)]
+struct ApiDoc;
+
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as JSON, serialised once.
+fn document_json() -> &'static [u8] {
+    static JSON: OnceLock<Vec<u8>> = OnceLock::new();
+    JSON.get_or_init(|| serde_json::to_vec(document()).unwrap_or_default())
+}
+
+/// This document: the OpenAPI 3.1 description of every route.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    operation_id = "openapi",
+    tag = "web",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json",
+            body = Object),
+    )
+)]
+pub fn openapi_json() -> Response {
+    let mut response = full(http::StatusCode::OK, document_json());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+
+    use super::super::endpoint::{route, Endpoint};
+    use super::*;
+
+    /// The operation that documents `endpoint`, as (method, path template).
+    fn documented_as(endpoint: &Endpoint) -> Vec<(Method, &'static str)> {
+        use Endpoint as E;
+        let one = |m: Method, p: &'static str| vec![(m, p)];
+        // Exhaustive on purpose: a new endpoint does not compile until it is documented here,
+        // and the test below then requires the document to have it.
+        match endpoint {
+            E::Page => one(Method::GET, "/"),
+            E::Asset { .. } => one(Method::GET, "/assets/{name}"),
+            E::OpenApi => one(Method::GET, "/api/openapi.json"),
+            E::Docs => one(Method::GET, "/docs"),
+            E::Signup => one(Method::POST, "/api/auth/signup"),
+            E::Login => one(Method::POST, "/api/auth/login"),
+            E::Upload => one(Method::POST, "/api/videos/upload"),
+            E::MyVideos => one(Method::GET, "/api/videos"),
+            E::Video { .. } => one(Method::GET, "/api/videos/{video_id}"),
+            E::DeleteVideo { .. } => one(Method::DELETE, "/api/videos/{video_id}"),
+            E::PublicVideos => one(Method::GET, "/api/public/videos"),
+            E::Vote { .. } => one(Method::POST, "/api/public/videos/{video_id}/vote"),
+            E::Rankings => one(Method::GET, "/api/public/rankings"),
+            E::Health => one(Method::GET, "/api/health"),
+            E::Ready => one(Method::GET, "/api/health/ready"),
+            E::Actors => one(Method::GET, "/api/health/actors"),
+            E::Metrics => one(Method::GET, "/metrics"),
+            E::DeadLetters => one(Method::GET, "/api/admin/dead-letters"),
+            E::RedriveAll => one(Method::POST, "/api/admin/dead-letters/redrive"),
+            E::Redrive { .. } => one(Method::POST, "/api/admin/dead-letters/{video_id}/redrive"),
+            E::Faults => one(Method::GET, "/api/admin/faults"),
+            E::SetFaults => one(Method::POST, "/api/admin/faults"),
+            E::ActorFault { .. } => one(Method::POST, "/api/admin/faults/actors/{actor}/{kind}"),
+            E::UploadsOptions => one(Method::OPTIONS, "/api/uploads"),
+            E::CreateUpload => one(Method::POST, "/api/uploads"),
+            E::UploadStatus { .. } => one(Method::HEAD, "/api/uploads/{upload_id}"),
+            E::UploadPatch { .. } => one(Method::PATCH, "/api/uploads/{upload_id}"),
+            E::UploadDelete { .. } => one(Method::DELETE, "/api/uploads/{upload_id}"),
+            E::Media { key, head } => {
+                let method = if *head { Method::HEAD } else { Method::GET };
+                let path = match key.map(|k| k.kind) {
+                    Some(crate::media::MediaKind::Poster) => "/media/{video_id}.jpg",
+                    Some(crate::media::MediaKind::Original) => "/media/originals/{video_id}.mp4",
+                    _ => "/media/{video_id}.mp4",
+                };
+                one(method, path)
+            }
+        }
+    }
+
+    /// A concrete path for a template: ids become 42, names something the router accepts.
+    fn example(template: &str) -> String {
+        template
+            .replace("{video_id}", "42")
+            .replace("{upload_id}", "0123456789abcdef0123456789abcdef")
+            .replace("{name}", "app.0123456789ab.js")
+            .replace("{actor}", "streamer")
+            .replace("{kind}", "panic")
+    }
+
+    fn operations() -> Vec<(Method, String)> {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                let method: Method = method.to_uppercase().parse().unwrap();
+                found.push((method, path.clone()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_documented_operation_is_routed_to_the_endpoint_that_documents_it() {
+        let operations = operations();
+        assert!(operations.len() >= 30, "{operations:?}");
+        for (method, template) in operations {
+            let routed = route(&method, &example(&template));
+            let endpoint = routed
+                .endpoint
+                .unwrap_or_else(|e| panic!("{method} {template} is not routed: {e:?}"));
+            assert!(
+                documented_as(&endpoint).contains(&(method.clone(), template.as_str())),
+                "{method} {template} is routed to {endpoint:?}, documented elsewhere"
+            );
+        }
+    }
+
+    #[test]
+    fn every_endpoint_is_documented() {
+        let documented: Vec<(Method, String)> = operations();
+        let endpoints = [
+            (Method::GET, "/"),
+            (Method::GET, "/assets/app.0123456789ab.js"),
+            (Method::GET, "/api/openapi.json"),
+            (Method::GET, "/docs"),
+            (Method::POST, "/api/auth/signup"),
+            (Method::POST, "/api/auth/login"),
+            (Method::POST, "/api/videos/upload"),
+            (Method::GET, "/api/videos"),
+            (Method::GET, "/api/videos/7"),
+            (Method::DELETE, "/api/videos/7"),
+            (Method::GET, "/api/public/videos"),
+            (Method::POST, "/api/public/videos/7/vote"),
+            (Method::GET, "/api/public/rankings"),
+            (Method::GET, "/api/health"),
+            (Method::GET, "/api/health/ready"),
+            (Method::GET, "/api/health/actors"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/api/admin/dead-letters"),
+            (Method::POST, "/api/admin/dead-letters/redrive"),
+            (Method::POST, "/api/admin/dead-letters/7/redrive"),
+            (Method::GET, "/api/admin/faults"),
+            (Method::POST, "/api/admin/faults"),
+            (Method::POST, "/api/admin/faults/actors/ingest/stall"),
+            (Method::OPTIONS, "/api/uploads"),
+            (Method::POST, "/api/uploads"),
+            (
+                Method::HEAD,
+                "/api/uploads/0123456789abcdef0123456789abcdef",
+            ),
+            (
+                Method::PATCH,
+                "/api/uploads/0123456789abcdef0123456789abcdef",
+            ),
+            (
+                Method::DELETE,
+                "/api/uploads/0123456789abcdef0123456789abcdef",
+            ),
+            (Method::GET, "/media/7.mp4"),
+            (Method::HEAD, "/media/7.mp4"),
+            (Method::GET, "/media/7.jpg"),
+            (Method::HEAD, "/media/7.jpg"),
+            (Method::GET, "/media/originals/7.mp4"),
+            (Method::HEAD, "/media/originals/7.mp4"),
+        ];
+        for (method, path) in endpoints {
+            let endpoint = route(&method, path).endpoint.unwrap();
+            for (method, template) in documented_as(&endpoint) {
+                assert!(
+                    documented.contains(&(method.clone(), template.to_string())),
+                    "{method} {template} ({endpoint:?}) is not in the document"
+                );
+            }
+        }
+        // Every method a routed path allows is one of the document's operations on it.
+        for (_, template) in &documented {
+            let path = example(template);
+            for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+                let method: Method = method.parse().unwrap();
+                if route(&method, &path).endpoint.is_ok() {
+                    let endpoint = route(&method, &path).endpoint.unwrap();
+                    for (m, t) in documented_as(&endpoint) {
+                        assert!(
+                            documented.contains(&(m.clone(), t.to_string())),
+                            "{m} {t} is served but not documented"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_operation_answers_errors_as_detail_and_refusals_with_retry_after() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let responses = &doc["components"]["responses"];
+        for name in ["RateLimited", "Unavailable"] {
+            assert!(
+                responses[name]["headers"]["Retry-After"].is_object(),
+                "{name}"
+            );
+        }
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let answers = operation["responses"].as_object().unwrap();
+                assert!(answers.contains_key("503"), "{method} {path}");
+                for (status, answer) in answers {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        // A named response, or a JSON body whose schema has a `detail`.
+                        let named = answer.get("$ref").is_some();
+                        let schema = &answer["content"]["application/json"]["schema"];
+                        let schema = match schema["$ref"].as_str() {
+                            Some(r) => {
+                                &doc["components"]["schemas"]
+                                    [r.trim_start_matches("#/components/schemas/")]
+                            }
+                            None => schema,
+                        };
+                        let detail = schema["properties"]["detail"]["type"] == "string";
+                        assert!(
+                            named || detail || method == "head",
+                            "{method} {path} {status}: {answer}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
