@@ -26,6 +26,7 @@ use common::moto::Moto;
 use common::nginx::Nginx;
 use common::process::ServerProcess;
 use common::stored::Stored;
+use common::Checked;
 use common::{postgres, PASSWORD};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -347,7 +348,7 @@ impl Lb {
                 "{what}: no answer in {PATIENCE:?}"
             );
             let sent = Instant::now();
-            let answer = match make(&self.http, &self.base).send().await {
+            let answer = match make(&self.http, &self.base).checked().await {
                 Ok(response) => {
                     let status = response.status();
                     let header = |name: &str| {
@@ -660,7 +661,7 @@ async fn busy(http: &reqwest::Client, addr: SocketAddr) {
     while Instant::now() < deadline {
         if let Ok(response) = http
             .get(format!("http://{addr}/api/health/actors"))
-            .send()
+            .checked()
             .await
         {
             let report: Value = response.json().await.unwrap_or_default();
@@ -712,7 +713,7 @@ async fn ranking_at(
     let response = http
         .get(format!("http://{addr}/api/public/rankings"))
         .query(&query)
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);

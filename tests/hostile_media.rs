@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::ServerProcess;
+use common::Checked;
 use common::{detail_of, TestApp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -711,7 +712,7 @@ async fn a_probe_stuck_without_reading_still_gets_a_400() {
     let (status, ready) = t.get("/api/health/ready", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.to_string().contains("probes"), "{ready}");
-    let metrics = t.http.get(t.url("/metrics")).send().await.unwrap();
+    let metrics = t.http.get(t.url("/metrics")).checked().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     let abandoned = format!(
         "showcase_probes_abandoned_total {}",

@@ -5,8 +5,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::body::{is_form_urlencoded, FormFields, JsonObject};
+use super::components::{ErrorBody, Invalid, RateLimited, TimedOut, TooLarge};
 use super::error::ApiError;
-use super::openapi::{ErrorBody, Invalid, RateLimited, TimedOut, TooLarge};
 use super::request::{small_body, Request};
 use super::response::{json, Response};
 use crate::node::{Node, SignUp};

@@ -6,8 +6,8 @@ use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::components::{ErrorBody, Invalid, NotAdmin, NotFound, TimedOut, TooLarge};
 use super::error::ApiError;
-use super::openapi::{ErrorBody, Invalid, NotAdmin, NotFound, TimedOut, TooLarge};
 use super::request::small_body;
 use super::request::{known, Request};
 use super::response::{json, Response};

@@ -15,9 +15,9 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use super::components::{ErrorBody, Unavailable, VideoNotFound};
 use super::endpoint::media_path;
 use super::error::{no_video, ApiError};
-use super::openapi::{ErrorBody, Unavailable, VideoNotFound};
 use super::range::{
     evaluate, http_date, parse_range, ByteRange, Conditions, Decision, RangeRequest, Validators,
 };
@@ -68,7 +68,7 @@ macro_rules! media_route {
             ),
             responses(
                 (status = 200, description = "The whole file.", content_type = $content_type,
-                    body = inline(super::openapi::FileBytes), headers(
+                    body = inline(super::components::FileBytes), headers(
                         ("Accept-Ranges" = String, description = "`bytes`"),
                         ("Content-Length" = u64),
                         ("ETag" = String, description = "Strong, the same whichever storage holds the file."),
@@ -76,7 +76,7 @@ macro_rules! media_route {
                         ("Cache-Control" = String),
                     )),
                 (status = 206, description = "The requested range, or `multipart/byteranges` for several.",
-                    content((inline(super::openapi::FileBytes) = $content_type), (inline(super::openapi::FileBytes) = "multipart/byteranges")),
+                    content((inline(super::components::FileBytes) = $content_type), (inline(super::components::FileBytes) = "multipart/byteranges")),
                     headers(
                         ("Content-Range" = String, description = "`bytes a-b/len` (one range)."),
                         ("ETag" = String),

@@ -17,6 +17,7 @@ pub mod shaped_io;
 
 mod accounts;
 mod admin;
+mod components;
 mod form;
 mod media;
 mod multipart;

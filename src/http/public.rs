@@ -4,9 +4,9 @@ use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::components::{ErrorBody, Invalid, RateLimited, Unauthorized, VideoNotFound};
 use super::endpoint::media_path;
 use super::error::ApiError;
-use super::openapi::{ErrorBody, Invalid, RateLimited, Unauthorized, VideoNotFound};
 use super::pagination::parse_list_query;
 use super::pagination::ListParams;
 use super::request::{known, public_url, signed_in, Request};

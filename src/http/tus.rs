@@ -13,9 +13,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::Digest;
 
 use super::body::content_length;
+use super::components::{ErrorBody, Invalid, TimedOut, Unauthorized};
 use super::error::ApiError;
 use super::form::{too_slow, FormError, FormLimits};
-use super::openapi::{ErrorBody, Invalid, TimedOut, Unauthorized};
 use super::request::{public_url, signed_in, Request};
 use super::response::{empty, Response};
 use crate::events::{self, Event};
@@ -224,7 +224,7 @@ fn describe(response: &mut Response, state: &ResumableState) {
         ("Upload-Checksum" = Option<String>, Header,
             description = "`sha256 <base64>` of this request's body, if it has one."),
     ),
-    request_body(content = inline(super::openapi::FileBytes), content_type = "application/offset+octet-stream",
+    request_body(content = inline(super::components::FileBytes), content_type = "application/offset+octet-stream",
         description = "Optional: the first chunk."),
     responses(
         (status = 201, description = "The upload exists; `Location` is its URL.", headers(
@@ -366,7 +366,7 @@ pub async fn status(
         ("Upload-Checksum" = Option<String>, Header,
             description = "`sha256 <base64>` of this chunk."),
     ),
-    request_body(content = inline(super::openapi::FileBytes), content_type = "application/offset+octet-stream"),
+    request_body(content = inline(super::components::FileBytes), content_type = "application/offset+octet-stream"),
     responses(
         (status = 204, description = "The chunk is stored.", headers(
             ("Upload-Offset" = u64, description = "The new offset."),

@@ -12,11 +12,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::body::content_length;
+use super::components::{ErrorBody, Forbidden, TimedOut, Unauthorized, Unavailable, VideoNotFound};
 use super::endpoint::media_path;
 use super::error::ApiError;
 use super::form::{FormLimits, FormReader, FILE_FIELD, FILE_FIELD_ALIAS, TITLE_FIELD};
 use super::multipart::form_data_boundary;
-use super::openapi::{ErrorBody, Forbidden, TimedOut, Unauthorized, Unavailable, VideoNotFound};
 use super::request::{known, public_url, signed_in, Request};
 use super::response::{json, Response};
 use crate::domain::{format_ts, Video, VideoId, VideoStatus};

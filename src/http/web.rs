@@ -253,12 +253,12 @@ pub fn docs() -> Response {
         as the pages name it.")),
     responses(
         (status = 200, description = "The file.", content(
-            (inline(super::openapi::FileBytes) = "text/javascript; charset=utf-8"),
-            (inline(super::openapi::FileBytes) = "text/css; charset=utf-8"),
-            (inline(super::openapi::FileBytes) = "image/svg+xml"),
+            (inline(super::components::FileBytes) = "text/javascript; charset=utf-8"),
+            (inline(super::components::FileBytes) = "text/css; charset=utf-8"),
+            (inline(super::components::FileBytes) = "image/svg+xml"),
         ), headers(("ETag" = String), ("Cache-Control" = String), ("Vary" = String),
             ("Content-Encoding" = String, description = "`gzip`, when the client takes it."))),
-        (status = 404, response = super::openapi::NotFound),
+        (status = 404, response = super::components::NotFound),
     )
 )]
 pub fn asset(name: &str, request: &http::HeaderMap) -> Option<Response> {

@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use crate::common::Checked;
 use common::{detail_of, TestApp, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -97,7 +98,7 @@ async fn malformed_and_oversized_bodies_get_a_4xx_with_detail() {
         .http
         .post(t.url("/api/auth/signup"))
         .body("{not json")
-        .send()
+        .checked()
         .await
         .unwrap();
     let (status, body) = common::read(response).await;
@@ -155,7 +156,7 @@ async fn missing_malformed_tampered_and_expired_tokens_are_401() {
             .issue(id)
             .token;
 
-    let no_token = t.http.get(t.url("/api/videos")).send().await.unwrap();
+    let no_token = t.http.get(t.url("/api/videos")).checked().await.unwrap();
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(no_token.headers()["www-authenticate"], "Bearer");
     let headers = [
@@ -179,7 +180,7 @@ async fn missing_malformed_tampered_and_expired_tokens_are_401() {
                 .http
                 .request(method.parse().unwrap(), t.url(path))
                 .header("authorization", &header);
-            let (status, body) = common::read(request.send().await.unwrap()).await;
+            let (status, body) = common::read(request.checked().await.unwrap()).await;
             assert_eq!(
                 status,
                 StatusCode::UNAUTHORIZED,

@@ -10,6 +10,7 @@ use crate::common::gate::Gate;
 use crate::common::moto::Moto;
 use crate::common::{self, aws, clip, test_config, Client, Clip, TestApp};
 
+use crate::common::Checked;
 use aws::BUCKET;
 
 async fn readiness(t: &TestApp) -> (StatusCode, serde_json::Value) {
@@ -232,7 +233,7 @@ async fn upload_streamed(
         .post(t.url("/api/videos/upload"))
         .bearer_auth(token)
         .multipart(form)
-        .send()
+        .checked()
         .await
         .unwrap();
     let retry_after = response

@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use common::{clip, Clip};
 use reqwest::StatusCode;
@@ -120,7 +121,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_zero() {
     // New connections are no longer accepted...
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match http.get(server.url("/api/health")).send().await {
+        match http.get(server.url("/api/health")).checked().await {
             Err(_) => break,
             Ok(_) => {
                 assert!(

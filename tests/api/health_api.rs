@@ -4,6 +4,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::{clip, detail_of, Clip, TestApp};
 use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
@@ -51,7 +52,7 @@ async fn low_disk_makes_the_node_unready_and_refuses_uploads_before_reading_them
             "video_file",
             reqwest::multipart::Part::bytes(std::fs::read(clip(Clip::Valid)).unwrap()),
         ))
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -118,7 +119,7 @@ async fn uploads_beyond_the_slots_are_refused_at_once_with_retry_after() {
 #[tokio::test]
 async fn the_web_page_is_served_at_the_root() {
     let t = TestApp::start();
-    let response = t.http.get(t.url("/")).send().await.unwrap();
+    let response = t.http.get(t.url("/")).checked().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"]
         .to_str()

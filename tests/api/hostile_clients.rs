@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::raw::{header, read_response};
 use common::{detail_of, TestApp};
 use rand::rngs::StdRng;
@@ -119,7 +120,7 @@ async fn a_valid_token_for_a_player_who_does_not_exist_is_401_before_any_body() 
             .http
             .request(method.parse().unwrap(), t.url(&path))
             .bearer_auth(&ghost)
-            .send()
+            .checked()
             .await
             .unwrap();
         assert_eq!(
@@ -355,7 +356,7 @@ async fn media_routes_answer_other_methods_405_with_allow() {
             let response = t
                 .http
                 .request(method.parse().unwrap(), t.url(path))
-                .send()
+                .checked()
                 .await
                 .unwrap();
             assert_eq!(
@@ -389,7 +390,7 @@ async fn signed_urls_accept_only_their_canonical_spelling() {
     let status = |query: String| {
         let url = t.url(&format!("{path}?{query}"));
         let http = t.http.clone();
-        async move { http.get(url).send().await.unwrap().status() }
+        async move { http.get(url).checked().await.unwrap().status() }
     };
     assert_eq!(status(query.to_string()).await, StatusCode::OK);
     for bad in [
@@ -413,12 +414,12 @@ async fn every_answer_forbids_sniffing_and_referrers_and_the_page_has_a_policy()
         "/no/such/route",
         "/media/1.mp4",
     ] {
-        let response = t.http.get(t.url(path)).send().await.unwrap();
+        let response = t.http.get(t.url(path)).checked().await.unwrap();
         let headers = response.headers();
         assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
     }
-    let page = t.http.get(t.url("/")).send().await.unwrap();
+    let page = t.http.get(t.url("/")).checked().await.unwrap();
     let policy = page.headers()["content-security-policy"]
         .to_str()
         .unwrap()
@@ -467,7 +468,7 @@ async fn names_and_titles_cannot_carry_controls_or_direction_overrides() {
 #[tokio::test]
 async fn the_pages_scripts_and_styles_are_its_own_fingerprinted_files_cached_for_a_year() {
     let t = TestApp::start();
-    let page = t.http.get(t.url("/")).send().await.unwrap();
+    let page = t.http.get(t.url("/")).checked().await.unwrap();
     assert_eq!(page.headers()["cache-control"], "no-cache");
     let html = page.text().await.unwrap();
     assert!(
@@ -481,7 +482,7 @@ async fn the_pages_scripts_and_styles_are_its_own_fingerprinted_files_cached_for
     // The script, the style, the icon and the uploader.
     assert_eq!(paths.len(), 4, "{html}");
     for path in paths {
-        let response = t.http.get(t.url(path)).send().await.unwrap();
+        let response = t.http.get(t.url(path)).checked().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let headers = response.headers().clone();
         assert_eq!(

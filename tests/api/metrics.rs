@@ -3,13 +3,14 @@
 
 use crate::common;
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use common::{clip, Clip};
 use prometheus_parse::{Scrape, Value};
 use reqwest::StatusCode;
 
 async fn scrape(http: &reqwest::Client, server: &ServerProcess) -> Scrape {
-    let response = http.get(server.url("/metrics")).send().await.unwrap();
+    let response = http.get(server.url("/metrics")).checked().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()["content-type"]
         .to_str()

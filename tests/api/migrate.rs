@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::common::moto::Moto;
+use crate::common::Checked;
 use crate::common::{self, aws, postgres, test_config, Client, TestApp, PASSWORD};
 
 const ADMIN: &str = "admin-token-of-the-copy-0123";
@@ -188,7 +189,7 @@ async fn a_node_on_sled_moves_to_postgresql_s3_and_sqs_and_runs_on_the_copy() {
     let media = client
         .http
         .get(copy.url(&format!("/media/{published}.mp4")))
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(media.status(), StatusCode::OK);
@@ -197,7 +198,7 @@ async fn a_node_on_sled_moves_to_postgresql_s3_and_sqs_and_runs_on_the_copy() {
         .http
         .get(copy.url("/api/admin/dead-letters"))
         .bearer_auth(ADMIN)
-        .send()
+        .checked()
         .await
         .unwrap()
         .json::<serde_json::Value>()

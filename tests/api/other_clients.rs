@@ -4,6 +4,7 @@
 
 use crate::common;
 
+use crate::common::Checked;
 use common::{clip, detail_of, Clip, TestApp, PASSWORD};
 use reqwest::StatusCode;
 
@@ -12,7 +13,7 @@ async fn login_form(t: &TestApp, fields: &[(&str, &str)]) -> (StatusCode, serde_
         t.http
             .post(t.url("/api/auth/login"))
             .form(fields)
-            .send()
+            .checked()
             .await
             .unwrap(),
     )

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common::process::ServerProcess;
+use crate::common::Checked;
 use crate::common::{clip, Clip};
 
 const ADMIN: &str = "admin-token-of-the-drill-01";
@@ -31,7 +32,7 @@ async fn hold_relay(server: &ServerProcess, step: &str) {
         .post(server.url("/api/admin/faults"))
         .bearer_auth(ADMIN)
         .json(&json!({"relay_hold": step}))
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::raw::{header, read_response};
 use common::{detail_of, TestApp};
 use reqwest::StatusCode;
@@ -174,7 +175,7 @@ async fn login_from(t: &TestApp, forwarded_for: Option<&str>) -> reqwest::Respon
     if let Some(addr) = forwarded_for {
         request = request.header("x-forwarded-for", addr);
     }
-    request.send().await.unwrap()
+    request.checked().await.unwrap()
 }
 
 #[tokio::test]
@@ -211,7 +212,7 @@ async fn over_its_budget_a_client_gets_429_and_others_do_not() {
             .http
             .post(t.url("/api/public/videos/1/vote"))
             .header("x-forwarded-for", format!("198.51.100.{i}"))
-            .send()
+            .checked()
             .await
             .unwrap();
         statuses.push(response.status().as_u16());
@@ -237,7 +238,7 @@ async fn ten_thousand_clients_are_told_apart_and_their_idle_buckets_evicted() {
             t.http
                 .post(t.url("/api/public/videos/1/vote"))
                 .header("x-forwarded-for", addr)
-                .send()
+                .checked()
         });
         for response in futures_util::future::join_all(requests).await {
             assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
@@ -262,7 +263,7 @@ async fn the_server_evicts_idle_buckets_by_itself() {
         c.rate_limit.evict_every_s = 1;
     });
     let limits = t.app.node.rate_limits().clone();
-    let vote = || t.http.post(t.url("/api/public/videos/1/vote")).send();
+    let vote = || t.http.post(t.url("/api/public/videos/1/vote")).checked();
     assert_eq!(vote().await.unwrap().status(), StatusCode::UNAUTHORIZED);
     // The refusal proves the client's bucket exists right now.
     assert_eq!(
@@ -289,7 +290,7 @@ async fn oversized_json_bodies_are_refused() {
         .http
         .post(t.url("/api/auth/signup"))
         .json(&json!({ "first_name": huge }))
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);

@@ -7,6 +7,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use common::{detail_of, TestApp};
 use reqwest::StatusCode;
@@ -74,7 +75,7 @@ async fn admin(t: &TestApp, method: &str, path: &str, body: Option<Value>) -> (S
     if let Some(body) = body {
         request = request.json(&body);
     }
-    common::read(request.send().await.unwrap()).await
+    common::read(request.checked().await.unwrap()).await
 }
 
 async fn set_child_fault(t: &TestApp, fault: Value) {
@@ -295,7 +296,7 @@ async fn deleting_a_video_cancels_its_running_transcode() {
         .http
         .delete(t.url(&format!("/api/videos/{id}")))
         .bearer_auth(&token)
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -326,7 +327,7 @@ async fn admin_routes_need_the_admin_token() {
         let response = t
             .http
             .request(method.parse().unwrap(), t.url(path))
-            .send()
+            .checked()
             .await
             .unwrap();
         assert_eq!(
@@ -354,7 +355,7 @@ async fn admin_routes_need_the_admin_token() {
             .http
             .get(t.url("/api/admin/dead-letters"))
             .header("authorization", format!("{scheme} {ADMIN}"))
-            .send()
+            .checked()
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{scheme}");
@@ -366,7 +367,7 @@ async fn admin_routes_need_the_admin_token() {
         .http
         .get(plain.url("/api/admin/faults"))
         .bearer_auth(ADMIN)
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -396,7 +397,15 @@ async fn a_server_killed_mid_transcode_finishes_the_video_exactly_once_after_res
         let request = http
             .get(server.url(&format!("/api/videos/{id}")))
             .bearer_auth(&token);
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+        async move {
+            request
+                .checked()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
     };
     wait_for(
         "processing with progress",
@@ -560,7 +569,7 @@ async fn transcode_children_run_with_their_limits_and_no_new_privileges() {
         t.http
             .delete(t.url(&format!("/api/videos/{id}")))
             .bearer_auth(&token)
-            .send()
+            .checked()
             .await
             .unwrap(),
     )

@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use crate::common::Checked;
 use common::{detail_of, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -11,7 +12,7 @@ async fn vote(t: &TestApp, id: &str, token: Option<&str>) -> (StatusCode, Value)
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    common::read(request.send().await.unwrap()).await
+    common::read(request.checked().await.unwrap()).await
 }
 
 #[tokio::test]
@@ -237,7 +238,7 @@ async fn two_hundred_concurrent_voters_count_exactly_two_hundred() {
     let path = format!("/api/public/videos/{video}/vote");
     let votes = tokens.iter().map(|token| {
         let request = t.http.post(t.url(&path)).bearer_auth(token);
-        async move { request.send().await.unwrap().status() }
+        async move { request.checked().await.unwrap().status() }
     });
     let statuses = futures_util::future::join_all(votes).await;
     assert!(
@@ -263,7 +264,7 @@ async fn one_user_voting_fifty_times_at_once_counts_once() {
     let path = format!("/api/public/videos/{video}/vote");
     let votes = (0..50).map(|_| {
         let request = t.http.post(t.url(&path)).bearer_auth(&fan);
-        async move { request.send().await.unwrap().status() }
+        async move { request.checked().await.unwrap().status() }
     });
     let statuses = futures_util::future::join_all(votes).await;
     assert_eq!(

@@ -9,6 +9,7 @@ use serde_json::Value;
 use showcase::config::{Config, Role};
 
 use crate::common::moto::Moto;
+use crate::common::Checked;
 use crate::common::{self, aws, postgres, test_config, Client, TestApp};
 
 /// What the nodes of one platform share.
@@ -110,7 +111,7 @@ async fn an_api_node_and_a_worker_node_make_one_platform() {
     }
     // A worker serves the operator routes only.
     for path in ["/api/health", "/api/health/ready", "/metrics"] {
-        let response = worker.http.get(worker.url(path)).send().await.unwrap();
+        let response = worker.http.get(worker.url(path)).checked().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
     for path in ["/api/public/videos", "/api/public/rankings", "/"] {
@@ -147,7 +148,7 @@ async fn an_api_node_and_a_worker_node_make_one_platform() {
     let media = api
         .http
         .get(api.url(published["processed_url"].as_str().unwrap()))
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(media.status(), StatusCode::OK);

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use reqwest::StatusCode;
 
@@ -105,14 +106,14 @@ async fn systemd_credentials_give_the_admin_token_and_the_jwt_secret() {
     let admin = http
         .get(server.url("/api/admin/dead-letters"))
         .bearer_auth(token)
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(admin.status(), StatusCode::OK);
     let wrong = http
         .get(server.url("/api/admin/dead-letters"))
         .bearer_auth("credential-admin-token-0124")
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);

@@ -6,6 +6,7 @@ use crate::common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::{clip, detail_of, poster_jpeg, random_file, Clip, TestApp};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -36,7 +37,7 @@ async fn get(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = request.send().await.unwrap();
+    let response = request.checked().await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     (status, headers, response.bytes().await.unwrap().to_vec())
@@ -216,8 +217,8 @@ async fn head_has_the_headers_of_get_and_no_body() {
             get_request = get_request.header("range", range);
             head_request = head_request.header("range", range);
         }
-        let got = get_request.send().await.unwrap();
-        let head = head_request.send().await.unwrap();
+        let got = get_request.checked().await.unwrap();
+        let head = head_request.checked().await.unwrap();
         assert_eq!(got.status(), head.status());
         for name in [
             "content-length",

@@ -7,6 +7,7 @@ use crate::common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use common::{clip, poster_jpeg, random_file, Clip, TestApp};
 use reqwest::StatusCode;
@@ -128,7 +129,7 @@ async fn a_panic_in_each_actor_is_restarted_within_a_second_without_hurting_the_
     assert_eq!(
         t.http
             .get(t.url(&format!("/media/{id}.jpg")))
-            .send()
+            .checked()
             .await
             .unwrap()
             .status(),

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use reqwest::StatusCode;
 
@@ -219,7 +220,7 @@ async fn the_node_works_under_the_units_system_call_filter_and_w_xor_x() {
         let response = http
             .get(server.url(&format!("/api/videos/{id}")))
             .bearer_auth(&token)
-            .send()
+            .checked()
             .await
             .unwrap();
         let (_, video) = common::read(response).await;
@@ -233,7 +234,7 @@ async fn the_node_works_under_the_units_system_call_filter_and_w_xor_x() {
     let media = http
         .get(server.url(&format!("/media/{id}.mp4")))
         .header("range", "bytes=0-1023")
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(media.status(), StatusCode::PARTIAL_CONTENT);

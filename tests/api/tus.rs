@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::raw::{header, read_response};
+use crate::common::Checked;
 use crate::common::{clip, detail_of, generate_mp4, Client, Clip, TestApp};
 
 const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
@@ -71,7 +72,7 @@ async fn create(client: &Client, token: &str, length: u64, title: &str) -> Answe
             .header(TUS.0, TUS.1)
             .header("Upload-Length", length)
             .header("Upload-Metadata", metadata(title))
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -95,7 +96,7 @@ async fn patch(client: &Client, token: &str, at: &str, offset: u64, bytes: &[u8]
             .header("Upload-Offset", offset)
             .header("Content-Type", OCTETS)
             .body(bytes.to_vec())
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -109,7 +110,7 @@ async fn head(client: &Client, token: &str, at: &str) -> Answer {
             .head(client.url(at))
             .bearer_auth(token)
             .header(TUS.0, TUS.1)
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -123,7 +124,7 @@ async fn terminate(client: &Client, token: &str, at: &str) -> Answer {
             .delete(client.url(at))
             .bearer_auth(token)
             .header(TUS.0, TUS.1)
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -174,7 +175,7 @@ async fn discovery_and_creation_follow_tus_1_0() {
     let options = Answer::of(
         t.http
             .request(reqwest::Method::OPTIONS, t.url("/api/uploads"))
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -290,7 +291,7 @@ async fn creation_with_upload_takes_the_first_chunk() {
             .header("Upload-Metadata", metadata("De una vez"))
             .header("Content-Type", OCTETS)
             .body(file[..1_000_000].to_vec())
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -316,7 +317,7 @@ async fn protocol_errors_answer_with_their_status_and_a_detail() {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        async move { Answer::of(request.send().await.unwrap()).await }
+        async move { Answer::of(request.checked().await.unwrap()).await }
     };
     let tus = || ("Tus-Resumable", "1.0.0".to_string());
     let length = |n: u64| ("Upload-Length", n.to_string());
@@ -375,7 +376,7 @@ async fn protocol_errors_answer_with_their_status_and_a_detail() {
             .header("Upload-Offset", 0)
             .header("Content-Type", "application/octet-stream")
             .body(vec![0u8; 10])
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -388,7 +389,7 @@ async fn protocol_errors_answer_with_their_status_and_a_detail() {
             .header(TUS.0, TUS.1)
             .header("Content-Type", OCTETS)
             .body(vec![0u8; 10])
-            .send()
+            .checked()
             .await
             .unwrap(),
     )
@@ -521,7 +522,7 @@ async fn checksums_are_verified_and_a_bad_chunk_is_discarded() {
             .header("Content-Type", OCTETS)
             .header("Upload-Checksum", checksum)
             .body(chunk.to_vec());
-        async move { Answer::of(request.send().await.unwrap()).await }
+        async move { Answer::of(request.checked().await.unwrap()).await }
     };
     let wrong = send(format!("sha256 {}", b64(&sha2::Sha256::digest(b"otro")))).await;
     assert_eq!(wrong.status.as_u16(), 460, "{}", wrong.body);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::Checked;
 use common::process::ServerProcess;
 use common::{clip, padded_mp4, Clip, TestApp};
 use reqwest::StatusCode;
@@ -245,7 +246,7 @@ async fn a_100_mib_upload_streams_through_in_bounded_memory() {
             http.post(url)
                 .bearer_auth(token)
                 .multipart(form)
-                .send()
+                .checked()
                 .await
                 .unwrap()
                 .status()

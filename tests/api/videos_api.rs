@@ -2,6 +2,7 @@
 
 use crate::common;
 
+use crate::common::Checked;
 use common::{clip, detail_of, Clip, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -136,7 +137,7 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
         .post(t.url("/api/videos/upload"))
         .bearer_auth(&token)
         .json(&json!({"title": "x"}))
-        .send()
+        .checked()
         .await
         .unwrap();
     let (status, body) = common::read(response).await;
@@ -250,7 +251,7 @@ async fn delete_removes_record_job_and_files_unless_published() {
             .http
             .delete(t.url(&format!("/api/videos/{id}")))
             .bearer_auth(token);
-        async move { common::read(request.send().await.unwrap()).await }
+        async move { common::read(request.checked().await.unwrap()).await }
     };
 
     let (status, body) = delete(gone, other.clone()).await;
@@ -288,7 +289,7 @@ async fn delete_removes_record_job_and_files_unless_published() {
         .http
         .delete(t.url("/api/videos/abc"))
         .bearer_auth(&token)
-        .send()
+        .checked()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -300,7 +301,7 @@ async fn unknown_routes_and_methods_answer_json() {
     let (status, body) = t.get("/api/nothing-here", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     detail_of(&body);
-    let response = t.http.put(t.url("/api/videos")).send().await.unwrap();
+    let response = t.http.put(t.url("/api/videos")).checked().await.unwrap();
     let (status, body) = common::read(response).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     detail_of(&body);

@@ -9,6 +9,7 @@ use std::path::Path;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use super::openapi::Checked;
 use super::{Clip, PASSWORD};
 
 #[derive(Clone)]
@@ -72,7 +73,7 @@ impl Client {
     ) -> reqwest::Result<(StatusCode, Value)> {
         answer(
             Self::with_token(self.http.get(self.url(path)), token)
-                .send()
+                .checked()
                 .await,
         )
         .await
@@ -88,7 +89,7 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        answer(request.send().await).await
+        answer(request.checked().await).await
     }
 
     pub async fn try_signup(
@@ -120,7 +121,7 @@ impl Client {
         form: reqwest::multipart::Form,
     ) -> reqwest::Result<(StatusCode, Value)> {
         let request = self.http.post(self.url("/api/videos/upload"));
-        answer(request.bearer_auth(token).multipart(form).send().await).await
+        answer(request.bearer_auth(token).multipart(form).checked().await).await
     }
 
     /// Uploads `video` with the contract's form.
@@ -225,7 +226,7 @@ impl Client {
         let text = self
             .http
             .get(self.url("/metrics"))
-            .send()
+            .checked()
             .await
             .unwrap()
             .text()

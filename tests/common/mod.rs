@@ -12,12 +12,15 @@ pub mod gate;
 pub mod moto;
 pub mod nginx;
 pub mod npm;
+pub mod openapi;
 pub mod postgres;
 pub mod process;
 pub mod raw;
 pub mod stored;
 
 pub use client::Client;
+#[allow(unused_imports)]
+pub use openapi::Checked;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
