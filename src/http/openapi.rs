@@ -247,6 +247,43 @@ mod tests {
         }
     }
 
+    /// A number per kind of endpoint, 0, 1, 2, ...: a new kind gets the next number (the match
+    /// does not compile without it), and the test below then needs a sample of it.
+    fn ordinal(endpoint: &Endpoint) -> usize {
+        use Endpoint as E;
+        match endpoint {
+            E::Page => 0,
+            E::Asset { .. } => 1,
+            E::OpenApi => 2,
+            E::Docs => 3,
+            E::Signup => 4,
+            E::Login => 5,
+            E::Upload => 6,
+            E::MyVideos => 7,
+            E::Video { .. } => 8,
+            E::DeleteVideo { .. } => 9,
+            E::PublicVideos => 10,
+            E::Vote { .. } => 11,
+            E::Rankings => 12,
+            E::Health => 13,
+            E::Ready => 14,
+            E::Actors => 15,
+            E::Metrics => 16,
+            E::DeadLetters => 17,
+            E::RedriveAll => 18,
+            E::Redrive { .. } => 19,
+            E::Faults => 20,
+            E::SetFaults => 21,
+            E::ActorFault { .. } => 22,
+            E::UploadsOptions => 23,
+            E::CreateUpload => 24,
+            E::UploadStatus { .. } => 25,
+            E::UploadPatch { .. } => 26,
+            E::UploadDelete { .. } => 27,
+            E::Media { .. } => 28,
+        }
+    }
+
     /// A concrete path for a template: ids become 42, names something the router accepts.
     fn example(template: &str) -> String {
         template
@@ -333,6 +370,17 @@ mod tests {
             (Method::GET, "/media/originals/7.mp4"),
             (Method::HEAD, "/media/originals/7.mp4"),
         ];
+        // The samples reach every kind of endpoint (`ordinal` has an arm for each).
+        let reached: std::collections::BTreeSet<usize> = endpoints
+            .iter()
+            .map(|(method, path)| ordinal(&route(method, path).endpoint.unwrap()))
+            .collect();
+        let kinds = reached.iter().max().unwrap() + 1;
+        assert_eq!(
+            reached.len(),
+            kinds,
+            "an endpoint has no sample request above"
+        );
         for (method, path) in endpoints {
             let endpoint = route(&method, path).endpoint.unwrap();
             for (method, template) in documented_as(&endpoint) {

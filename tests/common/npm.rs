@@ -1,6 +1,6 @@
-//! The npm packages the tests drive (playwright-core, axe-core, Lighthouse, tus-js-client),
-//! installed into the build tree from `tests/browser/package-lock.json`, and the scripts of
-//! `tests/browser/` that use them.
+//! The npm packages the tests drive (playwright-core, axe-core, Lighthouse, tus-js-client,
+//! newman, Redocly CLI, and the vendored files' originals), installed into the build tree from
+//! `tests/browser/package-lock.json`, and the scripts of `tests/browser/` that use them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +22,8 @@ pub fn driver() -> PathBuf {
         "app.mjs",
         "lighthouse.mjs",
         "tus-upload.mjs",
+        "docs.mjs",
+        "redocly.yaml",
     ] {
         std::fs::copy(source.join(file), dir.join(file)).unwrap();
     }
