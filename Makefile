@@ -14,8 +14,9 @@ BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev l
                   libswresample-dev libavdevice-dev clang libclang-dev pkg-config
 # Test tools: the ffmpeg command line (test media, probing), curl, ss (listen backlogs),
 # systemd-analyze and the kernel's system-call numbers (the unit's audit and filter), Chromium
-# (browser tests: playwright-core, axe-core and Lighthouse from the npm registry, installed by
-# the test from tests/browser/package-lock.json), and PostgreSQL (the tests
+# (browser tests: playwright-core, axe-core and Lighthouse; newman and Redocly CLI for the
+# API's documents: all from the npm registry, installed by the test from
+# tests/browser/package-lock.json), and PostgreSQL (the tests
 # start throwaway clusters of their own: tests/common/postgres.rs), and nginx as the cluster
 # test's load balancer.
 TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-libc-dev python3-venv \
