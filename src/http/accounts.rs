@@ -114,6 +114,10 @@ impl SignupRequest {
 
 /// The account as created.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": 7, "first_name": "Camila", "last_name": "Ríos", "email": "camila@example.com",
+    "city": "Bogotá", "country": "Colombia", "message": "Usuario creado exitosamente."
+}))]
 struct SignupResponse {
     id: u64,
     first_name: String,
@@ -202,6 +206,11 @@ impl From<LoginForm> for LoginRequest {
 
 /// A session.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3In0.c2lnbmF0dXJl",
+    "token_type": "bearer",
+    "expires_in": 3600
+}))]
 struct LoginResponse {
     /// The bearer token of the player's requests.
     access_token: String,

@@ -408,6 +408,76 @@ mod tests {
         }
     }
 
+    /// Every `example` in the document, with the schema it illustrates: (where, example,
+    /// schema).
+    fn examples(doc: &serde_json::Value) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+        let mut found = Vec::new();
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            if let Some(example) = schema.get("example") {
+                found.push((format!("schema {name}"), example.clone(), schema.clone()));
+            }
+        }
+        let mut media = Vec::new();
+        for (name, response) in doc["components"]["responses"].as_object().unwrap() {
+            media.push((format!("response {name}"), response["content"].clone()));
+        }
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    media.push((
+                        format!("{method} {path} {status}"),
+                        response["content"].clone(),
+                    ));
+                }
+                media.push((
+                    format!("{method} {path} body"),
+                    op["requestBody"]["content"].clone(),
+                ));
+            }
+        }
+        for (place, content) in media {
+            for (media_type, content) in content.as_object().into_iter().flatten() {
+                let schema = content["schema"].clone();
+                if let Some(example) = content.get("example") {
+                    found.push((
+                        format!("{place} {media_type}"),
+                        example.clone(),
+                        schema.clone(),
+                    ));
+                }
+                for (name, example) in content["examples"].as_object().into_iter().flatten() {
+                    found.push((
+                        format!("{place} {media_type} {name}"),
+                        example["value"].clone(),
+                        schema.clone(),
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_example_is_valid_for_its_schema() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let examples = examples(&doc);
+        assert!(examples.len() >= 20, "{}", examples.len());
+        for (place, example, schema) in examples {
+            let mut root = schema;
+            root["components"] = doc["components"].clone();
+            let validator = jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+                .build(&root)
+                .unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&example)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{place}: {example} {errors:?}");
+        }
+    }
+
     #[test]
     fn every_operation_answers_errors_as_detail_and_refusals_with_retry_after() {
         let doc = serde_json::to_value(document()).unwrap();

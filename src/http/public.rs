@@ -22,6 +22,12 @@ const MAX_LIMIT: u64 = 100;
 
 /// A published video.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": 42, "video_id": 42, "title": "Crossover y triple",
+    "uploaded_at": "2026-11-22T14:10:43Z", "processed_url": "/media/42.mp4",
+    "poster_url": "/media/42.jpg", "owner_name": "Camila Ríos", "owner_city": "Bogotá",
+    "votes": 12
+}))]
 struct PublicVideo {
     /// The same as `video_id`, for clients that expect an `id` on every item.
     id: u64,
@@ -118,6 +124,7 @@ pub async fn vote(
 
 /// A player's place in the ranking.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"position": 1, "username": "Camila Ríos", "city": "Bogotá", "votes": 12}))]
 struct Ranked {
     /// Continuous across pages: offset + index + 1.
     #[schema(minimum = 1)]

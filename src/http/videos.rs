@@ -68,6 +68,11 @@ struct UploadForm {
 
 /// The upload is stored and its job queued.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "message": "Video subido exitosamente. Procesamiento en curso.",
+    "task_id": "7f9c2ba4-e88f-4b12-8a3c-1d5e6f708192",
+    "video_id": 42
+}))]
 struct UploadAccepted {
     #[schema(example = "Video subido exitosamente. Procesamiento en curso.")]
     message: &'static str,
@@ -238,6 +243,10 @@ async fn read_text_field(form: &mut FormReader) -> Result<String, ApiError> {
 
 /// One of the player's videos.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "video_id": 42, "title": "Crossover y triple", "status": "processing",
+    "uploaded_at": "2026-11-22T14:10:43Z", "processed_at": null, "processed_url": null
+}))]
 struct VideoSummary {
     video_id: u64,
     title: String,
@@ -295,6 +304,12 @@ pub async fn list(node: &Node, request: Request) -> Result<Response, ApiError> {
 
 /// One video of the player, in full.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "video_id": 42, "title": "Crossover y triple", "status": "processed", "progress": 100,
+    "uploaded_at": "2026-11-22T14:10:43Z", "processed_at": "2026-11-22T14:11:20Z",
+    "original_url": "/media/originals/42.mp4?expires=1795443043&signature=9f2c4e0a5b7d8c1e3f6a9b2d4c7e0f1a3b5d7e9f1c3a5b7d9e1f3a5c7e9b1d3f",
+    "processed_url": "/media/42.mp4", "poster_url": "/media/42.jpg", "votes": 12
+}))]
 struct VideoDetail {
     video_id: u64,
     title: String,
