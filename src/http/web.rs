@@ -6,8 +6,9 @@
 //! The page also carries the node's upload policy (`data-*` attributes of its body), so that
 //! the browser can tell a player what the node would refuse before sending a byte.
 //!
-//! Text assets are also kept gzipped (compressed once, at first use) and sent so to clients
-//! that accept it: the uploader library alone is 87 KB, 22 KB gzipped.
+//! Text assets are also kept gzipped (each compressed once, when a client that accepts gzip
+//! first asks for it) and sent so to clients that accept it: the uploader library alone is
+//! 87 KB, 22 KB gzipped.
 
 use std::sync::OnceLock;
 
@@ -73,8 +74,8 @@ struct Asset {
     content_type: &'static str,
     body: &'static [u8],
     etag: String,
-    /// The body gzipped, when that makes it smaller.
-    gzipped: Option<Vec<u8>>,
+    /// The body gzipped, when that makes it smaller: text only, compressed at first need.
+    gzipped: OnceLock<Option<Vec<u8>>>,
 }
 
 fn gzip(body: &[u8]) -> Option<Vec<u8>> {
@@ -83,6 +84,19 @@ fn gzip(body: &[u8]) -> Option<Vec<u8>> {
     encoder.write_all(body).ok()?;
     let gzipped = encoder.finish().ok()?;
     (gzipped.len() < body.len()).then_some(gzipped)
+}
+
+impl Asset {
+    /// Whether a gzipped variant may exist (text compresses; images are compressed already).
+    fn compressible(&self) -> bool {
+        self.content_type.starts_with("text/")
+    }
+
+    fn gzipped(&self) -> Option<&[u8]> {
+        self.gzipped
+            .get_or_init(|| self.compressible().then(|| gzip(self.body)).flatten())
+            .as_deref()
+    }
 }
 
 /// Whether `Accept-Encoding` takes gzip (named, or `*`, with a non-zero quality).
@@ -118,10 +132,7 @@ fn assets() -> &'static [Asset] {
                     content_type,
                     body,
                     etag: format!("\"{digest}\""),
-                    gzipped: content_type
-                        .starts_with("text/")
-                        .then(|| gzip(body))
-                        .flatten(),
+                    gzipped: OnceLock::new(),
                 }
             })
             .collect()
@@ -263,14 +274,14 @@ pub fn docs() -> Response {
 )]
 pub fn asset(name: &str, request: &http::HeaderMap) -> Option<Response> {
     let asset = assets().iter().find(|a| a.served_as == name)?;
-    let gzipped = asset.gzipped.as_ref().filter(|_| accepts_gzip(request));
+    let gzipped = accepts_gzip(request).then(|| asset.gzipped()).flatten();
     let mut response = match gzipped {
-        Some(bytes) => full(http::StatusCode::OK, bytes.clone()),
+        Some(bytes) => full(http::StatusCode::OK, bytes),
         None => full(http::StatusCode::OK, asset.body),
     };
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
-    if asset.gzipped.is_some() {
+    if asset.compressible() {
         headers.insert(
             http::header::VARY,
             HeaderValue::from_static("accept-encoding"),
@@ -357,7 +368,7 @@ mod tests {
             let etag = response.headers()["etag"].to_str().unwrap();
             assert_eq!(etag.ends_with("-gzip\""), gzipped, "{etag}");
         }
-        let small = asset.gzipped.as_ref().unwrap().len();
+        let small = asset.gzipped().unwrap().len();
         assert!(
             small * 3 < asset.body.len(),
             "{small} of {}",
@@ -365,7 +376,7 @@ mod tests {
         );
         // The icon is an image: as it is.
         let icon = assets().iter().find(|a| a.name == "icon.svg").unwrap();
-        assert!(icon.gzipped.is_none());
+        assert!(icon.gzipped().is_none() && !icon.compressible());
     }
 
     #[test]
