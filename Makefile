@@ -1,7 +1,9 @@
 # showcase: build, run and test on a fresh Debian/Ubuntu machine.
 #   make run    installs what is missing, builds, starts the server on its embedded defaults
 #   make test   installs what is missing, checks formatting and lints, runs every test
-#               (the cluster test included: `make cluster-test` runs it alone)
+#               (the cluster test included: `make cluster-test` runs it alone), and builds
+#               and checks the Debian package (`make deb-check`)
+#   make deb    the Debian package (cargo-deb)
 #   make fuzz   100,000 mutated MP4 files through the upload probe (release build)
 #   make bench  prints the benchmarks (upload vs fdatasync, durable enqueue rate, transcode
 #               pipeline vs the ffmpeg CLI, processing throughput)
@@ -28,6 +30,11 @@ TEST_PACKAGES := ffmpeg curl chromium fonts-dejavu-core iproute2 systemd linux-l
 VENV := $(HOME)/.cache/showcase/venv
 MOTO_VERSION := 5.2.5
 TUSPY_VERSION := 1.1.0
+# cfn-lint, from PyPI, for the AWS template (tests/deploy.rs), in an environment of its own: its
+# dependencies (boto3 among them) stay out of moto's way.
+CFN_LINT_VENV := $(HOME)/.cache/showcase/cfn-lint
+CFN_LINT_VERSION := 1.58.0
+export CFN_LINT := $(CFN_LINT_VENV)/bin/cfn-lint
 export MOTO_SERVER := $(VENV)/bin/moto_server
 export TEST_VENV_PYTHON := $(VENV)/bin/python
 # Benchmark peers: wrk as the load generator, nginx as the reference file server.
@@ -39,7 +46,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/showcase/target
 BIN := $(CARGO_TARGET_DIR)/release/showcase
 
-.PHONY: run test cluster-test bench bench-quick capacity build deps test-deps toolchain lint install chaos fuzz
+.PHONY: run test cluster-test bench bench-quick capacity build deps test-deps toolchain lint install chaos fuzz deb deb-deps deb-check
 
 # The capacity benchmark (showcase-bench): the replaced system's capacity plan against a node
 # it starts in a 2 GiB memory cgroup. `capacity` is the full run (about an hour); `bench-quick`
@@ -78,6 +85,9 @@ test-deps: deps
 	@$(VENV)/bin/pip show tuspy 2>/dev/null | grep -qx "Version: $(TUSPY_VERSION)" || { \
 	  echo "installing tuspy $(TUSPY_VERSION) into $(VENV)"; \
 	  $(VENV)/bin/pip install -q "tuspy==$(TUSPY_VERSION)"; }
+	@$(CFN_LINT_VENV)/bin/pip show cfn-lint 2>/dev/null | grep -qx "Version: $(CFN_LINT_VERSION)" || { \
+	  echo "installing cfn-lint $(CFN_LINT_VERSION) into $(CFN_LINT_VENV)"; \
+	  python3 -m venv $(CFN_LINT_VENV) && $(CFN_LINT_VENV)/bin/pip install -q "cfn-lint==$(CFN_LINT_VERSION)"; }
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
 
@@ -99,6 +109,31 @@ test: test-deps lint
 	SHOWCASE_TEST_BACKENDS=postgres cargo test --test api
 	SHOWCASE_TEST_BACKENDS=aws,postgres cargo test --test api
 	$(MAKE) --no-print-directory cluster-test
+	$(MAKE) --no-print-directory deb-check
+
+# The Debian package, $(DEB_DIR)/showcase_<version>_amd64.deb (and its debug symbols,
+# showcase-dbgsym_<version>_amd64.ddeb), by cargo-deb (installed when missing): the
+# dependencies on the libraries the binary links are computed by dpkg-shlibdeps.
+# `make test` builds it and checks it (tests/package.rs: contents, lintian, the units, an
+# install, the upgrade and the removal on this machine).
+CARGO_DEB_VERSION := 3.8.0
+DEB_DIR := $(CARGO_TARGET_DIR)/deb
+deb-deps: deps
+	$(call install_missing,dpkg-dev)
+	@cargo deb --version 2>/dev/null | grep -qx "cargo-deb $(CARGO_DEB_VERSION)" || \
+	  cargo install cargo-deb --locked --version $(CARGO_DEB_VERSION)
+
+deb: deb-deps
+	cargo deb --output $(DEB_DIR)/
+
+# The package's checks (deploy/deb/check-package). As root, they install it on this machine,
+# upgrade it to the same build under a higher version, remove it and purge it; they leave
+# alone a machine whose /etc/showcase another installation owns.
+deb-check: deb
+	$(call install_missing,lintian binutils)
+	cargo deb --no-build --no-dbgsym --strip --fast --deb-version "$$(cargo pkgid | sed 's/.*[@#]//')+check" \
+	  --output $(CARGO_TARGET_DIR)/deb-upgrade/
+	deploy/deb/check-package $(DEB_DIR)/showcase_*_amd64.deb $(CARGO_TARGET_DIR)/deb-upgrade/showcase_*_amd64.deb
 
 # The cluster test: PostgreSQL, S3 and SQS, two api nodes of the release binary behind nginx
 # and two workers, players at work while nodes are killed and restarted (tests/cluster.rs).
@@ -123,7 +158,8 @@ bench: test-deps
 PREFIX ?= /usr/local
 install: build
 	$(SUDO) install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/showcase
-	$(SUDO) install -D -m 0644 systemd/showcase.service $(DESTDIR)/etc/systemd/system/showcase.service
+	sed 's|/usr/bin/showcase|$(PREFIX)/bin/showcase|; s|/usr/share/doc/showcase|$(PREFIX)/share/doc/showcase|' \
+	  systemd/showcase.service | $(SUDO) install -D -m 0644 /dev/stdin $(DESTDIR)/etc/systemd/system/showcase.service
 	$(SUDO) install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/showcase/README.md
 	$(SUDO) install -d -m 0755 $(DESTDIR)/etc/showcase
 	@if [ -e $(DESTDIR)/etc/showcase/config.toml ]; then \

@@ -301,7 +301,7 @@ fn the_systemd_unit_verifies() {
     let copy = dir.path().join("showcase.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/showcase", env!("CARGO_BIN_EXE_showcase")),
+        unit.replace("/usr/bin/showcase", env!("CARGO_BIN_EXE_showcase")),
     )
     .unwrap();
     let out = std::process::Command::new("systemd-analyze")

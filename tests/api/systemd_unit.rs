@@ -54,7 +54,7 @@ fn systemd_accepts_the_unit() {
     let dir = tempfile::tempdir().unwrap();
     let unit = std::fs::read_to_string(unit_path())
         .unwrap()
-        .replace("/usr/local/bin/showcase", env!("CARGO_BIN_EXE_showcase"));
+        .replace("/usr/bin/showcase", env!("CARGO_BIN_EXE_showcase"));
     let copy = dir.path().join("showcase.service");
     std::fs::write(&copy, unit).unwrap();
     let out = Command::new("systemd-analyze")
