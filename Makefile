@@ -190,6 +190,9 @@ install: build
 	@file=$(DESTDIR)/etc/showcase/postgres_password; [ -e $$file ] || { \
 	  echo "$$file: left empty; with store.backend = \"postgres\", the database password goes there"; \
 	  $(SUDO) install -m 0600 /dev/null $$file; }
+	@file=$(DESTDIR)/etc/showcase/jwt_secret_accepted; [ -e $$file ] || { \
+	  echo "$$file: left empty; it holds the previous or next JWT secret during a rotation"; \
+	  $(SUDO) install -m 0600 /dev/null $$file; }
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null; then $(SUDO) systemctl daemon-reload || true; fi
 
 # The crash-recovery drill: CYCLES rounds of load, SIGKILL at a random moment, restart.

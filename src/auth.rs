@@ -54,7 +54,8 @@ pub struct AccessToken {
 
 pub struct Auth {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The key of `encoding`, then the accepted one, if any (see [`Auth::accepting`]).
+    decoding: Vec<DecodingKey>,
     validation: Validation,
     ttl: Duration,
     hashing: Arc<Semaphore>,
@@ -110,7 +111,7 @@ impl Auth {
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            decoding: vec![DecodingKey::from_secret(secret)],
             validation,
             ttl,
             hashing: Arc::new(Semaphore::new(max_concurrent_hashes)),
@@ -118,6 +119,13 @@ impl Auth {
             max_hashing_waiters: max_concurrent_hashes * WAITERS_PER_PERMIT,
             hash_memory: Arc::default(),
         }
+    }
+
+    /// Also accepts tokens signed with `secret`, and never signs with it: for rotating the
+    /// secret across a fleet without logging anyone out (`auth.jwt_secret_accepted`).
+    pub fn accepting(mut self, secret: &[u8]) -> Self {
+        self.decoding.push(DecodingKey::from_secret(secret));
+        self
     }
 
     pub fn issue(&self, user: UserId) -> AccessToken {
@@ -153,8 +161,13 @@ impl Auth {
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
             return Err(AuthError::InvalidToken);
         }
-        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation)
-            .map_err(|_| AuthError::InvalidToken)?;
+        let data = self
+            .decoding
+            .iter()
+            .find_map(|key| {
+                jsonwebtoken::decode::<Claims>(token.trim(), key, &self.validation).ok()
+            })
+            .ok_or(AuthError::InvalidToken)?;
         data.claims.sub.parse().map_err(|_| AuthError::InvalidToken)
     }
 
@@ -347,6 +360,24 @@ mod tests {
         ));
         let other = Auth::new(b"other", Duration::from_secs(60), 1);
         assert!(other.verify_header(Some(&format!("Bearer {t}"))).is_err());
+        // A node that also accepts this key takes the token, and signs with its own.
+        let rotating = Auth::new(b"other", Duration::from_secs(60), 1).accepting(b"test-secret");
+        assert_eq!(
+            rotating
+                .verify_header(Some(&format!("Bearer {t}")))
+                .unwrap(),
+            7
+        );
+        let signed_by_rotating = rotating.issue(8).token;
+        assert!(a
+            .verify_header(Some(&format!("Bearer {signed_by_rotating}")))
+            .is_err());
+        assert_eq!(
+            other
+                .verify_header(Some(&format!("Bearer {signed_by_rotating}")))
+                .unwrap(),
+            8
+        );
     }
 
     #[test]

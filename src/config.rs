@@ -367,6 +367,12 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// A file holding `jwt_secret`.
     pub jwt_secret_file: String,
+    /// A second key whose tokens and signed URLs are accepted, never used to sign: for
+    /// rotating `jwt_secret` across a fleet without logging anyone out. Resolved like
+    /// `jwt_secret` (this key, `jwt_secret_accepted_file`, the credential
+    /// `jwt_secret_accepted`); empty = none.
+    pub jwt_secret_accepted: String,
+    pub jwt_secret_accepted_file: String,
     pub token_ttl_s: u64,
     /// Password hashes computed at the same time (argon2id is CPU- and memory-heavy).
     pub max_concurrent_hashes: usize,
@@ -377,6 +383,8 @@ impl Default for AuthConfig {
         Self {
             jwt_secret: String::new(),
             jwt_secret_file: String::new(),
+            jwt_secret_accepted: String::new(),
+            jwt_secret_accepted_file: String::new(),
             token_ttl_s: 3600,
             max_concurrent_hashes: 2,
         }
@@ -604,6 +612,11 @@ const JWT_SECRET: SecretSource = SecretSource {
     file_key: "auth.jwt_secret_file",
     credential: "jwt_secret",
 };
+const JWT_SECRET_ACCEPTED: SecretSource = SecretSource {
+    key: "auth.jwt_secret_accepted",
+    file_key: "auth.jwt_secret_accepted_file",
+    credential: "jwt_secret_accepted",
+};
 
 /// The systemd credential that may hold the PostgreSQL password.
 const POSTGRES_PASSWORD: &str = "postgres_password";
@@ -735,8 +748,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Fills `admin.token` and `auth.jwt_secret` from their single source (see
-    /// [`SecretSource::resolve`]); `file` is the configuration file that was read, if any.
+    /// Fills `admin.token`, `auth.jwt_secret` and `auth.jwt_secret_accepted` from their single
+    /// source (see [`SecretSource::resolve`]); `file` is the configuration file that was read,
+    /// if any.
     pub fn resolve_secrets(
         &mut self,
         file: Option<&Path>,
@@ -762,6 +776,12 @@ impl Config {
             &self.auth.jwt_secret_file,
             credentials,
             written_in_open_file(JWT_SECRET.key),
+        )?;
+        self.auth.jwt_secret_accepted = JWT_SECRET_ACCEPTED.resolve(
+            &self.auth.jwt_secret_accepted,
+            &self.auth.jwt_secret_accepted_file,
+            credentials,
+            written_in_open_file(JWT_SECRET_ACCEPTED.key),
         )?;
         if let Some(path) = credentials
             .map(|dir| dir.join(POSTGRES_PASSWORD))
@@ -885,11 +905,21 @@ impl Config {
                 "admin.token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it has {admin_chars})"
             )));
         }
-        let secret_bytes = self.auth.jwt_secret.len();
-        if secret_bytes > 0 && secret_bytes < MIN_JWT_SECRET_BYTES {
-            return Err(ConfigError::Invalid(format!(
-                "auth.jwt_secret must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {secret_bytes})"
-            )));
+        for (key, secret) in [
+            ("auth.jwt_secret", &self.auth.jwt_secret),
+            ("auth.jwt_secret_accepted", &self.auth.jwt_secret_accepted),
+        ] {
+            let bytes = secret.len();
+            if bytes > 0 && bytes < MIN_JWT_SECRET_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {bytes})"
+                )));
+            }
+        }
+        if !self.auth.jwt_secret_accepted.is_empty() && self.auth.jwt_secret.is_empty() {
+            return bad(
+                "auth.jwt_secret_accepted is for rotating auth.jwt_secret: give auth.jwt_secret too",
+            );
         }
         if self.auth.token_ttl_s == 0 {
             return bad("auth.token_ttl_s must be > 0");
@@ -995,6 +1025,22 @@ mod tests {
             "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n"
         )
         .is_ok());
+        let good = "0123456789abcdef0123456789abcdef";
+        let accepted = Config::from_toml_str(&format!(
+            "[auth]\njwt_secret = \"{good}\"\njwt_secret_accepted = \"short\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            accepted.to_string().contains("auth.jwt_secret_accepted"),
+            "{accepted}"
+        );
+        // Accepting another key is a step of a rotation: there is a current one.
+        let alone = Config::from_toml_str(&format!("[auth]\njwt_secret_accepted = \"{good}\"\n"))
+            .unwrap_err();
+        assert!(
+            alone.to_string().contains("give auth.jwt_secret"),
+            "{alone}"
+        );
     }
 
     #[test]
@@ -1013,6 +1059,12 @@ mod tests {
         assert_eq!(c.admin.token, "from-a-file-0123456789");
 
         // A credential, when nothing else gives the secret.
+        std::fs::write(creds.join("jwt_secret_accepted"), "a".repeat(40)).unwrap();
+        std::fs::set_permissions(
+            creds.join("jwt_secret_accepted"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
         std::fs::write(creds.join("jwt_secret"), "c".repeat(40)).unwrap();
         std::fs::set_permissions(
             creds.join("jwt_secret"),
@@ -1022,6 +1074,7 @@ mod tests {
         let mut c = Config::default();
         c.resolve_secrets(None, Some(&creds)).unwrap();
         assert_eq!(c.auth.jwt_secret, "c".repeat(40));
+        assert_eq!(c.auth.jwt_secret_accepted, "a".repeat(40));
 
         // An empty credential is no credential.
         std::fs::write(creds.join("admin_token"), "").unwrap();

@@ -40,20 +40,38 @@ pub fn only_value<'a>(
 #[derive(Clone)]
 pub struct UrlSigner {
     key: Vec<u8>,
+    /// The key of an accepted secret (see [`UrlSigner::accepting`]).
+    accepted: Option<Vec<u8>>,
 }
 
 impl UrlSigner {
     pub fn new(secret: &[u8]) -> Self {
-        // Derive a separate key so a signature can never double as a token signature.
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
-        mac.update(b"showcase signed media urls v1");
         Self {
-            key: mac.finalize().into_bytes().to_vec(),
+            key: Self::key_of(secret),
+            accepted: None,
         }
     }
 
+    /// Derives a separate key so a signature can never double as a token signature.
+    fn key_of(secret: &[u8]) -> Vec<u8> {
+        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+        mac.update(b"showcase signed media urls v1");
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Also accepts links signed with `secret`, never signing with it (rotation, as
+    /// `auth::Auth::accepting`).
+    pub fn accepting(mut self, secret: &[u8]) -> Self {
+        self.accepted = Some(Self::key_of(secret));
+        self
+    }
+
     fn mac(&self, path: &str, expires: u64) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        Self::mac_with(&self.key, path, expires)
+    }
+
+    fn mac_with(key: &[u8], path: &str, expires: u64) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
         mac.update(path.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
@@ -103,8 +121,11 @@ impl UrlSigner {
         now: u64,
     ) -> Result<(), SignatureError> {
         let given = hex::decode(signature).map_err(|_| SignatureError::Invalid)?;
-        let expected = self.mac(path, expires).finalize().into_bytes();
-        if expected.as_slice().ct_eq(&given).unwrap_u8() != 1 {
+        let signed_with = |key: &[u8]| {
+            let expected = Self::mac_with(key, path, expires).finalize().into_bytes();
+            expected.as_slice().ct_eq(&given).unwrap_u8() == 1
+        };
+        if !signed_with(&self.key) && !self.accepted.as_deref().is_some_and(signed_with) {
             return Err(SignatureError::Invalid);
         }
         if now > expires {
@@ -188,6 +209,25 @@ mod tests {
         );
         assert_eq!(
             s.verify(&path, exp, "zz", 999),
+            Err(SignatureError::Invalid)
+        );
+        // A node in the middle of a rotation takes links of the key it accepts, expiry and
+        // all, and signs with its own.
+        let rotating = UrlSigner::new(b"other").accepting(b"secret");
+        assert_eq!(rotating.verify(&path, exp, &sig, 999), Ok(()));
+        assert_eq!(
+            rotating.verify(&path, exp, &sig, 1001),
+            Err(SignatureError::Expired)
+        );
+        let (_, _, own) = parts(&rotating.sign(&path, exp));
+        assert_eq!(
+            UrlSigner::new(b"other").verify(&path, exp, &own, 999),
+            Ok(())
+        );
+        assert_eq!(
+            UrlSigner::new(b"third")
+                .accepting(b"fourth")
+                .verify(&path, exp, &sig, 999),
             Err(SignatureError::Invalid)
         );
         assert_eq!(

@@ -167,13 +167,22 @@ fn assemble_node(
             },
         ])),
     };
+    let auth = Auth::new(
+        secret,
+        Duration::from_secs(config.auth.token_ttl_s),
+        config.auth.max_concurrent_hashes,
+    );
+    // A second secret whose tokens and links stay valid (rotation across a fleet).
+    let accepted = Some(config.auth.jwt_secret_accepted.as_bytes()).filter(|s| !s.is_empty());
     Ok(Node::new(NodeParts {
-        auth: Auth::new(
-            secret,
-            Duration::from_secs(config.auth.token_ttl_s),
-            config.auth.max_concurrent_hashes,
-        ),
-        signer: UrlSigner::new(secret),
+        auth: match accepted {
+            Some(accepted) => auth.accepting(accepted),
+            None => auth,
+        },
+        signer: match accepted {
+            Some(accepted) => UrlSigner::new(secret).accepting(accepted),
+            None => UrlSigner::new(secret),
+        },
         rate_limits: Arc::new(RateLimits::new(&config.rate_limit)),
         engine: shared.engine,
         node_id: shared.node_id,

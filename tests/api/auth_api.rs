@@ -223,3 +223,49 @@ async fn blank_and_common_passwords_are_refused_and_the_examples_of_clients_are_
         assert_eq!(status, StatusCode::CREATED, "{password}: {answer}");
     }
 }
+
+/// The middle of a rotation of the JWT secret: the node signs with its new secret and still
+/// takes the tokens and the links to originals that the previous one signed.
+#[tokio::test]
+async fn tokens_and_links_of_the_accepted_secret_stay_valid_during_a_rotation() {
+    let (old, new) = ("o".repeat(40), "n".repeat(40));
+    let t = TestApp::start_with(|c| {
+        c.auth.jwt_secret = new.clone();
+        c.auth.jwt_secret_accepted = old.clone();
+    });
+    let (id, token) = t.quick_player("Rosa", "Mena", "Pasto").await;
+    let video = t.uploaded_video(&token, "Tiro libre").await;
+    let ttl = std::time::Duration::from_secs(60);
+    let signed_with = |secret: &str| {
+        showcase::auth::Auth::new(secret.as_bytes(), ttl, 1)
+            .issue(id)
+            .token
+    };
+    for (secret, accepted) in [(&old, true), (&new, true), (&"x".repeat(40), false)] {
+        let (status, body) = t.get("/api/videos", Some(&signed_with(secret))).await;
+        let expected = if accepted {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(status, expected, "{body}");
+    }
+    // The node's own tokens are signed with the new secret only.
+    assert!(showcase::auth::Auth::new(new.as_bytes(), ttl, 1)
+        .verify_header(Some(&format!("Bearer {token}")))
+        .is_ok());
+    assert!(showcase::auth::Auth::new(old.as_bytes(), ttl, 1)
+        .verify_header(Some(&format!("Bearer {token}")))
+        .is_err());
+    // A link to the original that a node on the old secret handed out.
+    let path = format!("/media/originals/{video}.mp4");
+    let expires = showcase::domain::now_ts() as u64 + 600;
+    for (secret, expected) in [
+        (&old, StatusCode::OK),
+        (&"x".repeat(40), StatusCode::FORBIDDEN),
+    ] {
+        let link = showcase::signed_url::UrlSigner::new(secret.as_bytes()).sign(&path, expires);
+        let response = t.http.get(t.url(&link)).checked().await.unwrap();
+        assert_eq!(response.status(), expected, "{link}");
+    }
+}
