@@ -34,9 +34,18 @@ fn value_of(name: &str) -> &'static str {
         "DeadLetterQueue" => {
             "https://sqs.us-east-1.amazonaws.com/123456789012/showcase-DeadLetterQueue-abc"
         }
-        other => {
-            panic!("the launch script's configuration uses ${{{other}}}: give it a value here")
+        "TranscodesPerWorker" => "1",
+        "MaxReceives" => "5",
+        "VisibilityTimeout" => "120",
+        "PackageBucket" => "my-packages-bucket",
+        "PackageKey" => "showcase_0.1.0_amd64.deb",
+        "AdminToken"
+        | "JwtSecret"
+        | "JwtSecretAccepted"
+        | "Database.MasterUserSecret.SecretArn" => {
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:showcase-abcdef"
         }
+        other => panic!("the launch script uses ${{{other}}}: give it a value here"),
     }
 }
 
@@ -73,6 +82,70 @@ fn written_config() -> String {
         config.push('\n');
     }
     config
+}
+
+/// The launch script as a node receives it: the template's `${...}` substituted.
+fn launch_script() -> String {
+    let template = template();
+    let start = template
+        .find("#!/bin/bash\n")
+        .expect("the user data is a bash script");
+    let indent = template[..start].rsplit('\n').next().unwrap().len();
+    let mut script = String::new();
+    for line in template[start - indent..].lines() {
+        if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
+            break;
+        }
+        let line = line.get(indent..).unwrap_or("");
+        let mut rest = line;
+        while let Some(at) = rest.find("${") {
+            script.push_str(&rest[..at]);
+            let close = rest[at..].find('}').unwrap();
+            script.push_str(value_of(&rest[at + 2..at + close]));
+            rest = &rest[at + close + 1..];
+        }
+        script.push_str(rest);
+        script.push('\n');
+    }
+    script
+}
+
+#[test]
+fn the_launch_script_is_valid_bash_that_starts_the_service_last() {
+    let script = launch_script();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("user-data.sh");
+    std::fs::write(&file, &script).unwrap();
+    let out = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        script.starts_with("#!/bin/bash\nset -euo pipefail\n"),
+        "{script}"
+    );
+    // The secrets and the configuration are in place before the service may start.
+    let at = |needle: &str| {
+        script
+            .find(needle)
+            .unwrap_or_else(|| panic!("no `{needle}` in the launch script"))
+    };
+    let start = at("systemctl enable --now showcase\n");
+    for needle in [
+        "> /etc/showcase/admin_token",
+        "> /etc/showcase/jwt_secret",
+        "> /etc/showcase/jwt_secret_accepted",
+        "> /etc/showcase/postgres_password",
+        "cat > /etc/showcase/config.toml",
+        "chmod 0640 /etc/showcase/config.toml",
+    ] {
+        assert!(at(needle) < start, "{needle} after the service starts");
+    }
+    assert!(script
+        .trim_end()
+        .ends_with("systemctl enable --now showcase"));
 }
 
 #[test]
