@@ -9,6 +9,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,7 +91,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_nginx(dir: &Path, file: &Path) -> (Child, u16) {
+/// nginx serving the file, stopped with its workers when dropped (a panic included): a
+/// benchmark leaves nothing running.
+struct FileServer(Child);
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        common::nginx::stop(&mut self.0);
+    }
+}
+
+fn start_nginx(dir: &Path, file: &Path) -> (FileServer, u16) {
     let port = free_port();
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -106,7 +117,9 @@ fn start_nginx(dir: &Path, file: &Path) -> (Child, u16) {
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
+    // Its own process group, so that stopping it reaches its workers too.
     let child = Command::new("nginx")
+        .process_group(0)
         .arg("-c")
         .arg(&conf_path)
         .arg("-p")
@@ -115,6 +128,7 @@ fn start_nginx(dir: &Path, file: &Path) -> (Child, u16) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("nginx must be installed (make bench installs it)");
+    let child = FileServer(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nginx did not start");
@@ -203,7 +217,7 @@ fn main() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let id = prepare_data_dir(&data_dir, &file, &runtime);
     let ours = ServerProcess::start(&data_dir, &[]);
-    let (mut nginx, nginx_port) = start_nginx(work.path(), &file);
+    let (nginx, nginx_port) = start_nginx(work.path(), &file);
     let ours_path = format!("/media/{id}.mp4");
     let ours_url = ours.url("");
     let nginx_url = format!("http://127.0.0.1:{nginx_port}");
@@ -231,8 +245,7 @@ fn main() {
             if p99 <= 2.0 { "MET" } else { "NOT MET" }
         );
     }
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
 
     // Memory with many slow readers.
     let before = rss_mb(ours.pid());

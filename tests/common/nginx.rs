@@ -81,17 +81,23 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
-    /// A graceful stop (SIGQUIT) of the master, then of whatever of its group is left.
     fn drop(&mut self) {
-        let group = self.child.id() as i32;
-        unsafe { libc::kill(group, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        unsafe { libc::killpg(group, libc::SIGKILL) };
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+/// Stops an nginx started as the leader of its own process group (`process_group(0)`): a
+/// graceful stop (SIGQUIT) of the master, then SIGKILL to whatever of its group is left, so
+/// that no worker outlives it still listening on its port.
+pub fn stop(master: &mut std::process::Child) {
+    let group = master.id() as i32;
+    unsafe { libc::kill(group, libc::SIGQUIT) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while master.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::killpg(group, libc::SIGKILL) };
+    let _ = master.wait();
 }
 
 fn free_port() -> u16 {
