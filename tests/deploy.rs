@@ -49,6 +49,20 @@ fn value_of(name: &str) -> &'static str {
     }
 }
 
+/// `line` with CloudFormation's `${name}` substitutions made ([`value_of`]).
+fn substituted(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let close = rest[at..].find('}').unwrap();
+        out.push_str(value_of(&rest[at + 2..at + close]));
+        rest = &rest[at + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The configuration file the launch script writes, with the template's substitutions
 /// (`${Param}`, shell `$VAR`) replaced by values of the right kind.
 fn written_config() -> String {
@@ -69,16 +83,7 @@ fn written_config() -> String {
             Some((key, value)) if value.starts_with('$') => format!("{key} = 1"),
             _ => line.to_string(),
         };
-        let mut out = String::new();
-        let mut rest = line.as_str();
-        while let Some(at) = rest.find("${") {
-            out.push_str(&rest[..at]);
-            let close = rest[at..].find('}').unwrap();
-            out.push_str(value_of(&rest[at + 2..at + close]));
-            rest = &rest[at + close + 1..];
-        }
-        out.push_str(rest);
-        config.push_str(&out.replace("$ROLE", "api"));
+        config.push_str(&substituted(&line).replace("$ROLE", "api"));
         config.push('\n');
     }
     config
@@ -96,15 +101,7 @@ fn launch_script() -> String {
         if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
             break;
         }
-        let line = line.get(indent..).unwrap_or("");
-        let mut rest = line;
-        while let Some(at) = rest.find("${") {
-            script.push_str(&rest[..at]);
-            let close = rest[at..].find('}').unwrap();
-            script.push_str(value_of(&rest[at + 2..at + close]));
-            rest = &rest[at + close + 1..];
-        }
-        script.push_str(rest);
+        script.push_str(&substituted(line.get(indent..).unwrap_or("")));
         script.push('\n');
     }
     script

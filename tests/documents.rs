@@ -13,6 +13,8 @@ use common::npm::{driver, node, output};
 use common::{clip, Clip, TestApp};
 use serde_json::Value;
 
+const COLLECTION: &str = "collections/showcase.postman_collection.json";
+const ENVIRONMENT: &str = "collections/postman_environment.json";
 const ADMIN_TOKEN: &str = "token-de-administracion-de-prueba";
 
 fn repo(path: &str) -> PathBuf {
@@ -32,22 +34,6 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
         }
     }
     found
-}
-
-/// Whether `path` (variables already replaced) is an instance of `template`.
-fn instance_of(template: &str, path: &str) -> bool {
-    let t: Vec<&str> = template.trim_matches('/').split('/').collect();
-    let p: Vec<&str> = path.trim_matches('/').split('/').collect();
-    t.len() == p.len()
-        && t.iter().zip(&p).all(|(t, p)| match t.split_once('{') {
-            None => t == p,
-            Some((prefix, rest)) => {
-                let suffix = rest.split_once('}').map_or("", |(_, s)| s);
-                p.len() > prefix.len() + suffix.len()
-                    && p.starts_with(prefix)
-                    && p.ends_with(suffix)
-            }
-        })
 }
 
 /// Every request of the collection: (folder path and name, METHOD, path with its variables
@@ -93,8 +79,7 @@ fn requests(items: &Value, under: &str, out: &mut Vec<(String, String, String, S
 }
 
 fn collection() -> Value {
-    let text =
-        std::fs::read_to_string(repo("collections/showcase.postman_collection.json")).unwrap();
+    let text = std::fs::read_to_string(repo(COLLECTION)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -123,19 +108,12 @@ fn the_collection_covers_every_operation_of_the_document_and_nothing_else() {
     requests(&collection["item"], "", &mut all);
     let mut covered = BTreeSet::new();
     for (name, method, path, tests) in &all {
-        // The most literal template the path is an instance of, as a router would pick.
-        let template = documented
-            .iter()
-            .filter(|(m, t)| m == method && instance_of(t, path))
-            .max_by_key(|(_, t)| {
-                t.split('{')
-                    .map(|s| s.rsplit('}').next().unwrap_or("").len())
-                    .sum::<usize>()
-            })
-            .unwrap_or_else(|| {
-                panic!("{name}: {method} {path} is not an operation of the document")
-            });
-        covered.insert(template.clone());
+        let method_of: reqwest::Method = method.parse().unwrap();
+        let (template, _) = common::openapi::operation(&method_of, path).unwrap_or_else(|| {
+            panic!("{name}: {method} {path} is not an operation of the document")
+        });
+        let template = (method.clone(), template.to_string());
+        covered.insert(template);
         assert!(
             tests.matches("pm.test(").count() >= 1,
             "{name} asserts nothing"
@@ -150,10 +128,8 @@ fn the_collection_covers_every_operation_of_the_document_and_nothing_else() {
         missing.is_empty(),
         "operations of the document without a request in collections/: {missing:?}"
     );
-    let environment: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("collections/postman_environment.json")).unwrap(),
-    )
-    .unwrap();
+    let environment: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo(ENVIRONMENT)).unwrap()).unwrap();
     let keys: Vec<&str> = environment["values"]
         .as_array()
         .unwrap()
@@ -233,11 +209,11 @@ async fn newman_runs_the_collection_green_against_a_node() {
     let clip_bytes = std::fs::metadata(&clip_path).unwrap().len().to_string();
     let report = work.join("report.json");
     let base = t.base.clone();
-    let collection = repo("collections/showcase.postman_collection.json");
-    let environment = repo("collections/postman_environment.json");
+    let collection_file = repo(COLLECTION);
+    let environment = repo(ENVIRONMENT);
     let args: Vec<String> = vec![
         "run".into(),
-        collection.to_str().unwrap().into(),
+        collection_file.to_str().unwrap().into(),
         "-e".into(),
         environment.to_str().unwrap().into(),
         "--working-dir".into(),
@@ -286,15 +262,15 @@ async fn newman_runs_the_collection_green_against_a_node() {
         "newman failed:\n{}",
         failures.join("\n")
     );
-    let (requests, assertions) = (
+    let (sent, assertions) = (
         stats["requests"]["total"].as_u64().unwrap(),
         stats["assertions"]["total"].as_u64().unwrap(),
     );
     let mut items = Vec::new();
-    requests_of(&collection_items(), &mut items);
+    requests(&collection()["item"], "", &mut items);
     assert!(assertions >= 140, "{assertions} assertions");
     eprintln!(
-        "newman: {} requests of the collection, {requests} sent (polls and retries included), \
+        "newman: {} requests of the collection, {sent} sent (polls and retries included), \
          {assertions} assertions, 0 failed",
         items.len()
     );
@@ -306,19 +282,6 @@ async fn newman_runs_the_collection_green_against_a_node() {
     assert_eq!(videos.len(), 1, "{videos:?}");
     assert_eq!(videos[0]["votes"], 1);
     assert_eq!(videos[0]["owner_name"], "Camila Ríos");
-}
-
-fn collection_items() -> Value {
-    collection()["item"].clone()
-}
-
-fn requests_of(items: &Value, out: &mut Vec<String>) {
-    for item in items.as_array().unwrap() {
-        match item.get("item") {
-            Some(children) => requests_of(children, out),
-            None => out.push(item["name"].as_str().unwrap().to_string()),
-        }
-    }
 }
 
 #[tokio::test]

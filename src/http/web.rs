@@ -171,11 +171,32 @@ pub fn content_security_policy(public_url: &str) -> String {
         Some(origin) => format!("'self' {origin}"),
         None => "'self'".to_string(),
     };
+    policy(&media, Some(&format!("{media} blob:")))
+}
+
+/// The policy of the node's pages: code, styles and API calls from its own origin only, no
+/// inline code, no framing; images from `img_src`, media from `media_src` (none without one).
+fn policy(img_src: &str, media_src: Option<&str>) -> String {
+    let media = media_src.map_or(String::new(), |m| format!(" media-src {m};"));
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-         img-src {media}; media-src {media} blob:; base-uri 'none'; form-action 'self'; \
-         frame-ancestors 'none'"
+         img-src {img_src};{media} base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
+}
+
+/// A page of the node: HTML, revalidated on every load, under `policy`.
+fn html_page(body: impl Into<bytes::Bytes>, policy: &str) -> Response {
+    let mut response = full(http::StatusCode::OK, body);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(policy) = HeaderValue::from_str(policy) {
+        headers.insert(CONTENT_SECURITY_POLICY, policy);
+    }
+    response
 }
 
 /// The page of a node: the upload policy of its configuration filled in.
@@ -204,24 +225,10 @@ fn page_of(config: &Config) -> String {
         headers(("Content-Security-Policy" = String))))
 )]
 pub fn index(config: &Config) -> Response {
-    let mut response = full(http::StatusCode::OK, page_of(config));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(policy) = HeaderValue::from_str(&content_security_policy(&config.server.public_url)) {
-        headers.insert(CONTENT_SECURITY_POLICY, policy);
-    }
-    response
-}
-
-/// The reference's policy: the application's, except that Swagger UI shows its icons as
-/// `data:` images.
-fn docs_security_policy() -> &'static str {
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-     img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    html_page(
+        page_of(config),
+        &content_security_policy(&config.server.public_url),
+    )
 }
 
 /// The interactive reference of this API (Swagger UI over `/api/openapi.json`).
@@ -236,19 +243,12 @@ fn docs_security_policy() -> &'static str {
 )]
 pub fn docs() -> Response {
     static PAGE: OnceLock<String> = OnceLock::new();
+    static POLICY: OnceLock<String> = OnceLock::new();
     let page = PAGE.get_or_init(|| with_assets(DOCS_HTML));
-    let mut response = full(http::StatusCode::OK, page.as_str());
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(docs_security_policy()),
-    );
-    response
+    // The application's, except that Swagger UI shows its icons as `data:` images and
+    // plays no media.
+    let policy = POLICY.get_or_init(|| policy("'self' data:", None));
+    html_page(page.as_str(), policy)
 }
 
 /// A script, style or icon of the pages.

@@ -76,8 +76,9 @@ fn literalness(template: &str) -> usize {
         .sum()
 }
 
-/// The operation `method` on `path`, if the document has one: (template, operation).
-fn operation(method: &Method, path: &str) -> Option<(&'static str, &'static Value)> {
+/// The operation `method` on `path`, if the document has one: (template, operation), the
+/// most literal template when several match, as the router picks.
+pub fn operation(method: &Method, path: &str) -> Option<(&'static str, &'static Value)> {
     let method = method.as_str().to_ascii_lowercase();
     document()["paths"]
         .as_object()
