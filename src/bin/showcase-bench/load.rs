@@ -1,10 +1,11 @@
 //! Virtual users and what they saw.
 //!
-//! Each user logs in once (as a client of its own address, passed through the trusted-proxy
-//! header), then uploads the same file in a loop with a think time, until its phase ends. An
-//! *honouring* user that is refused (503 or 429) waits the `Retry-After` it was given, with up to
-//! 50 % jitter, and tries the same upload again; a *naive* user never retries: it thinks for the
-//! usual second and starts a new upload.
+//! Each user is signed up and logged in once per node (as a client of its own address, passed
+//! through the trusted-proxy header), then uploads the same file in a loop with a think time,
+//! until its phase ends. An *honouring* user that is refused (503 or 429) waits the
+//! `Retry-After` it was given (at most the client's cap, as clients that retry on their own
+//! schedule do), with up to 50 % jitter, and tries the same upload again; a *naive* user never
+//! retries: it thinks for the usual second and starts a new upload.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -133,12 +134,18 @@ pub struct Client {
     upload_address: std::net::SocketAddr,
     /// The send buffer of the upload sockets, in bytes as the kernel counts them.
     upload_send_buffer: Option<usize>,
+    /// The longest `Retry-After` an honouring user waits; `None`: whatever it is told.
+    pub retry_after_cap: Option<Duration>,
 }
 
 impl Client {
     /// `upload_send_buffer`: the send buffer of the upload sockets in bytes, as the kernel
     /// counts it; `None` leaves it to the kernel's autotuning (see `--client-send-buffer-kib`).
-    pub fn new(base: String, upload_send_buffer: Option<usize>) -> Self {
+    pub fn new(
+        base: String,
+        upload_send_buffer: Option<usize>,
+        retry_after_cap: Option<Duration>,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(1024)
@@ -153,6 +160,7 @@ impl Client {
             base,
             upload_address,
             upload_send_buffer,
+            retry_after_cap,
         }
     }
 
@@ -329,6 +337,100 @@ impl Client {
     }
 }
 
+/// Uploads that hold every upload slot of the node while they last, so that everything else is
+/// refused: the way to measure what refusals alone cost. Each sends its head, then trickles its
+/// file fast enough for the node's minimum pace; dropped, they are cut off and the node
+/// discards them.
+pub struct SlotHolder {
+    held: usize,
+    trickles: tokio::task::JoinSet<()>,
+}
+
+impl SlotHolder {
+    /// How many slots are held.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+/// What a slot holder sends per second: twice the node's default minimum pace.
+const HOLDER_BYTES_PER_S: usize = 64 * 1024;
+
+impl Client {
+    /// Takes `slots` upload slots with uploads that trickle (as user `user`, from an address no
+    /// virtual user has), trying until `give_up_at`.
+    pub async fn hold_slots(
+        &self,
+        slots: usize,
+        user: usize,
+        token: &str,
+        video: &Video,
+        give_up_at: Instant,
+    ) -> SlotHolder {
+        let mut holder = SlotHolder {
+            held: 0,
+            trickles: tokio::task::JoinSet::new(),
+        };
+        while holder.held < slots && Instant::now() < give_up_at {
+            match self.take_slot(user, token, video).await {
+                Some(stream) => {
+                    holder.held += 1;
+                    holder.trickles.spawn(trickle(stream));
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        holder
+    }
+
+    /// One upload that is not answered at once (a slot was given): its connection.
+    async fn take_slot(
+        &self,
+        user: usize,
+        token: &str,
+        video: &Video,
+    ) -> Option<tokio::net::TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(self.upload_address)
+            .await
+            .ok()?;
+        let form_head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n\
+             Lenta\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
+             name=\"video_file\"; filename=\"lenta.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
+        );
+        let length = form_head.len() as u64 + video.len() + 64;
+        let head = format!(
+            "POST /api/videos/upload HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: {}\r\n\
+             Authorization: Bearer {token}\r\n\
+             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n{form_head}",
+            self.upload_address,
+            Self::address_of(user)
+        );
+        stream.write_all(head.as_bytes()).await.ok()?;
+        // A refusal comes at once; a slot is silence.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(300), stream.peek(&mut first)).await {
+            Err(_) => Some(stream),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// Sends a held upload's body at [`HOLDER_BYTES_PER_S`], until it is dropped.
+async fn trickle(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let piece = vec![0u8; HOLDER_BYTES_PER_S / 4];
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        every.tick().await;
+        if stream.write_all(&piece).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn write_all(stream: &tokio::net::TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
@@ -421,11 +523,13 @@ async fn read_response(
     }
 }
 
-/// One virtual user from `start_at` to `stop_at`. Accepted uploads go to `accepted`.
+/// One virtual user, signed in with `token`, from `start_at` to `stop_at`. Accepted uploads go
+/// to `accepted`.
 #[allow(clippy::too_many_arguments)]
 pub async fn virtual_user(
     client: Client,
     user: usize,
+    token: String,
     video: Video,
     mode: Mode,
     phase: Arc<Phase>,
@@ -434,13 +538,6 @@ pub async fn virtual_user(
     accepted: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
 ) {
     tokio::time::sleep_until(start_at.into()).await;
-    let token = match client.login_patiently(user, stop_at).await {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("user {user}: {e}");
-            return;
-        }
-    };
     let mut retrying = false;
     while Instant::now() < stop_at {
         if !retrying {
@@ -462,8 +559,9 @@ pub async fn virtual_user(
             }
             (Outcome::Refused | Outcome::Limited, Mode::Honouring) => {
                 retrying = true;
-                let base = retry_after.unwrap_or(1) as f64;
-                Duration::from_secs_f64(base * (1.0 + rand::thread_rng().gen_range(0.0..0.5)))
+                let told = Duration::from_secs(retry_after.unwrap_or(1));
+                let base = client.retry_after_cap.map_or(told, |cap| told.min(cap));
+                base.mul_f64(1.0 + rand::thread_rng().gen_range(0.0..0.5))
             }
             _ => {
                 phase.intents.given_up.fetch_add(1, Ordering::Relaxed);

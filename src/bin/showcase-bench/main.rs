@@ -5,6 +5,9 @@
 //!   (and on by 100 while every goal holds and throughput does not drop), then 80 % of the best
 //!   level; a naive-client run at the largest level shows raw refusals; a mixed run with
 //!   transcoding on shows both layers sharing the cores.
+//! - The crowd, ten times the load and more (transcoding paused): 1,000, 3,000 and 10,000 users
+//!   who honour `Retry-After` up to 3 s, with where the CPU went (the node, the load
+//!   generator, the kernel) and the node's CPU per refusal and per accepted upload.
 //! - Scenario 2, worker layer: bursts of jobs with 50 MB and 100 MB inputs at 1, 2 and 4
 //!   workers give the capacity in videos/min; a steady injection below capacity shows whether
 //!   the backlog stays flat.
@@ -59,6 +62,21 @@ struct Args {
     /// Run the web layer only: no mixed run, no worker layer.
     #[arg(long)]
     web_layer_only: bool,
+    /// The crowd's levels instead of the plan's (comma-separated user counts; 0 for none).
+    #[arg(long, value_delimiter = ',')]
+    crowd: Option<Vec<usize>>,
+    /// Ramp, refusals-only window and hold of each crowd level, in seconds, instead of the
+    /// plan's.
+    #[arg(long, value_delimiter = ',')]
+    crowd_timing: Option<Vec<f64>>,
+    /// The longest `Retry-After` an honouring virtual user waits before it tries again, in
+    /// seconds (0: whatever it is told), as a client with its own retry schedule does.
+    #[arg(long, default_value_t = 3.0)]
+    retry_after_cap_s: f64,
+    /// The node's executable (default: `showcase` next to this one), to measure another build
+    /// with the same load.
+    #[arg(long)]
+    server: Option<PathBuf>,
 }
 
 struct Plan {
@@ -67,6 +85,11 @@ struct Plan {
     hold_s: f64,
     levels: Vec<usize>,
     go_beyond: bool,
+    crowd: Vec<usize>,
+    crowd_ramp_s: f64,
+    crowd_hold_s: f64,
+    /// The refusals-only window of each crowd level (see `run_phase`).
+    crowd_refusals_s: f64,
     mixed_users: usize,
     mixed_queue_depth: u64,
     input_sizes: Vec<u64>,
@@ -87,6 +110,10 @@ impl Plan {
                 hold_s: 10.0,
                 levels: vec![100, 200, 300],
                 go_beyond: false,
+                crowd: vec![1000],
+                crowd_ramp_s: 5.0,
+                crowd_hold_s: 10.0,
+                crowd_refusals_s: 5.0,
                 mixed_users: 10,
                 mixed_queue_depth: 2,
                 input_sizes: vec![18_000_000],
@@ -103,6 +130,10 @@ impl Plan {
                 hold_s: 300.0,
                 levels: vec![100, 200, 300],
                 go_beyond: true,
+                crowd: vec![1000, 3000, 10000],
+                crowd_ramp_s: 30.0,
+                crowd_hold_s: 60.0,
+                crowd_refusals_s: 15.0,
                 mixed_users: 50,
                 mixed_queue_depth: 8,
                 input_sizes: vec![50_000_000, 95_000_000],
@@ -135,40 +166,71 @@ struct Bench {
     /// The disk written as uploads are (see `node::disk_upload_pattern_bandwidth`).
     disk_pattern_bytes_per_s: f64,
     data_dir: PathBuf,
-    /// Bench users signed up on the current node.
-    signed_up: usize,
+    /// The node's executable.
+    server: PathBuf,
+    /// The access tokens of the bench users signed up on the current node, by user number.
+    tokens: Vec<String>,
     /// Whether every node so far ran inside the memory cgroup.
     cap_applied: bool,
     /// Highest number of users tried when every figure keeps holding.
     max_users: usize,
     /// The send buffer of the virtual users' upload sockets (None: autotuned).
     client_send_buffer: Option<usize>,
+    /// The longest `Retry-After` honouring users wait.
+    retry_after_cap: Option<Duration>,
 }
 
 impl Bench {
     /// A client of `node` with the bench's upload sockets.
     fn client(&self, node: &Node) -> Client {
-        Client::new(node.url(""), self.client_send_buffer)
+        Client::new(node.url(""), self.client_send_buffer, self.retry_after_cap)
     }
 
+    /// Signs up and logs in the bench users the node does not have yet (not measured: a
+    /// phase measures uploads).
     async fn ensure_users(&mut self, client: &Client, users: usize) {
+        let first = self.tokens.len();
+        if users <= first {
+            return;
+        }
+        let started = Instant::now();
         let limit = Arc::new(tokio::sync::Semaphore::new(4));
         let mut tasks = tokio::task::JoinSet::new();
-        for user in self.signed_up..users {
+        for user in first..users {
             let (client, limit) = (client.clone(), limit.clone());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await.expect("open");
                 client.sign_up(user).await.expect("bench user signs up");
+                let give_up_at = Instant::now() + Duration::from_secs(120);
+                let token = client
+                    .login_patiently(user, give_up_at)
+                    .await
+                    .expect("bench user logs in");
+                (user, token)
             });
         }
+        let mut tokens = vec![String::new(); users - first];
         while let Some(done) = tasks.join_next().await {
-            done.expect("signup task");
+            let (user, token) = done.expect("signup task");
+            tokens[user - first] = token;
         }
-        self.signed_up = self.signed_up.max(users);
+        self.tokens.extend(tokens);
+        if users - first >= 100 {
+            println!(
+                "{} users signed up and logged in in {:.0} s",
+                users - first,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
 
     /// One phase of virtual users against `node`; with `janitor`, accepted uploads are checked
     /// and deleted as they come (transcoding paused), else they are left for the pipeline.
+    ///
+    /// With `refusals_only_s`, every upload slot is held by trickling uploads of the bench
+    /// through the ramp and that many seconds more, so that the crowd is refused and nothing
+    /// else: what the node spends per refusal is measured there, at this crowd, before the
+    /// slots are let go and the hold begins.
     #[allow(clippy::too_many_arguments)]
     async fn run_phase(
         &mut self,
@@ -177,22 +239,69 @@ impl Bench {
         users: usize,
         ramp_s: f64,
         hold_s: f64,
+        refusals_only_s: f64,
         mode: Mode,
         janitor: bool,
     ) -> (PhaseResult, Arc<Phase>, Vec<QueuePoint>) {
         let client = self.client(node);
         self.ensure_users(&client, users).await;
+        let holder = if refusals_only_s > 0.0 {
+            let slots = showcase::config::UploadConfig::default().max_concurrent;
+            let give_up_at = Instant::now() + Duration::from_secs(60);
+            let holder = client
+                .hold_slots(slots, SLOT_HOLDER, &self.tokens[0], &self.video, give_up_at)
+                .await;
+            if holder.held() < slots {
+                println!(
+                    "only {} of {slots} upload slots could be held: no refusals-only window",
+                    holder.held()
+                );
+            }
+            (holder.held() == slots).then_some(holder)
+        } else {
+            None
+        };
+        let refusals_only_s = if holder.is_some() {
+            refusals_only_s
+        } else {
+            0.0
+        };
+        // The node at rest with its slots held (the holders' trickle, timers, background
+        // work): what it spends without a single refusal, subtracted from the window's CPU.
+        let at_rest = if holder.is_some() {
+            let start = node::CpuSample::now(node.pid());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Some(node::CpuSample::now(node.pid()).since(&start))
+        } else {
+            None
+        };
         let phase = Phase::new();
         let t0 = Instant::now();
-        let stop_at = t0 + Duration::from_secs_f64(ramp_s + hold_s);
+        let hold_starts = t0 + Duration::from_secs_f64(ramp_s + refusals_only_s);
+        let stop_at = hold_starts + Duration::from_secs_f64(hold_s);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cleaner = janitor.then(|| tokio::spawn(load::janitor(client.clone(), rx)));
+        // The CPU spent over the refusals-only window and over the hold, sampled at their
+        // exact ends; the held slots are let go between the two.
+        let pid = node.pid();
+        let ramp_ends = t0 + Duration::from_secs_f64(ramp_s);
+        let cpu = tokio::spawn(async move {
+            tokio::time::sleep_until(ramp_ends.into()).await;
+            let ramp_end = node::CpuSample::now(pid);
+            tokio::time::sleep_until(hold_starts.into()).await;
+            let hold_start = node::CpuSample::now(pid);
+            drop(holder);
+            tokio::time::sleep_until(stop_at.into()).await;
+            let refusals_only = hold_start.since(&ramp_end);
+            (refusals_only, node::CpuSample::now(pid).since(&hold_start))
+        });
         let mut tasks = tokio::task::JoinSet::new();
         for user in 0..users {
             let start_at = t0 + Duration::from_secs_f64(ramp_s * user as f64 / users as f64);
             tasks.spawn(load::virtual_user(
                 client.clone(),
                 user,
+                self.tokens[user].clone(),
                 self.video.clone(),
                 mode,
                 phase.clone(),
@@ -228,10 +337,25 @@ impl Bench {
         };
         let samples = phase.samples.lock().unwrap().clone();
         let hold = Window {
-            from_s: ramp_s,
-            to_s: ramp_s + hold_s,
+            from_s: ramp_s + refusals_only_s,
+            to_s: ramp_s + refusals_only_s + hold_s,
         };
-        let (counts, accepted_per_s, goodput, acc, refusal) = report::summarize(&samples, &hold);
+        let summary = report::summarize(&samples, &hold);
+        let (refusals_only_cpu, cpu) = cpu.await.expect("CPU sampler");
+        let refusals_only = (refusals_only_s > 0.0).then(|| {
+            let window = Window {
+                from_s: ramp_s,
+                to_s: ramp_s + refusals_only_s,
+            };
+            let seen = report::summarize(&samples, &window);
+            report::RefusalsOnly {
+                refusals: seen.hold_refused,
+                accepted: seen.hold_accepted,
+                refusal_p99_s: seen.refusal[1],
+                cpu: refusals_only_cpu,
+                node_at_rest_cores: at_rest.map_or(0.0, |rest| rest.node_cores()),
+            }
+        });
         let alive = node.is_alive();
         let cgroup_peak = node.cgroup_peak_bytes();
         let intents = &phase.intents;
@@ -243,13 +367,13 @@ impl Bench {
             transcoding: !janitor,
             ramp_s,
             hold_s,
-            accepted_per_s,
-            goodput_bytes_per_s: goodput,
-            accepted_p50_s: acc[0],
-            accepted_p95_s: acc[1],
-            accepted_p99_s: acc[2],
-            refusal_p50_s: refusal[0],
-            refusal_p99_s: refusal[1],
+            accepted_per_s: summary.accepted_per_s,
+            goodput_bytes_per_s: summary.goodput_bytes_per_s,
+            accepted_p50_s: summary.accepted[0],
+            accepted_p95_s: summary.accepted[1],
+            accepted_p99_s: summary.accepted[2],
+            refusal_p50_s: summary.refusal[0],
+            refusal_p99_s: summary.refusal[1],
             retry_after_mean_s: report::mean_retry_after_s(&samples),
             intents_started: intents.started.load(Relaxed),
             intents_succeeded: intents.succeeded.load(Relaxed),
@@ -259,8 +383,12 @@ impl Bench {
             peak_rss_bytes: peak_rss,
             cgroup_peak_bytes: cgroup_peak,
             alive,
+            hold_accepted: summary.hold_accepted,
+            hold_refused: summary.hold_refused,
+            cpu,
+            refusals_only,
             verdicts: Vec::new(),
-            counts,
+            counts: summary.counts,
         };
         result.verdicts = self.verdicts(&result, node, &problems);
         (result, phase, queue)
@@ -349,10 +477,14 @@ impl Bench {
     /// A fresh node (its data dir wiped, so no bench user exists on it yet) with `workers`
     /// transcode workers and `extra` settings.
     fn start_node(&mut self, workers: usize, extra: &[(&str, String)]) -> Node {
-        let mut env = vec![("SHOWCASE_TRANSCODE__WORKERS", workers.to_string())];
+        // Users log in once per node (see `ensure_users`); their tokens last the whole run.
+        let mut env = vec![
+            ("SHOWCASE_TRANSCODE__WORKERS", workers.to_string()),
+            ("SHOWCASE_AUTH__TOKEN_TTL_S", "86400".to_owned()),
+        ];
         env.extend_from_slice(extra);
-        let node = Node::start(&self.data_dir, &env);
-        self.signed_up = 0;
+        let node = Node::start(&self.server, &self.data_dir, &env);
+        self.tokens.clear();
         self.cap_applied &= node.in_cgroup;
         node
     }
@@ -362,10 +494,7 @@ impl Bench {
         let node = self.start_node(workers, &[]);
         let client = self.client(&node);
         self.ensure_users(&client, 1).await;
-        let token = client
-            .login_patiently(0, Instant::now() + Duration::from_secs(60))
-            .await
-            .expect("login");
+        let token = self.tokens[0].clone();
         (node, client, token)
     }
 
@@ -379,6 +508,7 @@ impl Bench {
                 users,
                 0.0,
                 seconds,
+                0.0,
                 Mode::Honouring,
                 true,
             )
@@ -402,6 +532,7 @@ impl Bench {
                     users,
                     ramp,
                     hold,
+                    0.0,
                     Mode::Honouring,
                     true,
                 )
@@ -437,6 +568,7 @@ impl Bench {
                 eighty,
                 self.plan.ramp_s.min(60.0),
                 self.plan.hold_s,
+                0.0,
                 Mode::Honouring,
                 true,
             )
@@ -452,12 +584,45 @@ impl Bench {
                 largest,
                 self.plan.ramp_s,
                 self.plan.hold_s,
+                0.0,
                 Mode::Naive,
                 true,
             )
             .await;
         print_verdicts(&result);
         report.web_layer.push(result);
+
+        // The crowd: ten times the plan's load and more, on the same node.
+        let best_rate = report
+            .web_layer
+            .iter()
+            .map(|p| p.accepted_per_s)
+            .fold(0.0, f64::max);
+        let mut best_rate = best_rate;
+        for &users in &self.plan.crowd.clone() {
+            let (mut result, _, _) = self
+                .run_phase(
+                    &mut node,
+                    &format!("crowd {users}"),
+                    users,
+                    self.plan.crowd_ramp_s,
+                    self.plan.crowd_hold_s,
+                    self.plan.crowd_refusals_s,
+                    Mode::Honouring,
+                    true,
+                )
+                .await;
+            best_rate = best_rate.max(result.accepted_per_s);
+            result.verdicts.extend(crowd_verdicts(&result, best_rate));
+            print_verdicts(&result);
+            print_cpu(&result);
+            let alive = result.alive;
+            report.crowd.push(result);
+            if !alive {
+                println!("the node died; restarting it for the next phases");
+                node = self.start_node(0, &[]);
+            }
+        }
         let _ = node.stop();
     }
 
@@ -472,6 +637,7 @@ impl Bench {
                 users,
                 self.plan.ramp_s.min(60.0),
                 self.plan.hold_s.min(180.0),
+                0.0,
                 Mode::Honouring,
                 false,
             )
@@ -680,6 +846,74 @@ impl Bench {
     }
 }
 
+/// The crowd's goals beside the plan's: accepted uploads keep their rate (at least 95 % of the
+/// best level so far) and their latency, refusals stay quick, and the load generator costs less
+/// than the node it measures. Past 3,000 users only the plan's own goals are judged (alive,
+/// nothing lost): the figures are reported.
+fn crowd_verdicts(p: &PhaseResult, best_rate: f64) -> Vec<Verdict> {
+    let mut v = vec![Verdict::new(
+        "the load generator costs less than the node",
+        p.cpu.client_s < p.cpu.node_s,
+        format!(
+            "load generator {:.2} cores, node {:.2} cores",
+            p.cpu.client_cores(),
+            p.cpu.node_cores()
+        ),
+    )];
+    if p.users <= 3000 {
+        v.extend([
+            Verdict::new(
+                "crowd: accepted uploads/s >= 95 % of the best level",
+                p.accepted_per_s >= 0.95 * best_rate,
+                format!("{:.2}/s of {best_rate:.2}/s", p.accepted_per_s),
+            ),
+            Verdict::new(
+                "crowd: p99 of refusals <= 25 ms",
+                p.refusal_p99_s <= 0.025,
+                format!("{:.1} ms", p.refusal_p99_s * 1e3),
+            ),
+            Verdict::new(
+                "crowd: p95 of accepted uploads <= 250 ms",
+                p.accepted_p95_s <= 0.250,
+                format!("{:.0} ms", p.accepted_p95_s * 1e3),
+            ),
+        ]);
+    }
+    v
+}
+
+/// The user number of the bench's slot holder (see `load::SlotHolder`): an address of its own.
+const SLOT_HOLDER: usize = 65_000;
+
+fn print_cpu(p: &PhaseResult) {
+    let c = &p.cpu;
+    println!(
+        "  CPU over the hold: node {:.2} cores, load generator {:.2} cores, softirq {:.2},          machine {:.2} of {} cores; per refusal {}, per accepted upload {}",
+        c.node_cores(),
+        c.client_cores(),
+        c.softirq_s / c.seconds.max(1e-9),
+        c.machine_busy_s / c.seconds.max(1e-9),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        p.cpu_per_refusal_s()
+            .map_or("-".to_owned(), |s| format!("{:.0} µs", s * 1e6)),
+        p.cpu_per_accepted_s()
+            .map_or("-".to_owned(), |s| format!("{:.1} ms", s * 1e3)),
+    );
+    if let Some(w) = &p.refusals_only {
+        println!(
+            "  refusals only ({:.0} s, every slot held): {} refusals, {} accepted, p99 {:.1} ms, \
+             node {:.2} cores ({:.3} at rest), load generator {:.2} cores",
+            w.cpu.seconds,
+            w.refusals,
+            w.accepted,
+            w.refusal_p99_s * 1e3,
+            w.cpu.node_cores(),
+            w.node_at_rest_cores,
+            w.cpu.client_cores()
+        );
+    }
+}
+
 /// Samples the queue every `every` until it is empty, `deadline` passes or the node dies;
 /// returns the peak resident memory seen meanwhile.
 async fn drain(
@@ -791,6 +1025,17 @@ async fn run() {
         plan.levels = levels;
         plan.go_beyond = false;
     }
+    if let Some(crowd) = args.crowd.clone() {
+        plan.crowd = crowd.into_iter().filter(|&users| users > 0).collect();
+    }
+    match args.crowd_timing.as_deref() {
+        None => {}
+        Some([ramp, refusals, hold]) => {
+            (plan.crowd_ramp_s, plan.crowd_refusals_s, plan.crowd_hold_s) =
+                (*ramp, *refusals, *hold);
+        }
+        Some(_) => panic!("--crowd-timing takes three numbers: ramp,refusals,hold"),
+    }
     plan.ramp_s = args.ramp_s.unwrap_or(plan.ramp_s);
     plan.hold_s = args.hold_s.unwrap_or(plan.hold_s);
     std::fs::create_dir_all(&args.out).expect("output dir");
@@ -839,7 +1084,9 @@ async fn run() {
             memory_cap_bytes: node::MEMORY_CAP_BYTES,
             memory_cap_applied: false,
         },
+        retry_after_cap_s: args.retry_after_cap_s,
         web_layer: Vec::new(),
+        crowd: Vec::new(),
         mixed: None,
         worker_layer: Vec::new(),
         paced: None,
@@ -850,10 +1097,17 @@ async fn run() {
         disk_bytes_per_s: disk,
         disk_pattern_bytes_per_s: disk_pattern,
         data_dir,
-        signed_up: 0,
+        server: args.server.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("showcase")
+        }),
+        tokens: Vec::new(),
         cap_applied: true,
         max_users: args.max_users,
         client_send_buffer,
+        retry_after_cap: (args.retry_after_cap_s > 0.0)
+            .then(|| Duration::from_secs_f64(args.retry_after_cap_s)),
     };
     // The report is written after each part, so a long run that is cut short keeps its figures.
     let save = |report: &mut Report, bench: &Bench| {

@@ -52,19 +52,17 @@ fn cgroup_read(file: &str) -> Option<u64> {
 }
 
 impl Node {
-    /// Starts `showcase serve` next to this executable with `env` on top of the bench defaults.
-    pub fn start(data_dir: &Path, env: &[(&str, String)]) -> Self {
+    /// Starts `server serve` with `env` on top of the bench defaults.
+    pub fn start(server: &Path, data_dir: &Path, env: &[(&str, String)]) -> Self {
         let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir).expect("data dir");
-        let exe = std::env::current_exe().expect("own path");
-        let server = exe.with_file_name("showcase");
         assert!(
             server.exists(),
             "{} not found: build it with `cargo build --release`",
             server.display()
         );
         let in_cgroup = prepare_cgroup();
-        let mut command = Command::new(&server);
+        let mut command = Command::new(server);
         command
             .arg("serve")
             .current_dir(data_dir)
@@ -116,6 +114,10 @@ impl Node {
 
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory of the server process.
@@ -189,6 +191,119 @@ impl Drop for Node {
             let _ = self.child.wait();
         }
     }
+}
+
+/// CPU time process `pid` has used so far, its threads' and its reaped children's
+/// (transcodes), user and system, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces: utime,
+    // stime, cutime and cstime are the 14th to 17th fields of the line.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / clock_ticks_per_s()
+}
+
+/// Where the machine's CPU time had gone at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    at: Instant,
+    node: f64,
+    client: f64,
+    busy: f64,
+    softirq: f64,
+}
+
+impl CpuSample {
+    pub fn now(node_pid: u32) -> Self {
+        let (busy, softirq) = machine_cpu_seconds();
+        Self {
+            at: Instant::now(),
+            node: process_cpu_seconds(node_pid),
+            client: own_cpu_seconds(),
+            busy,
+            softirq,
+        }
+    }
+
+    /// The CPU time spent between `earlier` and this sample.
+    pub fn since(&self, earlier: &CpuSample) -> CpuWindow {
+        CpuWindow {
+            seconds: self.at.duration_since(earlier.at).as_secs_f64(),
+            node_s: self.node - earlier.node,
+            client_s: self.client - earlier.client,
+            machine_busy_s: self.busy - earlier.busy,
+            softirq_s: self.softirq - earlier.softirq,
+        }
+    }
+}
+
+/// CPU seconds spent over a window of `seconds`, by the node, by the load generator, by the
+/// whole machine (busy), and by the kernel's softirq work that no process is charged with.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuWindow {
+    pub seconds: f64,
+    pub node_s: f64,
+    pub client_s: f64,
+    pub machine_busy_s: f64,
+    pub softirq_s: f64,
+}
+
+impl CpuWindow {
+    /// Cores the node kept busy on average.
+    pub fn node_cores(&self) -> f64 {
+        self.node_s / self.seconds.max(1e-9)
+    }
+
+    /// Cores the load generator kept busy on average.
+    pub fn client_cores(&self) -> f64 {
+        self.client_s / self.seconds.max(1e-9)
+    }
+}
+
+/// The kernel's clock ticks per second, the unit of `/proc`'s CPU times.
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time this process (the load generator, all its threads) has used so far, in seconds.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// The machine's CPU time so far from `/proc/stat`: (busy, softirq) in seconds, all cores.
+/// Busy is everything but idle and I/O wait; softirq is the kernel's network receive work,
+/// which no process is charged with.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    let ticks = clock_ticks_per_s();
+    (busy as f64 / ticks, field(6) as f64 / ticks)
 }
 
 /// Sequential write bandwidth with the data made durable, as `dd conv=fdatasync` measures it,

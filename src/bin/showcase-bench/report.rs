@@ -7,6 +7,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::load::{Mode, Outcome, QueuePoint, Sample};
+use crate::node::CpuWindow;
 
 /// The replaced system's figures from its capacity test, per number of users.
 pub const REPLACED: [(usize, &str, &str, &str); 4] = [
@@ -70,7 +71,52 @@ pub struct PhaseResult {
     pub peak_rss_bytes: u64,
     pub cgroup_peak_bytes: Option<u64>,
     pub alive: bool,
+    /// Uploads sent within the hold that were accepted, and that were refused (503 or 429).
+    pub hold_accepted: u64,
+    pub hold_refused: u64,
+    /// Where the CPU went during the hold.
+    pub cpu: CpuWindow,
+    /// The window before the hold where every slot was held and the crowd only refused.
+    pub refusals_only: Option<RefusalsOnly>,
     pub verdicts: Vec<Verdict>,
+}
+
+/// A window where the crowd was refused and nothing else (every upload slot held).
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalsOnly {
+    pub refusals: u64,
+    /// Uploads accepted meanwhile: 0 unless a slot escaped the holder.
+    pub accepted: u64,
+    pub refusal_p99_s: f64,
+    pub cpu: CpuWindow,
+    /// The node's CPU just before, its slots held and nobody refused, in cores.
+    pub node_at_rest_cores: f64,
+}
+
+impl PhaseResult {
+    /// The node's CPU per refusal, in seconds, measured where it refused and did nothing else
+    /// (beyond what it spends at rest). An upload or two sent in the window may be accepted
+    /// after it, once the slots are let go; their CPU is outside the window.
+    pub fn cpu_per_refusal_s(&self) -> Option<f64> {
+        self.refusals_only
+            .as_ref()
+            .filter(|w| w.refusals > 0)
+            .map(|w| {
+                let at_rest = w.node_at_rest_cores * w.cpu.seconds;
+                (w.cpu.node_s - at_rest).max(0.0) / w.refusals as f64
+            })
+    }
+
+    /// The node's CPU per accepted upload over the hold, in seconds: what it spent beyond the
+    /// hold's refusals (at their measured cost), per accepted upload. The checks and deletions
+    /// of the bench's janitor are part of it.
+    pub fn cpu_per_accepted_s(&self) -> Option<f64> {
+        let per_refusal = self.cpu_per_refusal_s()?;
+        (self.hold_accepted > 0).then(|| {
+            (self.cpu.node_s - per_refusal * self.hold_refused as f64).max(0.0)
+                / self.hold_accepted as f64
+        })
+    }
 }
 
 /// Nearest-rank percentile of sorted values (0 when empty).
@@ -93,30 +139,50 @@ pub fn mean_retry_after_s(samples: &[Sample]) -> f64 {
     told.iter().sum::<u64>() as f64 / told.len().max(1) as f64
 }
 
-/// Counts and latencies of `samples`; rates over the samples sent within `hold`.
-pub fn summarize(samples: &[Sample], hold: &Window) -> (Counts, f64, f64, [f64; 3], [f64; 2]) {
+/// What a phase's samples add up to.
+pub struct Summary {
+    /// Every request of the phase, ramp included.
+    pub counts: Counts,
+    /// Accepted uploads per second and goodput (bytes/s), over the hold.
+    pub accepted_per_s: f64,
+    pub goodput_bytes_per_s: f64,
+    /// p50, p95, p99 of accepted uploads sent within the hold.
+    pub accepted: [f64; 3],
+    /// p50, p99 of refusals sent within the hold.
+    pub refusal: [f64; 2],
+    pub hold_accepted: u64,
+    pub hold_refused: u64,
+}
+
+/// Counts of `samples`; rates and latencies of the samples sent within `hold`.
+pub fn summarize(samples: &[Sample], hold: &Window) -> Summary {
     let mut counts = Counts::default();
     let mut accepted = Vec::new();
     let mut refusals = Vec::new();
     let (mut hold_accepted, mut hold_bytes) = (0u64, 0u64);
     for s in samples {
         counts.requests += 1;
+        let in_hold = s.at_s >= hold.from_s && s.at_s < hold.to_s;
         match s.outcome {
             Outcome::Accepted => {
                 counts.accepted += 1;
-                accepted.push(s.latency_s);
-                if s.at_s >= hold.from_s && s.at_s < hold.to_s {
+                if in_hold {
+                    accepted.push(s.latency_s);
                     hold_accepted += 1;
                     hold_bytes += s.bytes;
                 }
             }
             Outcome::Refused => {
                 counts.refused += 1;
-                refusals.push(s.latency_s);
+                if in_hold {
+                    refusals.push(s.latency_s);
+                }
             }
             Outcome::Limited => {
                 counts.limited += 1;
-                refusals.push(s.latency_s);
+                if in_hold {
+                    refusals.push(s.latency_s);
+                }
             }
             Outcome::Rejected => counts.rejected += 1,
             Outcome::ServerError => counts.server_errors += 1,
@@ -126,17 +192,19 @@ pub fn summarize(samples: &[Sample], hold: &Window) -> (Counts, f64, f64, [f64; 
     accepted.sort_by(f64::total_cmp);
     refusals.sort_by(f64::total_cmp);
     let span = (hold.to_s - hold.from_s).max(1e-9);
-    (
+    Summary {
         counts,
-        hold_accepted as f64 / span,
-        hold_bytes as f64 / span,
-        [
+        accepted_per_s: hold_accepted as f64 / span,
+        goodput_bytes_per_s: hold_bytes as f64 / span,
+        accepted: [
             percentile(&accepted, 50.0),
             percentile(&accepted, 95.0),
             percentile(&accepted, 99.0),
         ],
-        [percentile(&refusals, 50.0), percentile(&refusals, 99.0)],
-    )
+        refusal: [percentile(&refusals, 50.0), percentile(&refusals, 99.0)],
+        hold_accepted,
+        hold_refused: refusals.len() as u64,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,7 +268,11 @@ pub struct Report {
     pub client_send_buffer_bytes: Option<usize>,
     pub started_at: String,
     pub machine: Machine,
+    /// The longest `Retry-After` honouring users waited (0: whatever they were told).
+    pub retry_after_cap_s: f64,
     pub web_layer: Vec<PhaseResult>,
+    /// Ten times the plan's load and more.
+    pub crowd: Vec<PhaseResult>,
     pub mixed: Option<MixedRun>,
     pub worker_layer: Vec<WorkerRun>,
     pub paced: Option<PacedRun>,
@@ -209,7 +281,7 @@ pub struct Report {
 impl Report {
     pub fn all_verdicts(&self) -> Vec<(String, Verdict)> {
         let mut out = Vec::new();
-        for phase in &self.web_layer {
+        for phase in self.web_layer.iter().chain(&self.crowd) {
             for v in &phase.verdicts {
                 out.push((phase.name.clone(), v.clone()));
             }
@@ -243,7 +315,14 @@ fn ms(seconds: f64) -> String {
 
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
-    for section in [header, against_replaced, web_layer, worker_layer, goals] {
+    for section in [
+        header,
+        against_replaced,
+        web_layer,
+        crowd,
+        worker_layer,
+        goals,
+    ] {
         section(&mut md, report);
     }
     md
@@ -382,6 +461,64 @@ fn web_layer(md: &mut String, report: &Report) {
             md,
             "\nMixed run (transcoding on): {} uploads accepted, {} processed once the backlog drained ({:.0} s after the load stopped).",
             mixed.phase.counts.accepted, mixed.processed, mixed.drained_after_s
+        );
+    }
+}
+
+/// Ten times the load and more: the issue's table, and where the CPU went.
+fn crowd(md: &mut String, report: &Report) {
+    if report.crowd.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n## The crowd: ten times the load and more\n");
+    let cap = if report.retry_after_cap_s > 0.0 {
+        format!("at most {:.0} s", report.retry_after_cap_s)
+    } else {
+        "whatever they are told".to_owned()
+    };
+    let _ = writeln!(
+        md,
+        "Honouring users (they wait the `Retry-After` they are told, {cap}, with up to 50 % \
+         jitter), transcoding paused, on the node of scenario 1. Latencies and rates are over \
+         the hold; *lost* is 201s not found stored with their job queued. CPU is over the hold, \
+         in cores: the node (the server process), the load generator (this benchmark, the \
+         kernel's sending of its bytes included), and softirq, the kernel's network work that \
+         no process is charged with. *Per refusal* is measured before the hold, at the same \
+         crowd, while uploads of the bench held every slot and the node did nothing but \
+         refuse (the refusals-only window, its p99 beside it), less what the node spends at \
+         rest with its slots held (measured for 3 s before the crowd comes); *per accepted* is what the node \
+         spent over the hold beyond its refusals at that cost, per accepted upload (the \
+         bench's check and deletion of each upload included).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| users | accepted/s | refused | errors | lost | p95 accepted | p99 refusal | peak RSS | node CPU | load generator CPU | softirq | CPU per refusal (refusals only: p99) | CPU per accepted upload |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for p in &report.crowd {
+        let c = &p.counts;
+        let cores = report.machine.cores as f64;
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {} MiB | {:.2} | {:.2} ({:.0} % of the machine) | {:.2} | {} | {} |",
+            p.users,
+            p.accepted_per_s,
+            c.refused + c.limited,
+            c.rejected + c.server_errors + c.unanswered,
+            c.accepted.saturating_sub(p.verified_stored),
+            ms(p.accepted_p95_s),
+            ms(p.refusal_p99_s),
+            p.peak_rss_bytes >> 20,
+            p.cpu.node_cores(),
+            p.cpu.client_cores(),
+            100.0 * p.cpu.client_cores() / cores,
+            p.cpu.softirq_s / p.cpu.seconds.max(1e-9),
+            match (p.cpu_per_refusal_s(), &p.refusals_only) {
+                (Some(s), Some(w)) => format!("{:.0} µs ({})", s * 1e6, ms(w.refusal_p99_s)),
+                _ => "-".to_owned(),
+            },
+            p.cpu_per_accepted_s()
+                .map_or("-".to_owned(), |s| format!("{:.1} ms", s * 1e3)),
         );
     }
 }
