@@ -398,6 +398,54 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// Records an event: its metric, then its log line.
+/// How often, at most, an event that can come in floods writes its log line.
+pub const SPARSE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A log line that is written at most once per period, however often its event comes; the
+/// events it leaves out are counted into the next line.
+pub struct Sparse {
+    every_ms: u64,
+    /// Milliseconds after the process's first sparse event when the last line was written,
+    /// plus one (0: never).
+    last_ms: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl Sparse {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every_ms: every.as_millis() as u64,
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events left out since the last line)` when a line is due now, else `None` (and
+    /// this event is counted for the next line).
+    pub fn take(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.last_ms.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.every_ms;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.unlogged.swap(0, Relaxed))
+        } else {
+            self.unlogged.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 pub fn emit(event: Event) {
     let m = metrics();
     match event {
@@ -407,8 +455,11 @@ pub fn emit(event: Event) {
             status,
             seconds,
         } => {
+            // The status's digits without formatting them: `StatusCode` keeps them as text.
+            let code = http::StatusCode::from_u16(status);
+            let label = code.as_ref().map_or("other", |code| code.as_str());
             m.http_requests
-                .with_label_values(&[route, method, &status.to_string()])
+                .with_label_values(&[route, method, label])
                 .inc();
             m.http_duration.with_label_values(&[route]).observe(seconds);
             tracing::debug!(
@@ -430,7 +481,18 @@ pub fn emit(event: Event) {
         }
         Event::UploadRefused { reason } => {
             m.uploads_refused.with_label_values(&[reason]).inc();
-            tracing::info!(reason, "upload refused");
+            // A crowd is refused by the thousand a second: one line per refusal would cost more
+            // than the refusal. The metric counts each; the log says so once in a while.
+            static LINES: Sparse = Sparse::new(SPARSE_LOG_EVERY);
+            match LINES.take() {
+                Some(unlogged) => tracing::info!(
+                    reason,
+                    unlogged_before = unlogged,
+                    "upload refused (one line per {} s at most; the metric counts each)",
+                    SPARSE_LOG_EVERY.as_secs()
+                ),
+                None => tracing::debug!(reason, "upload refused"),
+            }
         }
         Event::LingeringClose {
             discarded_bytes,
@@ -515,6 +577,23 @@ pub fn emit(event: Event) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sparse_line_is_written_once_per_period_and_counts_what_it_left_out() {
+        let every = std::time::Duration::from_millis(300);
+        let sparse = Sparse::new(every);
+        assert_eq!(sparse.take(), Some(0), "the first event is logged");
+        for _ in 0..5 {
+            assert_eq!(sparse.take(), None, "events within the period are not");
+        }
+        std::thread::sleep(every + std::time::Duration::from_millis(50));
+        assert_eq!(
+            sparse.take(),
+            Some(5),
+            "the next line counts those left out"
+        );
+        assert_eq!(sparse.take(), None);
+    }
+
     use super::*;
 
     #[test]

@@ -4,6 +4,8 @@
 //! and form errors inside them) convert into `ApiError` here, and so do requests that match no
 //! endpoint. Every error body is `{"detail": "..."}`.
 
+use std::borrow::Cow;
+
 use http::StatusCode;
 use serde::Serialize;
 
@@ -50,7 +52,8 @@ pub enum ApiError {
     TooManyRequests { detail: String, retry_after_s: u64 },
     #[error("{detail}")]
     Unavailable {
-        detail: String,
+        /// Static for the refusals a crowd gets, whose body is then serialised once.
+        detail: Cow<'static, str>,
         retry_after_s: u64,
         /// What ran out, as a metric label (`upload_slots`, `disk_full`, ...).
         cause: &'static str,
@@ -75,12 +78,12 @@ impl ApiError {
         ApiError::BadRequest(detail.into())
     }
 
-    pub fn unavailable(detail: impl Into<String>, retry_after_s: u64) -> Self {
+    pub fn unavailable(detail: impl Into<Cow<'static, str>>, retry_after_s: u64) -> Self {
         Self::unavailable_because(detail, retry_after_s, "unavailable")
     }
 
     pub fn unavailable_because(
-        detail: impl Into<String>,
+        detail: impl Into<Cow<'static, str>>,
         retry_after_s: u64,
         cause: &'static str,
     ) -> Self {
@@ -138,14 +141,18 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let status = self.status();
-        let detail = match &self {
+        let mut response = match &self {
             ApiError::Internal(cause) => {
                 tracing::error!(cause = %cause, "internal error");
-                "Error interno del servidor.".to_string()
+                error_body(status, "Error interno del servidor.".to_owned())
             }
-            other => other.to_string(),
+            // The refusals a crowd gets: the body serialised once, nothing formatted.
+            ApiError::Unavailable {
+                detail: Cow::Borrowed(detail),
+                ..
+            } => static_error_body(status, detail),
+            other => error_body(status, other.to_string()),
         };
-        let mut response = json(status, &ErrorBody { detail });
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after_s, .. }
             | ApiError::Unavailable { retry_after_s, .. } => Some(*retry_after_s),
@@ -154,7 +161,7 @@ impl ApiError {
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+                .insert(http::header::RETRY_AFTER, retry_after_value(seconds));
         }
         if let ApiError::RangeNotSatisfiable { len } = &self {
             if let Ok(value) = http::HeaderValue::from_str(&format!("bytes */{len}")) {
@@ -297,6 +304,56 @@ impl From<Unrouted> for ApiError {
 /// A path that names nothing this node serves.
 pub fn not_found() -> ApiError {
     ApiError::NotFound("Recurso no encontrado.".into())
+}
+
+fn error_body(status: StatusCode, detail: String) -> Response {
+    json(status, &ErrorBody { detail })
+}
+
+/// The response of an error whose detail is static: its JSON is serialised on first use and
+/// shared after that.
+fn static_error_body(status: StatusCode, detail: &'static str) -> Response {
+    type Bodies = std::sync::RwLock<std::collections::HashMap<&'static str, bytes::Bytes>>;
+    static BODIES: std::sync::OnceLock<Bodies> = std::sync::OnceLock::new();
+    let bodies = BODIES.get_or_init(Default::default);
+    let known = bodies
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(detail)
+        .cloned();
+    let body = known.unwrap_or_else(|| {
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&ErrorBody {
+                detail: detail.to_owned(),
+            })
+            .unwrap_or_default(),
+        );
+        bodies
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(detail, body.clone());
+        body
+    });
+    let mut response = super::response::full(status, body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `Retry-After: <seconds>`; the values refusals use (up to `load::MAX_RETRY_S`) are made once.
+fn retry_after_value(seconds: u64) -> http::HeaderValue {
+    static VALUES: std::sync::OnceLock<Vec<http::HeaderValue>> = std::sync::OnceLock::new();
+    let values = VALUES.get_or_init(|| {
+        (0..=crate::load::MAX_RETRY_S)
+            .map(http::HeaderValue::from)
+            .collect()
+    });
+    values
+        .get(seconds as usize)
+        .cloned()
+        .unwrap_or_else(|| http::HeaderValue::from(seconds))
 }
 
 /// A path id that names no video.

@@ -415,6 +415,12 @@ async fn linger_for(mut stream: TcpStream, hold: Duration) -> Lingered {
         return Lingered::Abandoned { drained: 0 };
     }
     let mut drained = 0;
+    // A client that has sent more than the budget already is streaming a body it will not
+    // stop (a refused upload, typically): reading would only reopen the window and invite
+    // more. It is cut off after the hold without a read, which is also the cheapest end.
+    if unread_bytes(&stream).is_some_and(|unread| unread >= LINGER_DRAIN_BUDGET) {
+        return cut_off(stream, started, hold, drained).await;
+    }
     while drained < LINGER_DRAIN_BUDGET {
         let quiet_at = tokio::time::Instant::now() + LINGER_IDLE;
         let waited = tokio::time::timeout_at(
@@ -431,9 +437,20 @@ async fn linger_for(mut stream: TcpStream, hold: Duration) -> Lingered {
             Err(_) => return Lingered::Abandoned { drained },
         }
     }
-    // Still sending: stop reading, and give the client the hold to read its answer. Do not
-    // close before the answer and our FIN are acknowledged (a reset would cancel a
-    // retransmission still owed), unless the time limit is reached or the client is gone.
+    cut_off(stream, started, hold, drained).await
+}
+
+/// The end of a lingering close started at `started` for a client that is still sending:
+/// stop reading, and give the client the hold to read its answer. Do not close before the
+/// answer and our FIN are acknowledged (a reset would cancel a retransmission still owed),
+/// unless the time limit is reached or the client is gone.
+async fn cut_off(
+    stream: TcpStream,
+    started: tokio::time::Instant,
+    hold: Duration,
+    drained: usize,
+) -> Lingered {
+    let give_up_at = started + LINGER_TOTAL;
     tokio::time::sleep_until(started + hold.min(LINGER_TOTAL)).await;
     while unacknowledged_bytes(&stream).is_some_and(|n| n > 0)
         && tokio::time::Instant::now() < give_up_at
@@ -622,8 +639,9 @@ mod tests {
         let Lingered::CutOff { drained, unread } = lingered else {
             panic!("a client that keeps sending is cut off, not {lingered:?}");
         };
-        // We drained the budget, then stopped reading.
-        assert_eq!(drained, LINGER_DRAIN_BUDGET);
+        // We drained the budget, then stopped reading; or, when the client had sent more than
+        // the budget before the close began, we read nothing.
+        assert!(drained == LINGER_DRAIN_BUDGET || drained == 0, "{drained}");
         assert!(
             unread > 0,
             "the client was still sending when it was cut off"
@@ -648,6 +666,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_past_the_budget_already_is_cut_off_without_a_read() {
+        let (client, mut server) = connected_pair().await;
+        let (mut client_reader, mut client_writer) = client.into_split();
+        // A refused upload: the client sent far more than the budget before its answer came.
+        let sent = 2 * LINGER_DRAIN_BUDGET;
+        client_writer.write_all(&vec![7u8; sent]).await.unwrap();
+        until_unread_at_least(&server, LINGER_DRAIN_BUDGET).await;
+        server.write_all(ANSWER).await.unwrap();
+        let hold = Duration::from_millis(100);
+        let started = Instant::now();
+        let lingered = tokio::time::timeout(Duration::from_secs(10), linger_for(server, hold))
+            .await
+            .expect("a lingering close is bounded");
+        assert!(started.elapsed() >= hold, "cut off before the hold");
+        assert!(
+            matches!(lingered, Lingered::CutOff { drained: 0, unread } if unread >= LINGER_DRAIN_BUDGET),
+            "nothing read, reading would only have invited more: {lingered:?}"
+        );
+        // The answer reached the client before the reset.
+        let mut answer = vec![0u8; ANSWER.len()];
+        client_reader.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, ANSWER);
+    }
+
+    #[tokio::test]
     async fn a_client_gone_before_acknowledging_its_answer_is_not_waited_for() {
         let (mut client, server) = connected_pair().await;
         // The client sent more than the budget and never reads what we send: our answer
@@ -659,14 +702,14 @@ mod tests {
         fill(&server);
         let started = Instant::now();
         let lingering = tokio::spawn(linger_for(server, Duration::from_secs(1)));
-        // Well into the hold (the drain takes what is already queued at once), the client
-        // resets the connection.
+        // Well into the hold (nothing is drained: the client sent more than the budget), the
+        // client resets the connection.
         tokio::time::sleep(Duration::from_millis(300)).await;
         client.set_zero_linger().unwrap();
         drop(client);
         let lingered = lingering.await.unwrap();
         assert!(
-            matches!(lingered, Lingered::CutOff { drained, .. } if drained == LINGER_DRAIN_BUDGET),
+            matches!(lingered, Lingered::CutOff { drained: 0, .. }),
             "{lingered:?}"
         );
         // Not held until the time limit for an acknowledgement that cannot come.

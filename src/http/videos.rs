@@ -83,8 +83,10 @@ struct UploadAccepted {
 
 /// Uploads a video.
 ///
-/// Admission (token, content type, declared length, capacity) is decided before the body is
+/// Admission (capacity, token, content type, declared length) is decided before the body is
 /// read; the answer comes once the file is durably stored and its processing durably queued.
+/// Capacity is asked first: while every upload slot is taken the answer is `503` with
+/// `Retry-After`, whatever the token.
 #[utoipa::path(
     post,
     path = "/api/videos/upload",
@@ -132,7 +134,10 @@ async fn receive_upload(
     node: &Node,
     request: Request,
 ) -> Result<(AcceptedUpload, u64, u64), ApiError> {
-    // Everything up to the slot is decided without reading the body.
+    // Everything up to the admission is decided without reading the body, and the slot
+    // first: when none is free the answer is 503 whoever asks, so a crowd is refused before
+    // its tokens are checked.
+    let slot = node.upload_slot()?;
     let owner_id = signed_in(node, &request.headers).await?;
     let max_bytes = node.config().upload.max_bytes;
     let content_type = request
@@ -150,7 +155,7 @@ async fn receive_upload(
     {
         return Err(too_big(max_bytes));
     }
-    let admitted = node.admit_upload(owner_id).await?;
+    let admitted = node.admit_upload_in(slot, owner_id).await?;
 
     let config = node.config();
     let mut form = FormReader::new(

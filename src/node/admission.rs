@@ -1,5 +1,6 @@
-//! Upload admission, decided before a byte of the body is read: a free upload slot, no stuck
-//! probes, enough free disk and room in the job queue. Readiness asks the same questions
+//! Upload admission, decided before a byte of the body is read: a free upload slot first (the
+//! cheapest question, and the one a crowd is refused on), then no stuck probes, enough free
+//! disk and room in the job queue. Readiness asks the same questions
 //! through [`UploadAdmission::obstacles`], so the two never disagree.
 
 use std::path::PathBuf;
@@ -131,17 +132,24 @@ impl UploadAdmission {
         }
     }
 
-    /// A slot for one upload, or the first reason there is none.
-    pub async fn admit(&self, engine: &Engine) -> Result<UploadSlot, Refusal> {
-        let obstacles = self.obstacles(engine).await;
-        if let Some(first) = obstacles.into_iter().find(|o| self.refuses_uploads(o)) {
-            return Err(first);
-        }
+    /// A free slot, or `NoSlot` with the wait that the demand and the drain rate suggest. No
+    /// system call, no allocation: the crowd's refusal.
+    pub fn slot(&self) -> Result<UploadSlot, Refusal> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(UploadSlot::new(permit, self.load.clone())),
             Err(_) => Err(Refusal::NoSlot {
                 retry_after_s: self.load.refuse_for_slots(self.max_slots),
             }),
+        }
+    }
+
+    /// Admits an upload in `slot` unless something else stands in its way; the slot is freed
+    /// with the refusal.
+    pub async fn admit(&self, engine: &Engine, slot: UploadSlot) -> Result<UploadSlot, Refusal> {
+        let obstacles = self.obstacles(engine).await;
+        match obstacles.into_iter().find(|o| self.refuses_uploads(o)) {
+            Some(first) => Err(first),
+            None => Ok(slot),
         }
     }
 }

@@ -44,9 +44,27 @@ impl Node {
     /// A slot for one upload by `owner`, or the reason there is none; decided before a byte of
     /// the body is read.
     pub async fn admit_upload(&self, owner: UserId) -> Result<AdmittedUpload<'_>, Error> {
+        let slot = self.upload_slot()?;
+        self.admit_upload_in(slot, owner).await
+    }
+
+    /// A free upload slot, or the refusal: the first question of an upload and the cheapest,
+    /// asked before anything else about the request (its token included), so that a crowd
+    /// the node cannot take in costs it as little as possible.
+    pub fn upload_slot(&self) -> Result<UploadSlot, Error> {
         // The actor that will commit it must be there to take it, before the body is read.
         present(&self.actors.ingest)?.available()?;
-        let slot = self.uploads.admit(&self.engine).await?;
+        Ok(self.uploads.slot()?)
+    }
+
+    /// Admits an upload by `owner` in `slot`: the rest of admission (free disk, room in the
+    /// queue, backends, stuck probes), asked with the slot in hand.
+    pub async fn admit_upload_in(
+        &self,
+        slot: UploadSlot,
+        owner: UserId,
+    ) -> Result<AdmittedUpload<'_>, Error> {
+        let slot = self.uploads.admit(&self.engine, slot).await?;
         Ok(AdmittedUpload {
             node: self,
             owner,

@@ -86,6 +86,10 @@ async fn every_upload_refusal_comes_before_the_body_with_retry_after() {
         started.elapsed() < Duration::from_secs(2),
         "refused at once"
     );
+    // The slot is the first question, so that a crowd costs the node as little as possible:
+    // while none is free, even a forged token is answered 503, before it is checked.
+    let (status, head, body) = upload_refused_before_the_body(&t, "no-es-un-token").await;
+    assert_refusal(status, &head, &body, "Capacidad");
 
     // While it sheds, readiness says so; once the slot is free and a moment has passed, it
     // is ready again.
@@ -102,6 +106,9 @@ async fn every_upload_refusal_comes_before_the_body_with_retry_after() {
         assert!(Instant::now() < deadline, "still unready: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // With a slot free, the forged token is what refuses the upload.
+    let (status, head, _) = upload_refused_before_the_body(&t, "no-es-un-token").await;
+    assert_eq!(status, 401, "{head}");
 }
 
 #[tokio::test]
