@@ -146,9 +146,10 @@ pub struct Summary {
     /// Accepted uploads per second and goodput (bytes/s), over the hold.
     pub accepted_per_s: f64,
     pub goodput_bytes_per_s: f64,
-    /// p50, p95, p99 of accepted uploads sent within the hold.
+    /// p50, p95, p99 of accepted uploads sent within the hold (of all of them when none was:
+    /// a run whose uploads are all accepted early, under a queue watermark).
     pub accepted: [f64; 3],
-    /// p50, p99 of refusals sent within the hold.
+    /// p50, p99 of refusals sent within the hold (of all of them when none was).
     pub refusal: [f64; 2],
     pub hold_accepted: u64,
     pub hold_refused: u64,
@@ -157,8 +158,9 @@ pub struct Summary {
 /// Counts of `samples`; rates and latencies of the samples sent within `hold`.
 pub fn summarize(samples: &[Sample], hold: &Window) -> Summary {
     let mut counts = Counts::default();
-    let mut accepted = Vec::new();
-    let mut refusals = Vec::new();
+    // Latencies within the hold, and of the whole phase.
+    let (mut accepted, mut all_accepted) = (Vec::new(), Vec::new());
+    let (mut refusals, mut all_refusals) = (Vec::new(), Vec::new());
     let (mut hold_accepted, mut hold_bytes) = (0u64, 0u64);
     for s in samples {
         counts.requests += 1;
@@ -166,20 +168,20 @@ pub fn summarize(samples: &[Sample], hold: &Window) -> Summary {
         match s.outcome {
             Outcome::Accepted => {
                 counts.accepted += 1;
+                all_accepted.push(s.latency_s);
                 if in_hold {
                     accepted.push(s.latency_s);
                     hold_accepted += 1;
                     hold_bytes += s.bytes;
                 }
             }
-            Outcome::Refused => {
-                counts.refused += 1;
-                if in_hold {
-                    refusals.push(s.latency_s);
+            Outcome::Refused | Outcome::Limited => {
+                if s.outcome == Outcome::Refused {
+                    counts.refused += 1;
+                } else {
+                    counts.limited += 1;
                 }
-            }
-            Outcome::Limited => {
-                counts.limited += 1;
+                all_refusals.push(s.latency_s);
                 if in_hold {
                     refusals.push(s.latency_s);
                 }
@@ -188,6 +190,13 @@ pub fn summarize(samples: &[Sample], hold: &Window) -> Summary {
             Outcome::ServerError => counts.server_errors += 1,
             Outcome::Unanswered => counts.unanswered += 1,
         }
+    }
+    let hold_refused = refusals.len() as u64;
+    if accepted.is_empty() {
+        accepted = all_accepted;
+    }
+    if refusals.is_empty() {
+        refusals = all_refusals;
     }
     accepted.sort_by(f64::total_cmp);
     refusals.sort_by(f64::total_cmp);
@@ -203,7 +212,7 @@ pub fn summarize(samples: &[Sample], hold: &Window) -> Summary {
         ],
         refusal: [percentile(&refusals, 50.0), percentile(&refusals, 99.0)],
         hold_accepted,
-        hold_refused: refusals.len() as u64,
+        hold_refused,
     }
 }
 
@@ -839,6 +848,52 @@ mod tests {
         assert_eq!(percentile(&values, 100.0), 100.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
         assert_eq!(percentile(&[7.0], 1.0), 7.0);
+    }
+
+    fn sample(at_s: f64, latency_s: f64, outcome: Outcome) -> Sample {
+        Sample {
+            at_s,
+            latency_s,
+            outcome,
+            status: if outcome == Outcome::Accepted {
+                201
+            } else {
+                503
+            },
+            bytes: 10,
+            retry_after_s: None,
+        }
+    }
+
+    #[test]
+    fn latencies_and_rates_are_the_holds_unless_it_saw_none() {
+        let hold = Window {
+            from_s: 10.0,
+            to_s: 20.0,
+        };
+        let samples = [
+            // The ramp: slow, left out of the hold's figures.
+            sample(1.0, 9.0, Outcome::Accepted),
+            sample(2.0, 8.0, Outcome::Refused),
+            sample(12.0, 0.2, Outcome::Accepted),
+            sample(13.0, 0.01, Outcome::Refused),
+            sample(14.0, 0.02, Outcome::Limited),
+        ];
+        let summary = summarize(&samples, &hold);
+        assert_eq!(summary.counts.requests, 5);
+        assert_eq!((summary.counts.accepted, summary.counts.refused), (2, 2));
+        assert_eq!((summary.hold_accepted, summary.hold_refused), (1, 2));
+        assert_eq!(summary.accepted[2], 0.2);
+        assert_eq!(summary.refusal[1], 0.02);
+        assert!((summary.accepted_per_s - 0.1).abs() < 1e-9);
+        // A run whose uploads were all accepted early still reports their latencies.
+        let early = [
+            sample(1.0, 0.3, Outcome::Accepted),
+            sample(12.0, 0.01, Outcome::Refused),
+        ];
+        let summary = summarize(&early, &hold);
+        assert_eq!(summary.hold_accepted, 0);
+        assert_eq!(summary.accepted[1], 0.3);
     }
 
     #[test]
