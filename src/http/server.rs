@@ -414,13 +414,13 @@ async fn linger_for(mut stream: TcpStream, hold: Duration) -> Lingered {
     if stream.shutdown().await.is_err() {
         return Lingered::Abandoned { drained: 0 };
     }
-    let mut drained = 0;
     // A client that has sent more than the budget already is streaming a body it will not
     // stop (a refused upload, typically): reading would only reopen the window and invite
     // more. It is cut off after the hold without a read, which is also the cheapest end.
     if unread_bytes(&stream).is_some_and(|unread| unread >= LINGER_DRAIN_BUDGET) {
-        return cut_off(stream, started, hold, drained).await;
+        return cut_off(stream, started, hold, 0).await;
     }
+    let mut drained = 0;
     while drained < LINGER_DRAIN_BUDGET {
         let quiet_at = tokio::time::Instant::now() + LINGER_IDLE;
         let waited = tokio::time::timeout_at(
@@ -614,6 +614,18 @@ mod tests {
         assert!(client.take_error().unwrap().is_none());
     }
 
+    /// A lingering close with a hold of 100 ms, which it must not end before (nor last past
+    /// 10 s).
+    async fn linger_held(server: TcpStream) -> Lingered {
+        let hold = Duration::from_millis(100);
+        let started = Instant::now();
+        let lingered = tokio::time::timeout(Duration::from_secs(10), linger_for(server, hold))
+            .await
+            .expect("a lingering close is bounded");
+        assert!(started.elapsed() >= hold, "cut off before the hold");
+        lingered
+    }
+
     #[tokio::test]
     async fn a_client_that_keeps_sending_is_cut_off_after_the_hold() {
         let (client, mut server) = connected_pair().await;
@@ -630,12 +642,7 @@ mod tests {
                 }
             }
         });
-        let hold = Duration::from_millis(100);
-        let started = Instant::now();
-        let lingered = tokio::time::timeout(Duration::from_secs(10), linger_for(server, hold))
-            .await
-            .expect("a lingering close is bounded");
-        assert!(started.elapsed() >= hold, "cut off before the hold");
+        let lingered = linger_held(server).await;
         let Lingered::CutOff { drained, unread } = lingered else {
             panic!("a client that keeps sending is cut off, not {lingered:?}");
         };
@@ -674,12 +681,7 @@ mod tests {
         client_writer.write_all(&vec![7u8; sent]).await.unwrap();
         until_unread_at_least(&server, LINGER_DRAIN_BUDGET).await;
         server.write_all(ANSWER).await.unwrap();
-        let hold = Duration::from_millis(100);
-        let started = Instant::now();
-        let lingered = tokio::time::timeout(Duration::from_secs(10), linger_for(server, hold))
-            .await
-            .expect("a lingering close is bounded");
-        assert!(started.elapsed() >= hold, "cut off before the hold");
+        let lingered = linger_held(server).await;
         assert!(
             matches!(lingered, Lingered::CutOff { drained: 0, unread } if unread >= LINGER_DRAIN_BUDGET),
             "nothing read, reading would only have invited more: {lingered:?}"

@@ -284,6 +284,34 @@ impl Client {
         (sample, id.filter(|_| outcome == Outcome::Accepted))
     }
 
+    /// The upload of `video` titled `title` by `user`, as a browser posts the form (the title,
+    /// then the file): the request's head with the form up to the file's bytes, and the form's
+    /// end, which follows them.
+    fn upload_form(
+        &self,
+        user: usize,
+        token: &str,
+        title: &str,
+        video: &Video,
+    ) -> (String, String) {
+        let form_head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n\
+             {title}\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
+             name=\"video_file\"; filename=\"jugada.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
+        );
+        let form_tail = format!("\r\n--{BOUNDARY}--\r\n");
+        let length = form_head.len() as u64 + video.len() + form_tail.len() as u64;
+        let request_head = format!(
+            "POST /api/videos/upload HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: {}\r\n\
+             Authorization: Bearer {token}\r\n\
+             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n{form_head}",
+            self.upload_address,
+            Self::address_of(user)
+        );
+        (request_head, form_tail)
+    }
+
     /// Posts the upload form as a browser does (the title, then the file), and reads the whole
     /// answer: (status, Retry-After, JSON body). The answer is read while the form is sent, as
     /// the node may answer (a refusal) before it has read the body.
@@ -304,21 +332,7 @@ impl Client {
         }
         socket.set_nodelay(true)?;
         let stream = socket.connect(self.upload_address).await?;
-        let form_head = format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n\
-             Mi mejor jugada\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
-             name=\"video_file\"; filename=\"jugada.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
-        );
-        let form_tail = format!("\r\n--{BOUNDARY}--\r\n");
-        let length = form_head.len() as u64 + video.len() + form_tail.len() as u64;
-        let request_head = format!(
-            "POST /api/videos/upload HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: {}\r\n\
-             Authorization: Bearer {token}\r\n\
-             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-             Content-Length: {length}\r\nConnection: close\r\n\r\n{form_head}",
-            self.upload_address,
-            Self::address_of(user)
-        );
+        let (request_head, form_tail) = self.upload_form(user, token, "Mi mejor jugada", video);
         let send = async {
             write_all(&stream, request_head.as_bytes()).await?;
             send_file(&stream, video).await?;
@@ -394,20 +408,8 @@ impl Client {
         let mut stream = tokio::net::TcpStream::connect(self.upload_address)
             .await
             .ok()?;
-        let form_head = format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n\
-             Lenta\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
-             name=\"video_file\"; filename=\"lenta.mp4\"\r\nContent-Type: video/mp4\r\n\r\n"
-        );
-        let length = form_head.len() as u64 + video.len() + 64;
-        let head = format!(
-            "POST /api/videos/upload HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: {}\r\n\
-             Authorization: Bearer {token}\r\n\
-             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-             Content-Length: {length}\r\nConnection: close\r\n\r\n{form_head}",
-            self.upload_address,
-            Self::address_of(user)
-        );
+        // The form's end never follows: the upload is cut off when it is let go.
+        let (head, _) = self.upload_form(user, token, "Lenta", video);
         stream.write_all(head.as_bytes()).await.ok()?;
         // A refusal comes at once; a slot is silence.
         let mut first = [0u8; 1];
