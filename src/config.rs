@@ -339,6 +339,8 @@ pub struct UploadConfig {
     pub resumable_ttl_s: u64,
     /// Incomplete resumable uploads one player may have at a time.
     pub max_resumable_per_player: usize,
+    /// Write new uploads straight to the disk (`O_DIRECT`) instead of through the page cache.
+    pub direct_writes: bool,
 }
 
 impl Default for UploadConfig {
@@ -355,6 +357,7 @@ impl Default for UploadConfig {
             rate_grace_s: 15,
             resumable_ttl_s: 86_400,
             max_resumable_per_player: 5,
+            direct_writes: false,
         }
     }
 }

@@ -25,3 +25,4 @@ pub mod sandbox;
 pub mod signed_url;
 pub mod system;
 pub mod upload;
+mod upload_file;

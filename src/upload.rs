@@ -15,6 +15,7 @@ use crate::config::UploadConfig;
 use crate::domain::{MediaInfo, UserId};
 use crate::engine::StoreError;
 use crate::load::Load;
+use crate::upload_file::UploadFile;
 
 /// Name of the temp directory under the data dir.
 pub const TEMP_DIR: &str = "tmp";
@@ -101,31 +102,29 @@ pub enum CommitError {
 
 /// Chunks queued between the request and the writer thread (each at most about 1 MiB).
 const SINK_QUEUE_CHUNKS: usize = 4;
-/// Writeback of the file is started every this many bytes, so that the final fsync finds
-/// little left to write.
-const WRITEBACK_EVERY_BYTES: u64 = 8 * 1024 * 1024;
-/// The same for a continued file (a resumable upload's PATCH, often of a few MiB, whose answer
-/// waits for its sync): writeback starts sooner, so that little is left for that sync.
+/// Writeback of a continued file (a resumable upload's PATCH, often of a few MiB, whose answer
+/// waits for its sync) is started every this many bytes, so that little is left for that sync.
 const RESUMED_WRITEBACK_EVERY_BYTES: u64 = 1024 * 1024;
 
-/// Writes an upload to its temp file on a thread of its own, chunk by chunk as they arrive,
-/// without copying them; [`FileSink::finish`] returns once the file is fsynced.
+/// Writes an upload to its temp file on a thread of its own, chunk by chunk as they arrive;
+/// [`FileSink::finish`] returns once the file is fsynced.
 ///
 /// The sink owns the file's [`TempUpload`] guard while the writer thread may still create or
 /// write the file, and hands it back only from `finish`: an upload abandoned at any moment
 /// (the client reset, the body was refused) therefore has its file removed by the thread
 /// itself, after its last write, never before the file exists.
 ///
-/// The thread runs at the bulk priority ([`crate::system::BULK_NICE`]): copying megabytes into
-/// the page cache must not delay the requests the workers answer. It is a thread per upload
+/// The thread runs at the bulk priority ([`crate::system::BULK_NICE`]): copying megabytes on
+/// their way to the disk must not delay the requests the workers answer. It is a thread per upload
 /// rather than one from tokio's blocking pool because a pool thread would keep the lowered
 /// priority for whatever it runs next, and raising it back needs a privilege the service does
 /// not have. Uploads are few at a time (`upload.max_concurrent`) and each lasts far longer than
 /// starting a thread.
 ///
-/// While the upload streams in, writeback of what was written is started in the background
-/// (`sync_file_range`), overlapping disk writes with the network instead of leaving them all to
-/// the final fsync.
+/// The file is written as the upload streams in ([`UploadFile`]): through the page cache with
+/// its writeback started every few MiB (`sync_file_range`), or for a new file, if the node is
+/// told so (`upload.direct_writes`), straight to the disk. Either way the disk works while the
+/// network does, and the final sync finds little left.
 pub struct FileSink<T = TempUpload> {
     chunks: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     writer: Option<tokio::sync::oneshot::Receiver<std::io::Result<T>>>,
@@ -133,11 +132,12 @@ pub struct FileSink<T = TempUpload> {
 }
 
 impl FileSink<TempUpload> {
-    /// A sink into a new temp file: it is kept only if [`FileSink::finish`] is reached.
-    pub fn create(file: TempUpload) -> Self {
+    /// A sink into a new temp file, written straight to the disk if `direct`: it is kept only
+    /// if [`FileSink::finish`] is reached.
+    pub fn create(file: TempUpload, direct: bool) -> Self {
         Self::spawn(move |chunks, aborted| {
             // On failure or abandonment the guard is dropped here, removing the file.
-            write_chunks(file.path(), chunks, aborted).map(|()| file)
+            write_chunks(file.path(), direct, chunks, aborted).map(|()| file)
         })
     }
 }
@@ -246,10 +246,11 @@ impl<T: Send + 'static> FileSink<T> {
 /// was abandoned (which is then an error, so that the file goes with its guard).
 fn write_chunks(
     path: &Path,
+    direct: bool,
     mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     aborted: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()> {
-    let mut file = UploadFile::create(path)?;
+    let mut file = UploadFile::create(path, direct)?;
     while let Some(chunk) = chunks.blocking_recv() {
         file.write(&chunk)?;
     }
@@ -276,221 +277,12 @@ fn append_chunks(
             break;
         }
     }
+    // The request learns at once that its writer stopped, not after the sync.
+    drop(chunks);
     let file = file.finish()?;
     file.sync_data()?;
     copied?;
     file.metadata().map(|m| m.len())
-}
-
-/// Bytes gathered before each direct write: few, large requests for the disk.
-const DIRECT_BLOCK_BYTES: usize = 1024 * 1024;
-/// Alignment of a direct write's memory, offset and length: the page size, a multiple of the
-/// logical block size of disks (512 or 4096 bytes).
-const DIRECT_ALIGN: usize = 4096;
-
-/// An upload's file as its writer thread writes it, at explicit offsets.
-///
-/// A new file is written straight to the disk (`O_DIRECT`) from an aligned block: the bytes
-/// are copied once, into the block, and never into the page cache. Through the page cache, the
-/// copy into fresh pages, their dirty accounting, writeback and reclaim cost several times the
-/// CPU per MiB (docs/benchmarks.md, "Uploads straight to the disk"), and the node is CPU-bound
-/// while it takes uploads. A filesystem that refuses direct writes, at the open or at the
-/// first write, gets buffered writes with writeback started every few MiB instead.
-struct UploadFile {
-    file: std::fs::File,
-    /// Bytes on the file so far (those still in `block` are not).
-    written: u64,
-    /// The block being filled, while writes go straight to the disk.
-    block: Option<AlignedBlock>,
-    /// Buffered writes: where writeback was last started, and how often it is.
-    synced: u64,
-    writeback_every: u64,
-}
-
-impl UploadFile {
-    fn create(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = |flags| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(flags)
-                .open(path)
-        };
-        match open(libc::O_DIRECT) {
-            Ok(file) => Ok(Self {
-                block: Some(AlignedBlock::new()),
-                ..Self::buffered(file, 0, WRITEBACK_EVERY_BYTES)
-            }),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                Ok(Self::buffered(open(0)?, 0, WRITEBACK_EVERY_BYTES))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A file written through the page cache from `offset` on.
-    fn buffered(file: std::fs::File, offset: u64, writeback_every: u64) -> Self {
-        Self {
-            file,
-            written: offset,
-            block: None,
-            synced: offset,
-            writeback_every,
-        }
-    }
-
-    fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        while let Some(block) = &mut self.block {
-            if data.is_empty() {
-                return Ok(());
-            }
-            data = &data[block.fill(data)..];
-            if block.is_full() {
-                self.write_block()?;
-            }
-        }
-        self.write_buffered(data)
-    }
-
-    /// Writes what the block holds straight to the disk, zero-padded to the alignment (only
-    /// the file's last block is partial; `finish` cuts the padding off). A refused direct
-    /// write turns the file to buffered writes, starting with the same bytes.
-    fn write_block(&mut self) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let Some(block) = &mut self.block else {
-            return Ok(());
-        };
-        match self.file.write_all_at(block.padded(), self.written) {
-            Ok(()) => {
-                self.written += block.len() as u64;
-                block.clear();
-                Ok(())
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!("direct writes refused, the upload goes through the page cache");
-                stop_direct_writes(&self.file)?;
-                let block = self.block.take().expect("the block is there");
-                self.synced = self.written;
-                self.write_buffered(block.filled())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn write_buffered(&mut self, data: &[u8]) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::FileExt;
-        self.file.write_all_at(data, self.written)?;
-        self.written += data.len() as u64;
-        if self.written - self.synced >= self.writeback_every {
-            // SAFETY: a valid open descriptor and a range inside the file.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.synced as libc::off64_t,
-                    (self.written - self.synced) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            self.synced = self.written;
-        }
-        Ok(())
-    }
-
-    /// Writes what is left and cuts a direct file's padding off; the caller syncs.
-    fn finish(mut self) -> std::io::Result<std::fs::File> {
-        if self.block.as_ref().is_some_and(|b| b.len() > 0) {
-            self.write_block()?;
-        }
-        if self.block.is_some() {
-            self.file.set_len(self.written)?;
-        }
-        Ok(self.file)
-    }
-
-    #[cfg(test)]
-    fn is_direct(&self) -> bool {
-        self.block.is_some()
-    }
-}
-
-/// Turns `O_DIRECT` off for an open file.
-fn stop_direct_writes(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a valid open descriptor, reading then setting its status flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// [`DIRECT_BLOCK_BYTES`] of memory starting at a multiple of [`DIRECT_ALIGN`], as direct
-/// writes require: a slightly larger vector and an offset into it, rather than an allocation
-/// of its own.
-struct AlignedBlock {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBlock {
-    fn new() -> Self {
-        let storage = vec![0u8; DIRECT_BLOCK_BYTES + DIRECT_ALIGN];
-        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
-        Self {
-            storage,
-            start,
-            len: 0,
-        }
-    }
-
-    /// Copies as much of `data` as fits; returns how much.
-    fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(DIRECT_BLOCK_BYTES - self.len);
-        let at = self.start + self.len;
-        self.storage[at..at + n].copy_from_slice(&data[..n]);
-        self.len += n;
-        n
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_full(&self) -> bool {
-        self.len == DIRECT_BLOCK_BYTES
-    }
-
-    fn filled(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-
-    /// The bytes held, followed by zeros up to the next multiple of the alignment.
-    fn padded(&mut self) -> &[u8] {
-        let end = self.start + self.len.next_multiple_of(DIRECT_ALIGN);
-        self.storage[self.start + self.len..end].fill(0);
-        &self.storage[self.start..end]
-    }
-
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// A block whose memory starts one byte past the alignment, which disks refuse.
-    #[cfg(test)]
-    fn misaligned() -> Self {
-        let mut block = Self::new();
-        block.start += 1;
-        block
-    }
 }
 
 impl<T> Drop for FileSink<T> {
@@ -649,78 +441,31 @@ mod tests {
     async fn the_sink_writes_every_chunk_in_order() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
-        let temp = TempUpload::new_in(dir.path());
-        let path = temp.path().to_path_buf();
-        let mut sink = FileSink::create(temp);
-        let mut expected = Vec::new();
-        for i in 0..40u8 {
-            let chunk = vec![i; 300 * 1024];
-            expected.extend_from_slice(&chunk);
-            sink.write(bytes::Bytes::from(chunk)).await.unwrap();
+        for direct in [false, true] {
+            let temp = TempUpload::new_in(dir.path());
+            let path = temp.path().to_path_buf();
+            let mut sink = FileSink::create(temp, direct);
+            let mut expected = Vec::new();
+            for i in 0..40u8 {
+                let chunk = vec![i; 300 * 1024];
+                expected.extend_from_slice(&chunk);
+                sink.write(bytes::Bytes::from(chunk)).await.unwrap();
+            }
+            let temp = sink.finish().await.unwrap();
+            assert!(
+                std::fs::read(&path).unwrap() == expected,
+                "direct: {direct}"
+            );
+            drop(temp);
+            assert!(!path.exists(), "the guard came back and removes the file");
         }
-        let temp = sink.finish().await.unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), expected);
-        drop(temp);
-        assert!(!path.exists(), "the guard came back and removes the file");
-    }
-
-    /// Writes `sizes` as successive writes through `file`, which already holds `expected`,
-    /// then checks the finished file.
-    fn write_and_check(mut file: UploadFile, path: &Path, mut expected: Vec<u8>, sizes: &[usize]) {
-        for (i, size) in sizes.iter().enumerate() {
-            let data: Vec<u8> = (0..*size).map(|j| (i * 31 + j % 251) as u8).collect();
-            file.write(&data).unwrap();
-            expected.extend_from_slice(&data);
-        }
-        file.finish().unwrap().sync_all().unwrap();
-        let got = std::fs::read(path).unwrap();
-        assert_eq!(got.len(), expected.len(), "the file has its exact length");
-        assert!(got == expected, "the file holds the bytes in order");
-    }
-
-    #[test]
-    fn a_new_file_goes_straight_to_the_disk_and_keeps_its_exact_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let block = DIRECT_BLOCK_BYTES;
-        for (n, sizes) in [
-            vec![],
-            vec![1],
-            vec![DIRECT_ALIGN],
-            vec![block],
-            vec![block - 1, 1, 1],
-            vec![7, block * 2 + 4099, 300 * 1024, block],
-        ]
-        .iter()
-        .enumerate()
-        {
-            let path = dir.path().join(format!("direct-{n}"));
-            let file = UploadFile::create(&path).unwrap();
-            assert!(file.is_direct(), "this filesystem takes direct writes");
-            write_and_check(file, &path, Vec::new(), sizes);
-        }
-    }
-
-    #[test]
-    fn a_refused_direct_write_goes_through_the_page_cache_with_the_same_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fallback");
-        let mut file = UploadFile::create(&path).unwrap();
-        // Memory one byte off the alignment: the disk refuses the direct write (EINVAL).
-        file.block = Some(AlignedBlock::misaligned());
-        let first = vec![5u8; DIRECT_BLOCK_BYTES + 10];
-        file.write(&first).unwrap();
-        assert!(
-            !file.is_direct(),
-            "the refusal turned the file to buffered writes"
-        );
-        write_and_check(file, &path, first, &[3 * DIRECT_BLOCK_BYTES + 1]);
     }
 
     #[tokio::test]
     async fn the_sink_writes_on_a_thread_at_the_bulk_priority() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
-        let mut sink = FileSink::create(TempUpload::new_in(dir.path()));
+        let mut sink = FileSink::create(TempUpload::new_in(dir.path()), false);
         // More chunks than the queue holds: the thread has taken some, so it is past setting
         // its priority.
         for _ in 0..SINK_QUEUE_CHUNKS + 2 {
@@ -748,7 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_that_cannot_write_reports_the_error() {
-        let mut sink = FileSink::create(TempUpload::new_in(Path::new("/nonexistent-dir")));
+        let mut sink = FileSink::create(TempUpload::new_in(Path::new("/nonexistent-dir")), true);
         let mut failed = None;
         for _ in 0..10 {
             if let Err(e) = sink.write(bytes::Bytes::from_static(b"x")).await {
@@ -767,9 +512,10 @@ mod tests {
     async fn an_abandoned_sink_removes_its_file_once_the_writer_is_done() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(TEMP_DIR)).unwrap();
-        for chunks in 0..4 {
-            let mut sink = FileSink::create(TempUpload::new_in(dir.path()));
-            for _ in 0..chunks {
+        for chunks in 0..8 {
+            let direct = chunks % 2 == 1;
+            let mut sink = FileSink::create(TempUpload::new_in(dir.path()), direct);
+            for _ in 0..chunks * 8 {
                 sink.write(bytes::Bytes::from(vec![1u8; 64 * 1024]))
                     .await
                     .unwrap();

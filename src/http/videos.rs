@@ -178,7 +178,9 @@ async fn receive_upload(
                         "El campo '{FILE_FIELD}' aparece dos veces."
                     )));
                 }
-                file = Some(stream_to_file(&mut form, admitted.temp_file(), max_bytes).await?);
+                let temp = admitted.temp_file();
+                let direct = config.upload.direct_writes;
+                file = Some(stream_to_file(&mut form, temp, max_bytes, direct).await?);
             }
             TITLE_FIELD => {
                 let raw = read_text_field(&mut form).await?;
@@ -209,9 +211,10 @@ async fn stream_to_file(
     form: &mut FormReader,
     temp: TempUpload,
     max_bytes: u64,
+    direct: bool,
 ) -> Result<(TempUpload, u64), ApiError> {
     let io = |e: std::io::Error| ApiError::Internal(format!("writing the upload: {e}"));
-    let mut sink = FileSink::create(temp);
+    let mut sink = FileSink::create(temp, direct);
     let mut written = 0u64;
     let started = std::time::Instant::now();
     while let Some(chunk) = form.next_chunk().await? {

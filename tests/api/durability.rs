@@ -19,14 +19,25 @@ async fn upload(server: &ServerProcess, token: &str) -> u64 {
 
 #[tokio::test]
 async fn an_upload_acknowledged_just_before_sigkill_is_there_after_restart() {
+    acknowledged_upload_survives_sigkill(&[]).await;
+}
+
+#[tokio::test]
+async fn an_upload_written_straight_to_the_disk_survives_sigkill_byte_for_byte() {
+    acknowledged_upload_survives_sigkill(&[("SHOWCASE_UPLOAD__DIRECT_WRITES", "true")]).await;
+}
+
+/// Uploads on a node started with `env`, kills it with SIGKILL right after the 201, and finds
+/// the video, its original byte for byte and its job after a restart.
+async fn acknowledged_upload_survives_sigkill(env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), env);
     let token = server.client().token_for("luis@example.com").await;
     let id = upload(&server, &token).await;
     let stored = server.stored();
     server.kill9();
 
-    let server = ServerProcess::start(dir.path(), &[]);
+    let server = ServerProcess::start(dir.path(), env);
     // The token still verifies: the generated secret was persisted before it was used.
     let (status, video) = server
         .client()
