@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
         "rate_limit",
         "faults",
     ],
-    &["load", "health", "panics"],
+    &["load", "health", "panics", "upload_file"],
     &["engine"],
     &["config", "domain", "system", "sandbox", "events"],
 ];
