@@ -42,9 +42,9 @@ impl UploadFile {
         }
         match open(libc::O_DIRECT) {
             Ok(file) => Ok(Self::Direct(DirectFile::start(file)?)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Self::Buffered(
-                BufferedFile::new(open(0)?, 0, NEW_WRITEBACK_EVERY_BYTES),
-            )),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Ok(Self::buffered(open(0)?, 0, NEW_WRITEBACK_EVERY_BYTES))
+            }
             Err(e) => Err(e),
         }
     }
@@ -296,20 +296,30 @@ fn write_block_at(
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::debug!("direct writes refused, the upload goes through the page cache");
-                stop_direct_writes(file, direct)?;
-                file.write_all_at(bytes, offset)?;
-                start_writeback(file, offset, bytes.len() as u64);
+                write_buffered_at(file, bytes, offset, direct)?;
                 return Ok(0);
             }
             Err(e) => return Err(e),
         }
     }
     if whole < bytes.len() {
-        stop_direct_writes(file, direct)?;
-        file.write_all_at(&bytes[whole..], offset + whole as u64)?;
-        start_writeback(file, offset + whole as u64, (bytes.len() - whole) as u64);
+        write_buffered_at(file, &bytes[whole..], offset + whole as u64, direct)?;
     }
     Ok(whole as u64)
+}
+
+/// Writes `bytes` at `offset` through the page cache (turning `O_DIRECT` off first, for good)
+/// and starts their writeback.
+fn write_buffered_at(
+    file: &std::fs::File,
+    bytes: &[u8],
+    offset: u64,
+    direct: &mut bool,
+) -> std::io::Result<()> {
+    stop_direct_writes(file, direct)?;
+    file.write_all_at(bytes, offset)?;
+    start_writeback(file, offset, bytes.len() as u64);
+    Ok(())
 }
 
 /// Turns `O_DIRECT` off for an open file (once).
