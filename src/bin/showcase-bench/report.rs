@@ -78,7 +78,24 @@ pub struct PhaseResult {
     pub cpu: CpuWindow,
     /// The window before the hold where every slot was held and the crowd only refused.
     pub refusals_only: Option<RefusalsOnly>,
+    /// For a crowd level: the best level's rate, run just before and just after it.
+    pub baseline: Option<Baseline>,
     pub verdicts: Vec<Verdict>,
+}
+
+/// The best level run again around a crowd level, with the crowd's timing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub users: usize,
+    pub before_per_s: f64,
+    pub after_per_s: f64,
+}
+
+impl Baseline {
+    /// The best level's accepted uploads per second around the crowd: the mean of the two runs.
+    pub fn per_s(&self) -> f64 {
+        (self.before_per_s + self.after_per_s) / 2.0
+    }
 }
 
 /// A window where the crowd was refused and nothing else (every upload slot held).
@@ -282,6 +299,8 @@ pub struct Report {
     pub web_layer: Vec<PhaseResult>,
     /// Ten times the plan's load and more.
     pub crowd: Vec<PhaseResult>,
+    /// The best level, run again before the first crowd level and after each.
+    pub crowd_baseline: Vec<PhaseResult>,
     pub mixed: Option<MixedRun>,
     pub worker_layer: Vec<WorkerRun>,
     pub paced: Option<PacedRun>,
@@ -290,7 +309,12 @@ pub struct Report {
 impl Report {
     pub fn all_verdicts(&self) -> Vec<(String, Verdict)> {
         let mut out = Vec::new();
-        for phase in self.web_layer.iter().chain(&self.crowd) {
+        for phase in self
+            .web_layer
+            .iter()
+            .chain(&self.crowd)
+            .chain(&self.crowd_baseline)
+        {
             for v in &phase.verdicts {
                 out.push((phase.name.clone(), v.clone()));
             }
@@ -497,21 +521,32 @@ fn crowd(md: &mut String, report: &Report) {
          refuse (the refusals-only window, its p99 beside it), less what the node spends at \
          rest with its slots held (measured for 3 s before the crowd comes); *per accepted* is what the node \
          spent over the hold beyond its refusals at that cost, per accepted upload (the \
-         bench's check and deletion of each upload included).\n"
+         bench's check and deletion of each upload included). *Of the best level* compares \
+         the accepted rate with the best level's, run again with the crowd's timing just \
+         before and just after that crowd level (the mean of the two).\n"
     );
     let _ = writeln!(
         md,
-        "| users | accepted/s | refused | errors | lost | p95 accepted | p99 refusal | peak RSS | node CPU | load generator CPU | softirq | CPU per refusal (refusals only: p99) | CPU per accepted upload |"
+        "| users | accepted/s | of the best level (before, after) | refused | errors | lost | p95 accepted | p99 refusal | peak RSS | node CPU | load generator CPU | softirq | CPU per refusal (refusals only: p99) | CPU per accepted upload |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for p in &report.crowd {
         let c = &p.counts;
         let cores = report.machine.cores as f64;
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {} | {} | {} | {} | {} | {} MiB | {:.2} | {:.2} ({:.0} % of the machine) | {:.2} | {} | {} |",
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {} | {} MiB | {:.2} | {:.2} ({:.0} % of the machine) | {:.2} | {} | {} |",
             p.users,
             p.accepted_per_s,
+            p.baseline.as_ref().map_or("-".to_owned(), |b| format!(
+                "{:.0} % ({:.1}, {:.1})",
+                100.0 * p.accepted_per_s / b.per_s().max(1e-9),
+                b.before_per_s,
+                b.after_per_s
+            )),
             c.refused + c.limited,
             c.rejected + c.server_errors + c.unanswered,
             c.accepted.saturating_sub(p.verified_stored),
