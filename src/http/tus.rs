@@ -20,6 +20,7 @@ use super::request::{public_url, signed_in, Request};
 use super::response::{empty, Response};
 use crate::events::{self, Event};
 use crate::node::{NewResumable, Node, ResumableState};
+use crate::upload::UploadSlot;
 
 pub const TUS_VERSION: &str = "1.0.0";
 const EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration,checksum";
@@ -281,7 +282,11 @@ pub async fn create(node: &Node, request: Request) -> Result<Response, ApiError>
     if with_data {
         // The upload exists whatever happens to its first chunk: a refused or failed chunk is
         // reported by its offset, and the client continues with PATCH.
-        match patch_body(node, owner, &created.id, 0, request).await {
+        let written = match node.upload_slot() {
+            Ok(slot) => patch_body(node, slot, owner, &created.id, 0, request).await,
+            Err(e) => Err(e.into()),
+        };
+        match written {
             Ok(written) => state = written,
             Err(e @ ApiError::BadRequest(_)) if created_is_gone(node, owner, &created.id) => {
                 return Err(e)
@@ -396,6 +401,9 @@ pub async fn patch(
     request: Request,
     id: Option<String>,
 ) -> Result<Response, ApiError> {
+    // The slot first, as for the form: while none is free the answer is 503 whoever asks,
+    // before the token is checked or the upload looked up.
+    let slot = node.upload_slot().map_err(|e| refused(e.into()))?;
     let (owner, id) = addressed(node, &request.headers, id).await?;
     if content_type(&request.headers) != Some(OFFSET_CONTENT_TYPE) {
         return Err(ApiError::UnsupportedMediaType(format!(
@@ -404,7 +412,7 @@ pub async fn patch(
     }
     let offset = number(&request.headers, &UPLOAD_OFFSET)?
         .ok_or_else(|| ApiError::bad_request("Falta el encabezado Upload-Offset."))?;
-    let state = patch_body(node, owner, &id, offset, request)
+    let state = patch_body(node, slot, owner, &id, offset, request)
         .await
         .map_err(refused)?;
     let mut response = empty(StatusCode::NO_CONTENT);
@@ -476,6 +484,7 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
 /// when it is complete.
 async fn patch_body(
     node: &Node,
+    slot: UploadSlot,
     owner: u64,
     id: &str,
     offset: u64,
@@ -492,7 +501,7 @@ async fn patch_body(
         }
         return Ok(now);
     }
-    let admitted = node.admit_patch(owner, id, offset, declared).await?;
+    let admitted = node.admit_patch(slot, owner, id, offset, declared).await?;
     let remaining = admitted.remaining();
     let (mut sink, writing) = admitted.start(node);
     let config = node.config();

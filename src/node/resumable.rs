@@ -12,7 +12,7 @@ use super::uploads::{AcceptedUpload, AdmittedUpload};
 use crate::domain::UserId;
 use crate::rate_limit::Limited;
 use crate::resumable::{Claim, Unavailable, Upload};
-use crate::upload::{FileSink, TempUpload};
+use crate::upload::{FileSink, TempUpload, UploadSlot};
 
 /// What a client asks to create.
 pub struct NewResumable {
@@ -132,11 +132,12 @@ impl Node {
         Ok(state_of(&upload))
     }
 
-    /// Admits a PATCH at `offset` carrying `declared` bytes (when the client said): the offset
-    /// must be the durable one, no other request may be writing, and an upload slot must be
-    /// free. Decided before the body is read.
+    /// Admits a PATCH at `offset` carrying `declared` bytes (when the client said) in `slot`
+    /// (taken first, see [`Node::upload_slot`]): the offset must be the durable one and no
+    /// other request may be writing. Decided before the body is read.
     pub async fn admit_patch(
         &self,
+        slot: UploadSlot,
         owner: UserId,
         id: &str,
         offset: u64,
@@ -152,7 +153,7 @@ impl Node {
         if declared.is_some_and(|len| len > remaining) {
             return Err(Error::PastUploadLength { remaining });
         }
-        let admitted = self.admit_upload(owner).await?;
+        let admitted = self.admit_upload_in(slot, owner).await?;
         Ok(AdmittedPatch {
             admitted,
             claim,

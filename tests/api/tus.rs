@@ -571,14 +571,38 @@ async fn without_a_free_upload_slot_a_patch_is_refused_before_its_body() {
     let first = created(&t, &token, file.len() as u64, "Primera").await;
     let second = created(&t, &token, file.len() as u64, "Segunda").await;
     // The only slot is taken by a PATCH that is still sending.
-    let _holder = partial_patch(&t, &token, &first, 0, file.len(), &file[..1000]).await;
+    let holder = partial_patch(&t, &token, &first, 0, file.len(), &file[..1000]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut refused = partial_patch(&t, &token, &second, 0, file.len(), b"").await;
     let (status, head_text, body) = read_response(&mut refused, Duration::from_secs(5)).await;
     assert_eq!(status, 503, "{head_text}");
     assert!(header(&head_text, "retry-after").is_some(), "{head_text}");
     assert_eq!(header(&head_text, "tus-resumable"), Some("1.0.0"));
-    detail_of(&body);
+    assert!(detail_of(&body).contains("Capacidad"), "{body}");
+    // The slot is the first question, as for the form: while none is free even a forged
+    // token is answered 503, before it is checked.
+    let mut forged = partial_patch(&t, "no-es-un-token", &second, 0, file.len(), b"").await;
+    let (status, head_text, _) = read_response(&mut forged, Duration::from_secs(5)).await;
+    assert_eq!(status, 503, "{head_text}");
+    // Once the slot is free, the forged token is what refuses the chunk, and the upload
+    // itself takes its bytes.
+    drop(holder);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut forged = partial_patch(&t, "no-es-un-token", &second, 0, file.len(), b"").await;
+        let (status, head_text, _) = read_response(&mut forged, Duration::from_secs(5)).await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 503, "{head_text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot stayed taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = patch(&t, &token, &second, 0, &file).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.body);
 }
 
 #[tokio::test]
