@@ -500,20 +500,63 @@ impl Bench {
         (node, client, token)
     }
 
-    async fn web_layer(&mut self, report: &mut Report) {
-        let mut node = self.start_node(0, &[]);
-        let (users, seconds) = self.plan.smoke;
-        let (smoke, _, _) = self
+    /// A phase of honouring users with the janitor on and no refusals-only window: the
+    /// plan's levels and the crowd's baseline.
+    async fn honouring_phase(
+        &mut self,
+        node: &mut Node,
+        name: &str,
+        users: usize,
+        ramp_s: f64,
+        hold_s: f64,
+    ) -> PhaseResult {
+        let (result, _, _) = self
             .run_phase(
-                &mut node,
-                "smoke",
+                node,
+                name,
                 users,
-                0.0,
-                seconds,
+                ramp_s,
+                hold_s,
                 0.0,
                 Mode::Honouring,
                 true,
             )
+            .await;
+        result
+    }
+
+    /// A node that died in `phase` is started again for the phases after it.
+    fn revive(&mut self, node: &mut Node, phase: &PhaseResult) {
+        if !phase.alive {
+            println!("the node died; restarting it for the next phases");
+            *node = self.start_node(0, &[]);
+        }
+    }
+
+    /// The best level run again with the crowd's timing (its `nth` run), as a crowd level's
+    /// baseline; its accepted uploads per second.
+    async fn best_level_again(
+        &mut self,
+        node: &mut Node,
+        report: &mut Report,
+        users: usize,
+        nth: usize,
+    ) -> f64 {
+        let (ramp, hold) = (self.plan.crowd_ramp_s, self.plan.crowd_hold_s);
+        let name = format!("best level ({users}) #{nth}");
+        let result = self.honouring_phase(node, &name, users, ramp, hold).await;
+        print_verdicts(&result);
+        self.revive(node, &result);
+        let rate = result.accepted_per_s;
+        report.crowd_baseline.push(result);
+        rate
+    }
+
+    async fn web_layer(&mut self, report: &mut Report) {
+        let mut node = self.start_node(0, &[]);
+        let (users, seconds) = self.plan.smoke;
+        let smoke = self
+            .honouring_phase(&mut node, "smoke", users, 0.0, seconds)
             .await;
         print_verdicts(&smoke);
         report.web_layer.push(smoke);
@@ -527,17 +570,8 @@ impl Bench {
         while index < levels.len() {
             let users = levels[index];
             let (ramp, hold) = (self.plan.ramp_s, self.plan.hold_s);
-            let (result, _, _) = self
-                .run_phase(
-                    &mut node,
-                    &format!("{users} users"),
-                    users,
-                    ramp,
-                    hold,
-                    0.0,
-                    Mode::Honouring,
-                    true,
-                )
+            let result = self
+                .honouring_phase(&mut node, &format!("{users} users"), users, ramp, hold)
                 .await;
             print_verdicts(&result);
             let all_pass = result.verdicts.iter().all(|v| v.pass);
@@ -548,12 +582,8 @@ impl Bench {
             if fastest.is_none_or(|(_, rate)| result.accepted_per_s > rate) {
                 fastest = Some((users, result.accepted_per_s));
             }
-            let alive = result.alive;
+            self.revive(&mut node, &result);
             report.web_layer.push(result);
-            if !alive {
-                println!("the node died; restarting it for the next phases");
-                node = self.start_node(0, &[]);
-            }
             let last = index + 1 == levels.len();
             if last && self.plan.go_beyond && all_pass && !degraded && users + 100 <= self.max_users
             {
@@ -563,16 +593,14 @@ impl Bench {
         }
         let best_users = best.or(fastest).map_or(self.plan.levels[0], |(u, _)| u);
         let eighty = (best_users * 8 / 10).max(1);
-        let (result, _, _) = self
-            .run_phase(
+        let (ramp, hold) = (self.plan.ramp_s.min(60.0), self.plan.hold_s);
+        let result = self
+            .honouring_phase(
                 &mut node,
                 &format!("80 % of best ({eighty})"),
                 eighty,
-                self.plan.ramp_s.min(60.0),
-                self.plan.hold_s,
-                0.0,
-                Mode::Honouring,
-                true,
+                ramp,
+                hold,
             )
             .await;
         print_verdicts(&result);
@@ -598,64 +626,39 @@ impl Bench {
         // judged against the best level run again just before and just after it, with the
         // crowd's timing: this machine's disk, which bounds the accepted rate, drifts by a tenth
         // from one minute to the next, so a rate measured minutes earlier is no baseline.
-        let mut before = None;
-        let mut waiting: Option<PhaseResult> = None;
         let crowd = self.plan.crowd.clone();
-        for (index, users) in crowd.iter().map(Some).chain([None]).enumerate() {
-            if !crowd.is_empty() {
-                let (ramp, hold) = (self.plan.crowd_ramp_s, self.plan.crowd_hold_s);
-                let (result, _, _) = self
+        if !crowd.is_empty() {
+            let mut before = self
+                .best_level_again(&mut node, report, best_users, 1)
+                .await;
+            for (index, &users) in crowd.iter().enumerate() {
+                let (mut result, _, _) = self
                     .run_phase(
                         &mut node,
-                        &format!("best level ({best_users}) #{}", index + 1),
-                        best_users,
-                        ramp,
-                        hold,
-                        0.0,
+                        &format!("crowd {users}"),
+                        users,
+                        self.plan.crowd_ramp_s,
+                        self.plan.crowd_hold_s,
+                        self.plan.crowd_refusals_s,
                         Mode::Honouring,
                         true,
                     )
                     .await;
+                self.revive(&mut node, &result);
+                let after = self
+                    .best_level_again(&mut node, report, best_users, index + 2)
+                    .await;
+                let baseline = Baseline {
+                    users: best_users,
+                    before_per_s: before,
+                    after_per_s: after,
+                };
+                result.verdicts.extend(crowd_verdicts(&result, &baseline));
+                result.baseline = Some(baseline);
                 print_verdicts(&result);
-                let after = result.accepted_per_s;
-                let alive = result.alive;
-                report.crowd_baseline.push(result);
-                if !alive {
-                    println!("the node died; restarting it for the next phases");
-                    node = self.start_node(0, &[]);
-                }
-                if let Some(mut result) = waiting.take() {
-                    let baseline = Baseline {
-                        users: best_users,
-                        before_per_s: before.unwrap_or(after),
-                        after_per_s: after,
-                    };
-                    result.verdicts.extend(crowd_verdicts(&result, &baseline));
-                    result.baseline = Some(baseline);
-                    print_verdicts(&result);
-                    print_cpu(&result);
-                    report.crowd.push(result);
-                }
-                before = Some(after);
-            }
-            let Some(&users) = users else { break };
-            let (result, _, _) = self
-                .run_phase(
-                    &mut node,
-                    &format!("crowd {users}"),
-                    users,
-                    self.plan.crowd_ramp_s,
-                    self.plan.crowd_hold_s,
-                    self.plan.crowd_refusals_s,
-                    Mode::Honouring,
-                    true,
-                )
-                .await;
-            let alive = result.alive;
-            waiting = Some(result);
-            if !alive {
-                println!("the node died; restarting it for the next phases");
-                node = self.start_node(0, &[]);
+                print_cpu(&result);
+                report.crowd.push(result);
+                before = after;
             }
         }
         let _ = node.stop();
